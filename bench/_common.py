@@ -1,0 +1,70 @@
+"""Shared benchmark utilities: median timing with CUDA events, device facts, and results JSON."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import statistics
+from typing import Callable, Iterable, List
+
+import torch
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def time_ms(fn: Callable[[], object], warmup: int = 5, iters: int = 30, flush_l2: bool = True) -> float:
+    """Median milliseconds of fn() timed with CUDA events, after warm-up; the L2 cache is flushed before each
+    timed call (a 256 MB write) so small problems are not measured out of the cache."""
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda") if flush_l2 else None
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times: List[float] = []
+    for _ in range(iters):
+        if flush is not None:
+            flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def device_facts() -> dict:
+    return {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def write_results(name: str, rows: List[dict], merge_key: Iterable[str] = (), extra: dict | None = None) -> str:
+    """Writes bench/results/<name>.json as {"device","torch","date",...,"rows"}; with merge_key, rows of an existing
+    file whose key differs from every new row's key are kept (e.g. other dtypes from an earlier run)."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.json")
+    merge_key = tuple(merge_key)
+    if merge_key and os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f).get("rows", [])
+        new_keys = {tuple(r.get(k) for k in merge_key) for r in rows}
+        rows = [r for r in old if tuple(r.get(k) for k in merge_key) not in new_keys] + rows
+    doc = {**device_facts(), **(extra or {}), "rows": rows}
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+    return path
+
+
+def print_table(rows: List[dict], cols: List[str]) -> None:
+    widths = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
+    print("  ".join(c.rjust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).rjust(w) for c, w in zip(cols, widths)))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return "-" if v is None else str(v)

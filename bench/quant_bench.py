@@ -1,0 +1,61 @@
+"""Quantization and fused Hadamard+quantize bandwidth against their byte bounds.
+
+halo_TBps = bytes the op must move / its time; bound_TBps = torch.clone bandwidth in the same run (what moving
+those bytes at copy speed gives). Minimal bytes per element for a bf16 input: read 2 + write 1 (+1 for the
+transposed copy); per-block/per-row scales add 4 bytes per group. A per-tensor scale over a tensor larger than
+on-chip memory needs the input twice (one reduction pass): "bytes_2pass" records that count, and
+"frac_of_2pass_bound" the fraction of the two-pass bound reached. Writes bench/results/quant.json.
+Usage: python bench/quant_bench.py [--rows 16384 --cols 8192]
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import print_table, time_ms, write_results  # noqa: E402
+
+import halo_ext  # noqa: E402
+
+QD = {"int8": torch.int8, "fp8e4m3": torch.float8_e4m3fn}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--rows", type=int, default=16384)
+    ap.add_argument("--cols", type=int, nargs="*", default=[8192, 4096, 14336])
+    args = ap.parse_args()
+    if not halo_ext.cuda_available():
+        sys.exit("quant_bench: needs a CUDA GPU and a CUDA build of halo_ext")
+    out = []
+    for cols in args.cols:
+        x = torch.randn(args.rows, cols, device="cuda", dtype=torch.bfloat16)
+        n = x.numel()
+        t_clone = time_ms(lambda: x.clone())
+        clone_TBps = 2 * n * 2 / t_clone / 1e9
+        for qname, qd in QD.items():
+            cases = [
+                ("quantize_tensor", lambda: halo_ext.quantize(x, qd, "tensor"), 3 * n, 5 * n),
+                ("quantize_row", lambda: halo_ext.quantize(x, qd, "row"), 3 * n + 4 * args.rows, None),
+                ("quantize_block128", lambda: halo_ext.quantize(x, qd, "block", 128), 3 * n + 4 * n // 128, None),
+                ("hadamard_quantize", lambda: halo_ext.hadamard_quantize(x, qd), 3 * n, 5 * n),
+                ("hadamard_quantize_q_qt", lambda: halo_ext.hadamard_quantize(x, qd, want_qt=True), 4 * n, 6 * n),
+            ]
+            for op, fn, bytes_min, bytes_2pass in cases:
+                t = time_ms(fn)
+                row = {"op": op, "dtype": qname, "rows": args.rows, "cols": cols, "ms": t,
+                       "halo_TBps": bytes_min / t / 1e9, "bound_TBps": clone_TBps}
+                row["frac_of_bound"] = row["halo_TBps"] / clone_TBps
+                if bytes_2pass:
+                    row["bytes_2pass"] = bytes_2pass
+                    row["frac_of_2pass_bound"] = bytes_2pass / t / 1e9 / clone_TBps
+                out.append(row)
+        del x
+        torch.cuda.empty_cache()
+    print_table(out, ["op", "dtype", "cols", "ms", "halo_TBps", "bound_TBps", "frac_of_bound", "frac_of_2pass_bound"])
+    print("wrote", write_results("quant", out, merge_key=("op", "dtype", "cols")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+/*!
+ * \file cpu_ops.h
+ * \brief CPU implementations of every halo op. They take the same argument structs as the CUDA launchers
+ * (csrc/kernels/*.h) with host pointers, compute in float64 (Hadamard) / exact integers (int8 GEMM), and double as
+ * the numerical reference for the CUDA kernels. Quantization follows the rule in csrc/kernels/hadamard.h bit for bit.
+ */
+#pragma once
+#include "kernels/gemm.h"
+#include "kernels/hadamard.h"
+
+namespace halo::cpu {
+
+/*! \brief out = Hadamard transform of x (see HadamardArgs); dense_left is a host pointer here. */
+void hadamard_transform(const HadamardArgs& args, void* out, int64_t out_row_stride);
+
+/*! \brief q, scale = absmax quantization of x by args.granularity. */
+void quantize(const QuantizeArgs& args);
+
+/*! \brief out = q * scale, out dtype args.dtype. */
+void dequantize(const QuantizeArgs& args, void* out);
+
+/*! \brief Fused Hadamard + per-tensor quantization (q and/or qt, scale). */
+void hadamard_quantize(const HadamardQuantArgs& args);
+
+/*! \brief D = (scale_a o A)(scale_b o B)^T (+ bias); int8 accumulates exactly in int32, float8 in float64. */
+void qgemm(const QGemmArgs& args);
+
+}  // namespace halo::cpu

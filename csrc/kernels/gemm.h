@@ -1,0 +1,59 @@
+/*!
+ * \file gemm.h
+ * \brief 8-bit GEMMs with scales in the epilogue (torch-free C++ API).
+ *
+ * D[M,N] = (scale_a o A[M,K]) (scale_b o B[N,K])^T (+ bias[N]), A and B both K-major ("TN"), D row-major.
+ * int8 x int8 accumulates in int32; float8 (e4m3 x e4m3, e5m2 x e4m3) accumulates in float32. The scales are
+ * float32 device pointers, one value (per-tensor) or one per row of A (length M) / per row of B (length N).
+ * Everything stays on the device: no host synchronization.
+ *
+ * The sm90a (Hopper wgmma/TMA) kernels are compiled only when HALO_ENABLE_SM90 is defined: the build defines it
+ * when an sm_90a target is in HALO_CUDA_ARCHS, and the glue calls qgemm_sm90 only under the same macro.
+ */
+#pragma once
+#include "common.h"
+
+namespace halo {
+
+/*! \brief One 8-bit GEMM problem. Strides are in elements; the innermost dim of A, B and D is contiguous. */
+struct QGemmArgs {
+  const void* a = nullptr;  //!< [M, K], row stride lda
+  const void* b = nullptr;  //!< [N, K], row stride ldb
+  DType a_dtype = DType::kInt8;  //!< kInt8, kFloat8E4M3 or kFloat8E5M2
+  DType b_dtype = DType::kInt8;  //!< kInt8 (with int8 A) or kFloat8E4M3
+  int64_t M = 0, N = 0, K = 0;
+  int64_t lda = 0, ldb = 0, ldd = 0;
+  const float* scale_a = nullptr;  //!< [1] or [M]
+  bool scale_a_per_row = false;
+  const float* scale_b = nullptr;  //!< [1] or [N]
+  bool scale_b_per_row = false;
+  const void* bias = nullptr;      //!< optional [N], dtype out_dtype
+  DType out_dtype = DType::kBFloat16;  //!< kBFloat16, kFloat16 or kFloat32
+  void* d = nullptr;               //!< [M, N], row stride ldd
+  int config = -1;                 //!< kernel configuration index, -1 = chosen by problem shape
+};
+
+#if defined(HALO_ENABLE_SM90) && defined(HALO_KERNEL_LAUNCHERS)
+/*!
+ * \brief Whether the sm90a kernels take this problem (dtypes, alignment: K % 16 == 0, N % (16 / out bytes) == 0,
+ * 16-byte aligned pointers and strides). Returns nullptr when supported, else a message saying why not.
+ */
+const char* qgemm_sm90_unsupported_reason(const QGemmArgs& args);
+
+/*! \brief Workspace bytes the chosen sm90a kernel needs. */
+size_t qgemm_sm90_workspace_size(const QGemmArgs& args);
+
+/*! \brief Number of kernel configurations for the dtypes of args (valid QGemmArgs::config values are 0..n-1). */
+int qgemm_sm90_num_configs(const QGemmArgs& args);
+
+/*! \brief Human-readable name of a configuration ("int8 128x256x128 cluster 2x1 pingpong", ...). */
+const char* qgemm_sm90_config_name(const QGemmArgs& args, int config);
+
+/*! \brief Configuration the shape heuristic picks for args (what config = -1 runs). */
+int qgemm_sm90_heuristic(const QGemmArgs& args);
+
+/*! \brief Runs D = epilogue(A B^T) with the sm90a CUTLASS kernels on stream. */
+cudaError_t qgemm_sm90(const QGemmArgs& args, void* workspace, cudaStream_t stream);
+#endif
+
+}  // namespace halo

@@ -1,0 +1,77 @@
+/*!
+ * \file common.h
+ * \brief Torch glue shared by the CPU and CUDA implementations: argument checks with clear messages, dtype
+ * mapping, output allocation, and the translation of op arguments into the kernels' argument structs.
+ */
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/util/Optional.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "kernels/gemm.h"
+#include "kernels/hadamard.h"
+
+namespace halo::glue {
+
+/*! \brief Kernel dtype of a tensor dtype; throws a clear error for unsupported ones. */
+DType to_dtype(at::ScalarType t);
+/*! \brief Whether t is one of int8 / float8_e4m3fn / float8_e5m2. */
+bool is_8bit(at::ScalarType t);
+/*! \brief Checks that t is one of the 8-bit quantized dtypes (what names the argument in messages). */
+void check_8bit(at::ScalarType t, const char* what);
+/*! \brief Checks that x is float32/float16/bfloat16. */
+void check_float_input(const at::Tensor& x, const char* what);
+/*! \brief Parses "tensor" / "row" / "block". */
+Granularity parse_granularity(const std::string& g);
+
+/*! \brief x as [rows, cols] (cols = last dim) with a contiguous last dim: a view when one exists, else a copy. */
+at::Tensor as_rows(const at::Tensor& x);
+
+/*! \brief A Hadamard transform planned from op arguments (sizes checked, factorization chosen). */
+struct HadamardPlan {
+  at::Tensor x2d;      //!< x viewed as [rows, cols] (last dim contiguous; a copy only when no such view exists)
+  at::Tensor signs;    //!< float32 contiguous [cols] or undefined
+  HadamardArgs args;   //!< all fields set except dense_left (host or device pointer, set by the backend)
+  bool transpose = false;
+};
+
+/*! \brief Validates x/scale/block/signs and plans the transform along x's last dim. */
+HadamardPlan plan_hadamard(const at::Tensor& x, std::optional<double> scale, int64_t block,
+                           const std::optional<at::Tensor>& signs, bool transpose);
+
+/*! \brief Host copy of the dense factor L for (m, transpose): D^T for x*H, D for x*H^T (row-major, cached). */
+const int8_t* dense_left_host(int m, bool transpose);
+
+/*! \brief Shapes of quantize() outputs; fills args (pointers unset). Returns {q, scale} allocated like x. */
+std::tuple<at::Tensor, at::Tensor> plan_quantize(const at::Tensor& x2d, at::IntArrayRef shape, at::ScalarType qdtype,
+                                                 const std::string& granularity, int64_t block, QuantizeArgs* args);
+
+/*! \brief dequantize() output and the contiguous inputs its args point into (keep them alive while it runs). */
+struct DequantPlan {
+  at::Tensor out, q, scale;
+};
+
+/*! \brief Validates dequantize() arguments and fills args. */
+DequantPlan plan_dequantize(const at::Tensor& q, const at::Tensor& scale, std::optional<at::ScalarType> dtype,
+                            const std::string& granularity, int64_t block, QuantizeArgs* args);
+
+/*! \brief Validates hadamard_quantize() arguments; returns {q, qt, scale} and fills args (except dense_left). */
+std::tuple<at::Tensor, at::Tensor, at::Tensor> plan_hadamard_quantize(
+    const HadamardPlan& plan, const at::Tensor& x, at::ScalarType qdtype, bool want_q, bool want_qt,
+    const std::optional<at::Tensor>& amax, HadamardQuantArgs* args);
+
+/*! \brief Validates qgemm() arguments; returns the output and fills args. */
+at::Tensor plan_qgemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
+                      std::optional<at::ScalarType> out_dtype, const std::optional<at::Tensor>& bias,
+                      QGemmArgs* args);
+
+/*! \brief hadamard_qgemm composed from the dispatcher ops (the same code for every backend). */
+at::Tensor hadamard_qgemm_composite(const at::Tensor& x, const at::Tensor& w, at::ScalarType dtype,
+                                    const std::optional<at::Tensor>& w_scale, const std::optional<at::Tensor>& bias,
+                                    std::optional<at::ScalarType> out_dtype, int64_t block,
+                                    const std::optional<at::Tensor>& signs);
+
+}  // namespace halo::glue

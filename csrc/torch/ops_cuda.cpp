@@ -1,0 +1,182 @@
+/*!
+ * \file ops_cuda.cpp
+ * \brief CUDA implementations of the halo ops (TORCH_LIBRARY_IMPL(halo, CUDA)): checks, allocation through the
+ * caching allocator, a device guard, and launches on the current stream.
+ */
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <map>
+#include <mutex>
+
+#include "torch/common.h"
+
+namespace halo::glue {
+namespace {
+
+/*! \brief Whether the current device is an sm_90 (Hopper) GPU, which the sm90a kernels run on. */
+bool current_device_is_sm90() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  return major == 9 && minor == 0;
+}
+
+void check_cuda(cudaError_t e, const char* what) {
+  TORCH_CHECK(e == cudaSuccess, "halo.", what, ": CUDA error: ", cudaGetErrorString(e));
+}
+
+void check_on_cuda(const at::Tensor& t, const char* what) {
+  TORCH_CHECK_VALUE(t.is_cuda(), "halo: ", what, " must be a CUDA tensor, got one on ", t.device());
+}
+
+/*! \brief Kernels load 16-byte vectors: the base pointer and the row pitch must be multiples of 16 bytes. */
+void check_rows_aligned(const void* p, int64_t row_stride, int64_t rows, int64_t elem_size, const char* what) {
+  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(p) % 16 == 0,
+                    "halo: ", what, " must be 16-byte aligned (its data pointer is not: a view with an odd storage "
+                    "offset?); pass .clone()");
+  TORCH_CHECK_VALUE(rows <= 1 || (row_stride * elem_size) % 16 == 0, "halo: the row pitch of ", what,
+                    " must be a multiple of 16 bytes, got ", row_stride * elem_size, "; pass .contiguous()");
+}
+
+int64_t elem_size(DType t) {
+  return t == DType::kFloat32 ? 4 : (t == DType::kFloat16 || t == DType::kBFloat16) ? 2 : 1;
+}
+
+/*! \brief Device copy of the dense factor L (cached per device, m, transpose; never freed). */
+const int8_t* dense_left_device(int m, bool transpose, c10::DeviceIndex dev) {
+  static std::mutex mu;
+  static auto* cache = new std::map<std::tuple<int, int, bool>, at::Tensor>();
+  std::lock_guard<std::mutex> lock(mu);
+  auto key = std::make_tuple(static_cast<int>(dev), m, transpose);
+  auto it = cache->find(key);
+  if (it == cache->end()) {
+    const int8_t* h = dense_left_host(m, transpose);
+    at::Tensor t = at::empty({m, m}, at::TensorOptions().dtype(at::kChar).device(at::kCUDA, dev));
+    check_cuda(cudaMemcpy(t.data_ptr(), h, static_cast<size_t>(m) * m, cudaMemcpyHostToDevice), "hadamard");
+    it = cache->emplace(key, t).first;
+  }
+  return it->second.data_ptr<int8_t>();
+}
+
+void prepare_hadamard(HadamardPlan& p, const at::Tensor& x) {
+  check_on_cuda(x, "x");
+  check_rows_aligned(p.args.x, p.args.x_row_stride, p.args.rows, elem_size(p.args.dtype), "x");
+  p.args.dense_left = p.args.dense_m > 1 ? dense_left_device(p.args.dense_m, p.transpose, x.device().index()) : nullptr;
+}
+
+at::Tensor workspace(size_t bytes, const at::Tensor& like) {
+  return at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+}
+
+at::Tensor hadamard_cuda(const at::Tensor& x, std::optional<double> scale, int64_t block,
+                         const std::optional<at::Tensor>& signs, bool transpose) {
+  check_on_cuda(x, "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  HadamardPlan p = plan_hadamard(x, scale, block, signs, transpose);
+  prepare_hadamard(p, x);
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  check_cuda(hadamard_transform(p.args, out.data_ptr(), p.args.cols, c10::cuda::getCurrentCUDAStream()), "hadamard");
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, at::ScalarType dtype,
+                                                 const std::string& granularity, int64_t block) {
+  check_on_cuda(x, "x");
+  check_float_input(x, "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor x2d = as_rows(x);
+  QuantizeArgs a;
+  auto [q, s] = plan_quantize(x2d, x.sizes(), dtype, granularity, block, &a);
+  check_rows_aligned(a.x, a.x_row_stride, a.rows, elem_size(a.dtype), "x");
+  at::Tensor ws = workspace(quantize_workspace_size(a), x);
+  check_cuda(quantize(a, ws.data_ptr(), c10::cuda::getCurrentCUDAStream()), "quantize");
+  return {q, s};
+}
+
+at::Tensor dequantize_cuda(const at::Tensor& q, const at::Tensor& scale, std::optional<at::ScalarType> dtype,
+                           const std::string& granularity, int64_t block) {
+  check_on_cuda(q, "q");
+  const c10::cuda::CUDAGuard guard(q.device());
+  QuantizeArgs a;
+  DequantPlan p = plan_dequantize(q, scale, dtype, granularity, block, &a);
+  check_rows_aligned(a.q, a.cols, a.rows, 1, "q");
+  check_cuda(dequantize(a, p.out.data_ptr(), c10::cuda::getCurrentCUDAStream()), "dequantize");
+  return p.out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hadamard_quantize_cuda(
+    const at::Tensor& x, at::ScalarType dtype, std::optional<double> hadamard_scale, int64_t block,
+    const std::optional<at::Tensor>& signs, bool transpose, bool want_q, bool want_qt,
+    const std::optional<at::Tensor>& amax) {
+  check_on_cuda(x, "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  HadamardPlan p = plan_hadamard(x, hadamard_scale, block, signs, transpose);
+  prepare_hadamard(p, x);
+  HadamardQuantArgs a;
+  auto out = plan_hadamard_quantize(p, x, dtype, want_q, want_qt, amax, &a);
+  at::Tensor ws = workspace(hadamard_quantize_workspace_size(a), x);
+  check_cuda(hadamard_quantize(a, ws.data_ptr(), c10::cuda::getCurrentCUDAStream()), "hadamard_quantize");
+  return out;
+}
+
+/*! \brief Portable path: dequantize to float32, matmul, scale, bias (any CUDA GPU; exact for int8 while the
+ * per-row partial sums stay below 2^24). */
+void qgemm_fallback(const at::Tensor& a, const at::Tensor& b, const at::Tensor& sa,
+                    const at::Tensor& sb, const std::optional<at::Tensor>& bias, at::Tensor& d) {
+  at::Tensor acc = at::mm(a.to(at::kFloat), b.to(at::kFloat).t());
+  acc.mul_(sa.reshape({-1, 1})).mul_(sb.reshape({1, -1}));
+  if (bias) acc.add_(bias->to(at::kFloat));
+  d.copy_(acc);
+}
+
+at::Tensor qgemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
+                      std::optional<at::ScalarType> out_dtype, const std::optional<at::Tensor>& bias) {
+  check_on_cuda(a, "a");
+  const c10::cuda::CUDAGuard guard(a.device());
+  QGemmArgs g;
+  at::Tensor sa = scale_a.contiguous(), sb = scale_b.contiguous();
+  std::optional<at::Tensor> bc = bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+  at::Tensor d = plan_qgemm(a, b, sa, sb, out_dtype, bc, &g);
+  if (d.numel() == 0) return d;
+  if (g.K == 0) {
+    d.zero_();
+    if (bc) d.add_(*bc);
+    return d;
+  }
+#ifdef HALO_ENABLE_SM90
+  if (current_device_is_sm90()) {
+    const char* why = qgemm_sm90_unsupported_reason(g);
+    TORCH_CHECK_VALUE(why == nullptr, "halo.qgemm: ", why);
+    at::Tensor ws = workspace(qgemm_sm90_workspace_size(g), a);
+    check_cuda(qgemm_sm90(g, ws.data_ptr(), c10::cuda::getCurrentCUDAStream()), "qgemm");
+    return d;
+  }
+#endif
+  qgemm_fallback(a, b, sa, sb, bc, d);
+  return d;
+}
+
+}  // namespace
+
+/*! \brief Which implementation qgemm runs on the current CUDA device ("cutlass_sm90" or "fallback_fp32_matmul"). */
+std::string qgemm_cuda_backend() {
+#ifdef HALO_ENABLE_SM90
+  if (current_device_is_sm90()) return "cutlass_sm90";
+#endif
+  return "fallback_fp32_matmul";
+}
+
+TORCH_LIBRARY_IMPL(halo, CUDA, m) {
+  m.impl("hadamard", &hadamard_cuda);
+  m.impl("quantize", &quantize_cuda);
+  m.impl("dequantize", &dequantize_cuda);
+  m.impl("hadamard_quantize", &hadamard_quantize_cuda);
+  m.impl("qgemm", &qgemm_cuda);
+  m.impl("hadamard_qgemm", &hadamard_qgemm_composite);
+}
+
+}  // namespace halo::glue

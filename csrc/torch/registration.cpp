@@ -1,0 +1,24 @@
+// All schemas of the halo operator library, one comment each. CPU and CUDA kernels are registered in
+// ops_cpu.cpp / ops_cuda.cpp; fake (meta) implementations for torch.compile are in python/halo_ext/_meta.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(halo, m) {
+  // y = scale * (x o signs) * H_n along the last dim (transpose: scale * (x * H_n^T) o signs, the exact inverse
+  // for the default orthonormal scale 1/sqrt(n)); n = block (block-diagonal transform) or the last dim when 0.
+  m.def("hadamard(Tensor x, float? scale=None, int block=0, Tensor? signs=None, bool transpose=False) -> Tensor");
+  // (q, scale): absmax quantization to int8/float8 per tensor, per row or per block of the last dim; x ~ q * scale.
+  m.def("quantize(Tensor x, ScalarType dtype, str granularity=\"tensor\", int block=0) -> (Tensor, Tensor)");
+  // q * scale in dtype (default float32), for the granularity quantize() used.
+  m.def("dequantize(Tensor q, Tensor scale, ScalarType? dtype=None, str granularity=\"tensor\", int block=0) -> Tensor");
+  // (q, qt, scale): hadamard() then per-tensor quantize() in one fused pass pair; qt = q^T of the [rows, dim] view
+  // (the K-major layout the backward GEMMs need); q / qt are empty when not requested; amax skips the reduction.
+  m.def("hadamard_quantize(Tensor x, ScalarType dtype, float? hadamard_scale=None, int block=0, Tensor? signs=None, "
+        "bool transpose=False, bool want_q=True, bool want_qt=False, Tensor? amax=None) -> (Tensor, Tensor, Tensor)");
+  // out[M,N] = (scale_a o a[M,K]) (scale_b o b[N,K])^T (+ bias[N]); int8 x int8 or float8 x float8_e4m3; scales
+  // float32 per tensor ([1]) or per row ([M] / [N]); out_dtype defaults to bfloat16.
+  m.def("qgemm(Tensor a, Tensor b, Tensor scale_a, Tensor scale_b, ScalarType? out_dtype=None, Tensor? bias=None) -> Tensor");
+  // HALO forward GEMM: rotate x [..,K] and w [N,K] along K, quantize each per tensor, 8-bit GEMM; w may be given
+  // pre-rotated and pre-quantized (8-bit dtype, with w_scale).
+  m.def("hadamard_qgemm(Tensor x, Tensor w, ScalarType dtype, Tensor? w_scale=None, Tensor? bias=None, "
+        "ScalarType? out_dtype=None, int block=0, Tensor? signs=None) -> Tensor");
+}

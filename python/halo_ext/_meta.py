@@ -1,0 +1,56 @@
+"""Fake (meta) implementations of every torch.ops.halo op, so the ops trace under torch.compile / FakeTensor.
+
+They reproduce the output shapes, dtypes and devices of the C++ implementations (csrc/torch/common.cpp);
+argument validation stays in C++ and runs on real tensors.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch.library import register_fake
+
+
+@register_fake("halo::hadamard")
+def _hadamard_fake(x, scale=None, block=0, signs=None, transpose=False):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@register_fake("halo::quantize")
+def _quantize_fake(x, dtype, granularity="tensor", block=0):
+    q = torch.empty(x.shape, dtype=dtype, device=x.device)
+    if granularity == "tensor":
+        sshape = (1,)
+    elif granularity == "row":
+        sshape = (*x.shape[:-1], 1)
+    else:
+        torch._check(block > 0 and x.shape[-1] % block == 0, lambda: "halo.quantize: bad block")
+        sshape = (*x.shape[:-1], x.shape[-1] // block)
+    return q, torch.empty(sshape, dtype=torch.float32, device=x.device)
+
+
+@register_fake("halo::dequantize")
+def _dequantize_fake(q, scale, dtype=None, granularity="tensor", block=0):
+    return torch.empty(q.shape, dtype=dtype or torch.float32, device=q.device)
+
+
+@register_fake("halo::hadamard_quantize")
+def _hadamard_quantize_fake(x, dtype, hadamard_scale=None, block=0, signs=None, transpose=False, want_q=True,
+                            want_qt=False, amax=None):
+    cols = x.shape[-1]
+    rows = x.numel() // cols if cols else 0
+    q = torch.empty(x.shape if want_q else (0,), dtype=dtype, device=x.device)
+    qt = torch.empty((cols, rows) if want_qt else (0,), dtype=dtype, device=x.device)
+    return q, qt, torch.empty((1,), dtype=torch.float32, device=x.device)
+
+
+@register_fake("halo::qgemm")
+def _qgemm_fake(a, b, scale_a, scale_b, out_dtype=None, bias=None):
+    torch._check(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[1], lambda: "halo.qgemm: bad shapes")
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype or torch.bfloat16)
+
+
+@register_fake("halo::hadamard_qgemm")
+def _hadamard_qgemm_fake(x, w, dtype, w_scale=None, bias=None, out_dtype: Optional[torch.dtype] = None, block=0,
+                         signs=None):
+    return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=out_dtype or x.dtype)

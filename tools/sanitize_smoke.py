@@ -1,0 +1,32 @@
+"""Small calls of every CUDA kernel, for compute-sanitizer (memcheck, racecheck): odd row counts, every size class,
+strided rows, signs, blocks, per-tensor/row/block quantization, fused Hadamard+quantize (q and qt), the GEMMs."""
+import torch
+
+import halo_ext
+
+torch.manual_seed(0)
+dev = "cuda"
+for n in [2, 16, 128, 1024, 4096, 32768, 12 * 8, 28 * 512, 344 * 32, 148 * 128]:
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(5, n, device=dev, dtype=dtype)
+        halo_ext.hadamard(x)
+        halo_ext.hadamard(x, signs=torch.ones(n, device=dev), transpose=True)
+base = torch.randn(7, 2 * 512, device=dev, dtype=torch.bfloat16)
+halo_ext.hadamard(base[:, :512])
+halo_ext.hadamard(base, block=64)
+for qd in (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2):
+    x = torch.randn(33, 384, device=dev, dtype=torch.bfloat16)
+    for g, b in (("tensor", 0), ("row", 0), ("block", 128)):
+        q, s = halo_ext.quantize(x, qd, g, b)
+        halo_ext.dequantize(q, s, torch.bfloat16, g, b)
+    for n in (256, 4096, 28 * 128):
+        halo_ext.hadamard_quantize(torch.randn(37, n, device=dev, dtype=torch.bfloat16), qd, want_qt=True)
+if halo_ext.sm90_available():
+    for qa, qb in ((torch.int8, torch.int8), (torch.float8_e4m3fn, torch.float8_e4m3fn),
+                   (torch.float8_e5m2, torch.float8_e4m3fn)):
+        a = torch.randn(200, 256, device=dev).to(qa) if qa != torch.int8 else torch.randint(-9, 9, (200, 256), dtype=qa, device=dev)
+        b = torch.randn(136, 256, device=dev).to(qb) if qb != torch.int8 else torch.randint(-9, 9, (136, 256), dtype=qb, device=dev)
+        halo_ext.qgemm(a, b, torch.rand(200, device=dev), torch.rand(1, device=dev), torch.bfloat16,
+                       torch.randn(136, device=dev, dtype=torch.bfloat16))
+torch.cuda.synchronize()
+print("sanitize smoke: all kernels ran")
