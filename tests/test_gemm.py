@@ -34,9 +34,11 @@ def test_qgemm(device, ta, tb, M, N, K, per_row, out_dtype):
     out = halo_ext.qgemm(a, b, sa, sb, out_dtype, bias)
     assert out.shape == (M, N) and out.dtype == out_dtype
     ref = _ref(a, b, sa, sb, bias)
-    # One rounding to out_dtype (+ float32 epilogue / accumulation rounding for float8).
+    # One rounding to out_dtype, plus for float8 the accumulation of Hopper's fp8 tensor cores, which keep about
+    # 14 mantissa bits inside an MMA (torch._scaled_mm has the same property): 4 * 2^-14 ~ 2.5e-4.
     base = rel_err(ref.to(out_dtype), ref)
-    assert rel_err(out, ref) <= 2 * base + (1e-6 if ta == torch.int8 else 2e-5)
+    fp8_acc = 2.5e-4 if (ta != torch.int8 and device == "cuda") else 2e-6
+    assert rel_err(out, ref) <= 2 * base + (1e-6 if ta == torch.int8 else fp8_acc)
 
 
 def test_int8_exact_integer_accumulation(device):
@@ -102,7 +104,7 @@ def test_qgemm_cuda_large(ta, tb, M, N, K):
     ref = _ref(a[:512], b, sa[:512], sb)
     out = halo_ext.qgemm(a, b, sa, sb)
     base = rel_err(ref.to(torch.bfloat16), ref)
-    assert rel_err(out[:512], ref) <= 2 * base + 1e-5
+    assert rel_err(out[:512], ref) <= 2 * base + (1e-5 if ta == torch.int8 else 2.5e-4)
     assert torch.isfinite(out.float()).all()
 
 
@@ -118,11 +120,13 @@ def test_hadamard_qgemm(device, dtype, K):
     ref = x.double().cpu() @ w.double().cpu().T + bias.double().cpu()
     tol = 0.02 if dtype == torch.int8 else 0.06
     assert rel_err(out, ref) < tol
-    # Rotation helps: plain per-tensor quantization without the Hadamard is worse with an outlier channel.
-    qx, sx = halo_ext.quantize(x.reshape(-1, K), dtype)
-    qw, sw = halo_ext.quantize(w, dtype)
-    plain = halo_ext.qgemm(qx, qw, sx, sw, torch.bfloat16, bias).reshape(out.shape)
-    assert rel_err(out, ref) < rel_err(plain, ref)
+    if dtype == torch.int8:
+        # Rotation helps int8 (a uniform grid): per-tensor quantization without it is worse with an outlier
+        # channel. float8's relative precision makes it nearly indifferent to the outlier, so no claim there.
+        qx, sx = halo_ext.quantize(x.reshape(-1, K), dtype)
+        qw, sw = halo_ext.quantize(w, dtype)
+        plain = halo_ext.qgemm(qx, qw, sx, sw, torch.bfloat16, bias).reshape(out.shape)
+        assert rel_err(out, ref) < rel_err(plain, ref)
     # Pre-rotated, pre-quantized weight gives the same result.
     qw_rot, _, sw_rot = halo_ext.hadamard_quantize(w, dtype)
     out2 = halo_ext.hadamard_qgemm(x, qw_rot, dtype, w_scale=sw_rot, bias=bias)

@@ -22,8 +22,9 @@ for step in $steps; do
       grep -E "halo-ext:|warning" "$OUT/build.log" | grep -v "^Requirement" | head -20
       python3 -c "import halo_ext, json; print(json.dumps(halo_ext.capabilities()))" | tee "$OUT/caps.json" ;;
     test)
-      python3 -m pytest tests -q -x -p no:cacheprovider 2>&1 | tail -25 | tee "$OUT/pytest.log" ;;
+      python3 -m pytest tests -q -p no:cacheprovider --maxfail=25 2>&1 | grep -E "^(FAILED|ERROR)|passed|failed|Error|assert" | head -60 | tee "$OUT/pytest.log" ;;
     sanitize)
+      python3 tools/sanitize_smoke.py 2>&1 | tail -5
       for tool in memcheck racecheck; do
         compute-sanitizer --tool $tool --error-exitcode 9 python3 tools/sanitize_smoke.py >"$OUT/sanitize_$tool.log" 2>&1
         echo "compute-sanitizer $tool rc=$? $(tail -1 "$OUT/sanitize_$tool.log")"
