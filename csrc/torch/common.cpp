@@ -63,12 +63,12 @@ HadamardPlan plan_hadamard(const at::Tensor& x, std::optional<double> scale, int
   check_float_input(x, "x");
   TORCH_CHECK_VALUE(x.dim() >= 1, "halo.hadamard: x must have at least one dimension");
   const int64_t cols = x.size(-1);
-  TORCH_CHECK_VALUE(block >= 0, "halo.hadamard: block must be >= 0, got ", block);
+  TORCH_CHECK_VALUE(block >= 0, "halo.hadamard: block must be >= 0, got ", S(block));
   const int64_t n = block == 0 ? cols : block;
-  TORCH_CHECK_VALUE(n >= 2, "halo.hadamard: the transform length must be >= 2, got ", n);
-  TORCH_CHECK_VALUE(cols % n == 0, "halo.hadamard: block ", n, " must divide the last dim ", cols);
+  TORCH_CHECK_VALUE(n >= 2, "halo.hadamard: the transform length must be >= 2, got ", S(n));
+  TORCH_CHECK_VALUE(cols % n == 0, "halo.hadamard: block ", S(n), " must divide the last dim ", S(cols));
   HadamardFactor f{};
-  TORCH_CHECK_VALUE(hadamard_factor(n, &f), "halo.hadamard: unsupported size ", n,
+  TORCH_CHECK_VALUE(hadamard_factor(n, &f), "halo.hadamard: unsupported size ", S(n),
                     ": supported are 2^p (2..32768) and m*2^p for constructible Hadamard orders m "
                     "(halo_ext.hadamard_supported(n) tells; e.g. 12, 20, 28, 36, 44, 52, 60, 108, 140 times 2^p)");
   HadamardPlan p;
@@ -76,8 +76,8 @@ HadamardPlan plan_hadamard(const at::Tensor& x, std::optional<double> scale, int
   p.transpose = transpose;
   if (signs) {
     const at::Tensor& s = *signs;
-    TORCH_CHECK_VALUE(s.dim() == 1 && s.size(0) == cols, "halo.hadamard: signs must have shape [", cols, "], got ",
-                      s.sizes());
+    TORCH_CHECK_VALUE(s.dim() == 1 && s.size(0) == cols, "halo.hadamard: signs must have shape [", S(cols), "], got ",
+                      S(s.sizes()));
     TORCH_CHECK_TYPE(at::isFloatingType(s.scalar_type()), "halo.hadamard: signs must be a floating tensor, got ",
                      s.scalar_type());
     TORCH_CHECK_VALUE(s.device() == x.device(), "halo.hadamard: signs is on ", s.device(), " but x is on ",
@@ -132,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor> plan_quantize(const at::Tensor& x2d, at::IntA
       sshape.back() = 1;
     } else {
       TORCH_CHECK_VALUE(block > 0 && cols % block == 0, "halo.quantize: block granularity needs block > 0 dividing "
-                        "the last dim ", cols, ", got block=", block);
+                        "the last dim ", S(cols), ", got block=", S(block));
       sshape.back() = cols / block;
     }
   }
@@ -169,11 +169,11 @@ DequantPlan plan_dequantize(const at::Tensor& q, const at::Tensor& scale, std::o
   if (g == Granularity::kRow) expected = rows;
   if (g == Granularity::kBlock) {
     TORCH_CHECK_VALUE(block > 0 && cols % block == 0, "halo.dequantize: block granularity needs block > 0 dividing ",
-                      cols, ", got ", block);
+                      S(cols), ", got ", S(block));
     expected = rows * (cols / block);
   }
-  TORCH_CHECK_VALUE(scale.numel() == expected, "halo.dequantize: scale has ", scale.numel(),
-                    " elements, expected ", expected, " for granularity '", granularity, "'");
+  TORCH_CHECK_VALUE(scale.numel() == expected, "halo.dequantize: scale has ", S(scale.numel()),
+                    " elements, expected ", S(expected), " for granularity '", granularity, "'");
   DequantPlan p{at::empty(q.sizes(), q.options().dtype(out_t)), q.contiguous(), scale.contiguous()};
   const at::Tensor& qc = p.q;
   const at::Tensor& sc = p.scale;
@@ -216,8 +216,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> plan_hadamard_quantize(
 at::Tensor plan_qgemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
                       std::optional<at::ScalarType> out_dtype, const std::optional<at::Tensor>& bias, QGemmArgs* g) {
   TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2, "halo.qgemm: a and b must be 2-D ([M,K] and [N,K]), got ",
-                    a.sizes(), " and ", b.sizes());
-  TORCH_CHECK_VALUE(a.size(1) == b.size(1), "halo.qgemm: K mismatch: a is ", a.sizes(), ", b is ", b.sizes(),
+                    S(a.sizes()), " and ", S(b.sizes()));
+  TORCH_CHECK_VALUE(a.size(1) == b.size(1), "halo.qgemm: K mismatch: a is ", S(a.sizes()), ", b is ", S(b.sizes()),
                     " (b is [N,K], i.e. the weight, not its transpose)");
   check_8bit(a.scalar_type(), "a");
   check_8bit(b.scalar_type(), "b");
@@ -233,19 +233,19 @@ at::Tensor plan_qgemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor
   const int64_t M = a.size(0), N = b.size(0), K = a.size(1);
   TORCH_CHECK_VALUE((a.stride(1) == 1 || K <= 1) && (b.stride(1) == 1 || K <= 1),
                     "halo.qgemm: a and b must be K-major (stride(1) == 1, the 'TN' layout); got strides ",
-                    a.strides(), " and ", b.strides(), ": pass .contiguous()");
+                    S(a.strides()), " and ", S(b.strides()), ": pass .contiguous()");
   TORCH_CHECK_TYPE(scale_a.scalar_type() == at::kFloat && scale_b.scalar_type() == at::kFloat,
                    "halo.qgemm: scales must be float32");
-  TORCH_CHECK_VALUE(scale_a.numel() == 1 || scale_a.numel() == M, "halo.qgemm: scale_a must have 1 or M=", M,
-                    " elements, got ", scale_a.numel());
-  TORCH_CHECK_VALUE(scale_b.numel() == 1 || scale_b.numel() == N, "halo.qgemm: scale_b must have 1 or N=", N,
-                    " elements, got ", scale_b.numel());
+  TORCH_CHECK_VALUE(scale_a.numel() == 1 || scale_a.numel() == M, "halo.qgemm: scale_a must have 1 or M=", S(M),
+                    " elements, got ", S(scale_a.numel()));
+  TORCH_CHECK_VALUE(scale_b.numel() == 1 || scale_b.numel() == N, "halo.qgemm: scale_b must have 1 or N=", S(N),
+                    " elements, got ", S(scale_b.numel()));
   const at::ScalarType ot = out_dtype.value_or(at::kBFloat16);
   TORCH_CHECK_TYPE(ot == at::kBFloat16 || ot == at::kHalf || ot == at::kFloat,
                    "halo.qgemm: out_dtype must be bfloat16, float16 or float32, got ", ot);
   if (bias) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "halo.qgemm: bias must have shape [", N, "], got ",
-                      bias->sizes());
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, "halo.qgemm: bias must have shape [", S(N), "], got ",
+                      S(bias->sizes()));
     TORCH_CHECK_TYPE(bias->scalar_type() == ot, "halo.qgemm: bias dtype ", bias->scalar_type(),
                      " must equal out_dtype ", ot);
     TORCH_CHECK_VALUE(bias->device() == a.device(), "halo.qgemm: bias is on ", bias->device());
@@ -278,7 +278,7 @@ at::Tensor hadamard_qgemm_composite(const at::Tensor& x, const at::Tensor& w, at
   check_float_input(x, "x");
   check_8bit(dtype, "dtype");
   TORCH_CHECK_VALUE(w.dim() == 2 && x.dim() >= 1 && w.size(1) == x.size(-1), "halo.hadamard_qgemm: w must be [N, K] "
-                    "with K = x.size(-1); got x ", x.sizes(), ", w ", w.sizes());
+                    "with K = x.size(-1); got x ", S(x.sizes()), ", w ", S(w.sizes()));
   static auto hq = c10::Dispatcher::singleton().findSchemaOrThrow("halo::hadamard_quantize", "")
                        .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                            const at::Tensor&, at::ScalarType, std::optional<double>, int64_t,

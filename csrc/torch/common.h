@@ -16,6 +16,18 @@
 
 namespace halo::glue {
 
+/*!
+ * \brief Numbers and shapes for error messages, formatted with std::to_string. Messages never stream integers:
+ * on the GPU machine's toolchain an `ostream << int64_t` instantiated inside this extension crashed (SIGSEGV in
+ * std::ostream::_M_insert<long>, seen 2026-11-23), turning a clear error into a segfault.
+ */
+inline std::string S(int64_t v) { return std::to_string(v); }
+inline std::string S(at::IntArrayRef v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
 /*! \brief Kernel dtype of a tensor dtype; throws a clear error for unsupported ones. */
 DType to_dtype(at::ScalarType t);
 /*! \brief Whether t is one of int8 / float8_e4m3fn / float8_e5m2. */

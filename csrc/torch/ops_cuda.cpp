@@ -38,7 +38,7 @@ void check_rows_aligned(const void* p, int64_t row_stride, int64_t rows, int64_t
                     "halo: ", what, " must be 16-byte aligned (its data pointer is not: a view with an odd storage "
                     "offset?); pass .clone()");
   TORCH_CHECK_VALUE(rows <= 1 || (row_stride * elem_size) % 16 == 0, "halo: the row pitch of ", what,
-                    " must be a multiple of 16 bytes, got ", row_stride * elem_size, "; pass .contiguous()");
+                    " must be a multiple of 16 bytes, got ", S(row_stride * elem_size), "; pass .contiguous()");
 }
 
 int64_t elem_size(DType t) {
