@@ -33,6 +33,7 @@ for step in $steps; do
     bench-quant) python3 bench/quant_bench.py 2>&1 | tail -34 ;;
     bench-gemm) for d in int8 fp8 bf16; do python3 bench/gemm_bench.py --dtype $d 2>&1 | tail -40; done ;;
   esac
+  cp bench/results/*.json "$OUT/" 2>/dev/null
 done
 cp bench/results/*.json "$OUT/" 2>/dev/null
 echo "=== done $(date +%T)"
