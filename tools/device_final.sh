@@ -14,4 +14,13 @@ if ! bash tools/device_run.sh build >"$OUT/build_opt.txt" 2>&1 || \
   bash tools/device_run.sh build 2>&1 | tail -2 | cut -c1-200
 fi
 echo "VARIANT=$variant" | tee "$OUT/variant.txt"
-bash tools/device_run.sh test sanitize bench-hadamard bench-quant bench-gemm 2>&1 | grep -v "^\s*$" | tail -150
+python3 tools/diag2.py 128 2>&1 | tail -2
+python3 -c "
+import torch, halo_ext
+x = torch.randn(1048576, 128, device='cuda', dtype=torch.bfloat16)
+try:
+    halo_ext.hadamard(x); torch.cuda.synchronize(); print('1M rows ok')
+except Exception as e: print('1M rows', e)
+" 2>&1 | tail -2
+bash tools/device_run.sh test sanitize bench-hadamard bench-quant 2>&1 | grep -v "^\s*$" | tail -90
+rm -f "$OUT/gpu.txt" "$OUT/build.log" "$OUT/gemm.json" "$OUT/caps.json"

@@ -37,22 +37,32 @@ struct QGemmArgs {
 /*!
  * \brief Whether the sm90a kernels take this problem (dtypes, alignment: K % 16 == 0, N % (16 / out bytes) == 0,
  * 16-byte aligned pointers and strides). Returns nullptr when supported, else a message saying why not.
+ *
+ * Also required: K > 0, lda/ldb >= K and multiples of 16, ldd >= N, M, N, K < 2^31, non-null A/B/D/scales,
+ * 4-byte aligned scales, bias aligned to its element size, config -1 or in [0, qgemm_sm90_num_configs()).
+ * M == 0 or N == 0 is supported (nothing to compute; the pointers are not checked).
  */
 const char* qgemm_sm90_unsupported_reason(const QGemmArgs& args);
 
-/*! \brief Workspace bytes the chosen sm90a kernel needs. */
+/*! \brief Workspace bytes the chosen sm90a kernel needs (0 for the current kernels, and for unsupported args). */
 size_t qgemm_sm90_workspace_size(const QGemmArgs& args);
 
 /*! \brief Number of kernel configurations for the dtypes of args (valid QGemmArgs::config values are 0..n-1). */
 int qgemm_sm90_num_configs(const QGemmArgs& args);
 
-/*! \brief Human-readable name of a configuration ("int8 128x256x128 cluster 2x1 pingpong", ...). */
+/*!
+ * \brief Human-readable name of a configuration ("int8 -> bf16 128x256x128 cluster 2x1 cooperative", "e4m3 x e4m3 ->
+ * bf16 128x128x128 cluster 1x2 cooperative, fp32 accum", ...); nullptr for unsupported dtypes or config out of range.
+ */
 const char* qgemm_sm90_config_name(const QGemmArgs& args, int config);
 
-/*! \brief Configuration the shape heuristic picks for args (what config = -1 runs). */
+/*! \brief Configuration the shape heuristic picks for args (what config = -1 runs); -1 for unsupported dtypes. */
 int qgemm_sm90_heuristic(const QGemmArgs& args);
 
-/*! \brief Runs D = epilogue(A B^T) with the sm90a CUTLASS kernels on stream. */
+/*!
+ * \brief Runs D = epilogue(A B^T) with the sm90a CUTLASS kernels on stream. Returns cudaErrorInvalidValue when
+ * qgemm_sm90_unsupported_reason(args) is not null, cudaSuccess without a launch when M == 0 or N == 0.
+ */
 cudaError_t qgemm_sm90(const QGemmArgs& args, void* workspace, cudaStream_t stream);
 #endif
 

@@ -32,17 +32,13 @@ void check_on_cuda(const at::Tensor& t, const char* what) {
   TORCH_CHECK_VALUE(t.is_cuda(), "halo: ", what, " must be a CUDA tensor, got one on ", t.device());
 }
 
-/*! \brief Kernels load 16-byte vectors: the base pointer and the row pitch must be multiples of 16 bytes. */
-void check_rows_aligned(const void* p, int64_t row_stride, int64_t rows, int64_t elem_size, const char* what) {
+/*! \brief The kernels' fast paths load 16-byte vectors: the data pointer must be 16-byte aligned (true of every
+ * allocation; a view with an odd storage offset is rejected). Any row pitch works (unaligned pitches take scalar
+ * loads). */
+void check_aligned(const void* p, const char* what) {
   TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(p) % 16 == 0,
                     "halo: ", what, " must be 16-byte aligned (its data pointer is not: a view with an odd storage "
                     "offset?); pass .clone()");
-  TORCH_CHECK_VALUE(rows <= 1 || (row_stride * elem_size) % 16 == 0, "halo: the row pitch of ", what,
-                    " must be a multiple of 16 bytes, got ", S(row_stride * elem_size), "; pass .contiguous()");
-}
-
-int64_t elem_size(DType t) {
-  return t == DType::kFloat32 ? 4 : (t == DType::kFloat16 || t == DType::kBFloat16) ? 2 : 1;
 }
 
 /*! \brief Device copy of the dense factor L (cached per device, m, transpose; never freed). */
@@ -63,7 +59,7 @@ const int8_t* dense_left_device(int m, bool transpose, c10::DeviceIndex dev) {
 
 void prepare_hadamard(HadamardPlan& p, const at::Tensor& x) {
   check_on_cuda(x, "x");
-  check_rows_aligned(p.args.x, p.args.x_row_stride, p.args.rows, elem_size(p.args.dtype), "x");
+  check_aligned(p.args.x, "x");
   p.args.dense_left = p.args.dense_m > 1 ? dense_left_device(p.args.dense_m, p.transpose, x.device().index()) : nullptr;
 }
 
@@ -91,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const at::Tensor& x, at::Scalar
   at::Tensor x2d = as_rows(x);
   QuantizeArgs a;
   auto [q, s] = plan_quantize(x2d, x.sizes(), dtype, granularity, block, &a);
-  check_rows_aligned(a.x, a.x_row_stride, a.rows, elem_size(a.dtype), "x");
+  check_aligned(a.x, "x");
   at::Tensor ws = workspace(quantize_workspace_size(a), x);
   check_cuda(quantize(a, ws.data_ptr(), c10::cuda::getCurrentCUDAStream()), "quantize");
   return {q, s};
@@ -103,7 +99,7 @@ at::Tensor dequantize_cuda(const at::Tensor& q, const at::Tensor& scale, std::op
   const c10::cuda::CUDAGuard guard(q.device());
   QuantizeArgs a;
   DequantPlan p = plan_dequantize(q, scale, dtype, granularity, block, &a);
-  check_rows_aligned(a.q, a.cols, a.rows, 1, "q");
+  check_aligned(a.q, "q");
   check_cuda(dequantize(a, p.out.data_ptr(), c10::cuda::getCurrentCUDAStream()), "dequantize");
   return p.out;
 }

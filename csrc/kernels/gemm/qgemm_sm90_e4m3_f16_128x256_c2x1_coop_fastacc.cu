@@ -1,0 +1,25 @@
+/*!
+ * \file qgemm_sm90_e4m3_f16_128x256_c2x1_coop_fastacc.cu
+ * \brief sm90a kernel configuration "e4m3 x e4m3 -> fp16 128x256x128 cluster 2x1 cooperative, fast accum".
+ *
+ * See gemm_sm90_impl.cuh for the kernel and notes/gemm_configs.md for why this configuration exists.
+ */
+#ifdef HALO_ENABLE_SM90
+#include "gemm_sm90_impl.cuh"
+
+namespace halo {
+namespace sm90 {
+
+using QGemmE4m3F16_128x256_C2x1_CoopFastAcc =
+    QGemmSm90<cutlass::float_e4m3_t, cutlass::float_e4m3_t, cutlass::half_t,
+              cute::Shape<cute::_128, cute::_256, cute::_128>,  // CTA tile
+              cute::Shape<cute::_2, cute::_1, cute::_1>,      // cluster
+              schedule::CooperativeFP8Fast>;
+
+const QGemmSm90Kernel kQGemmE4m3F16_128x256_C2x1_CoopFastAcc =
+    make_qgemm_sm90_kernel<QGemmE4m3F16_128x256_C2x1_CoopFastAcc>(
+        "e4m3 x e4m3 -> fp16 128x256x128 cluster 2x1 cooperative, fast accum");
+
+}  // namespace sm90
+}  // namespace halo
+#endif  // HALO_ENABLE_SM90

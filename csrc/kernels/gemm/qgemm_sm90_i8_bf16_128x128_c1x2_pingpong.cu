@@ -1,0 +1,25 @@
+/*!
+ * \file qgemm_sm90_i8_bf16_128x128_c1x2_pingpong.cu
+ * \brief sm90a kernel configuration "int8 -> bf16 128x128x128 cluster 1x2 pingpong".
+ *
+ * See gemm_sm90_impl.cuh for the kernel and notes/gemm_configs.md for why this configuration exists.
+ */
+#ifdef HALO_ENABLE_SM90
+#include "gemm_sm90_impl.cuh"
+
+namespace halo {
+namespace sm90 {
+
+using QGemmI8Bf16_128x128_C1x2_Pingpong =
+    QGemmSm90<int8_t, int8_t, cutlass::bfloat16_t,
+              cute::Shape<cute::_128, cute::_128, cute::_128>,  // CTA tile
+              cute::Shape<cute::_1, cute::_2, cute::_1>,      // cluster
+              schedule::Pingpong>;
+
+const QGemmSm90Kernel kQGemmI8Bf16_128x128_C1x2_Pingpong =
+    make_qgemm_sm90_kernel<QGemmI8Bf16_128x128_C1x2_Pingpong>(
+        "int8 -> bf16 128x128x128 cluster 1x2 pingpong");
+
+}  // namespace sm90
+}  // namespace halo
+#endif  // HALO_ENABLE_SM90

@@ -1,0 +1,75 @@
+/*!
+ * \file hadamard.cu
+ * \brief hadamard_transform(): power-of-two kernel (pow2_kernel), dense-factor tensor-core kernel (dense_kernel)
+ * and the generic fallback, with a store epilogue. See notes/hadamard_kernels.md for the design and numbers.
+ */
+#include "hadamard.h"
+#include "hadamard_impl.cuh"
+
+namespace halo {
+namespace detail {
+namespace {
+
+/*! \brief Epilogue that writes the transform in the input dtype (signs after the transform, RNE rounding). */
+template <typename T>
+struct StoreEpilogue {
+  static constexpr int kVec = Vec<T>::kVec;
+  struct Params {
+    void* out = nullptr;
+    int64_t out_stride = 0, n = 0;
+    const float* post_signs = nullptr;  //!< [cols] or nullptr
+  };
+  struct Group {
+    T* out;
+    const float* signs;
+    bool valid;
+  };
+  Params p;
+  __device__ StoreEpilogue(const Params& params, unsigned char*) : p(params) {}
+  __device__ void init() {}
+  __device__ Group group(int64_t row, int64_t gcol, uint32_t, bool valid) const {
+    return {static_cast<T*>(p.out) + row * p.out_stride + gcol * p.n,
+            p.post_signs != nullptr ? p.post_signs + gcol * p.n : nullptr, valid};
+  }
+  __device__ void put(const Group& g, uint32_t col, float* v) const {
+    if (!g.valid) return;
+    if (g.signs != nullptr) mul_signs<kVec>(g.signs + col, v);
+    stg16(g.out + col, Vec<T>::pack(v));
+  }
+  __device__ void put1(const Group& g, uint32_t col, float v) const {
+    if (g.signs != nullptr) v *= g.signs[col];
+    Vec<T>::store1(g.out, col, v);
+  }
+  __device__ void tile_done(bool) {}
+  __device__ void finish() {}
+};
+
+template <typename T>
+cudaError_t transform_typed(const HadamardArgs& a, int log2p, void* out, int64_t out_stride, cudaStream_t stream) {
+  typename StoreEpilogue<T>::Params ep;
+  ep.out = out, ep.out_stride = out_stride, ep.n = a.n;
+  ep.post_signs = a.signs_after ? a.signs : nullptr;
+  const int vec = Vec<T>::kVec;
+  const bool out_ok = aligned(out, 16) && out_stride % vec == 0;
+  if (out_ok && pow2_fast_ok(a, sizeof(T))) {
+    return dispatch_log2(log2p, [&](auto P) {
+      return launch_pow2<T, decltype(P)::value, StoreEpilogue<T>>(a, false, 0, ep, 0, 1 << 30, stream);
+    });
+  }
+  return launch_generic<T, StoreEpilogue<T>>(a, log2p, false, ep, 0, 1 << 30, stream);
+}
+
+}  // namespace
+}  // namespace detail
+
+cudaError_t hadamard_transform(const HadamardArgs& args, void* out, int64_t out_row_stride, cudaStream_t stream) {
+  int log2p = 0;
+  HALO_RETURN_IF_ERROR(detail::check_hadamard_args(args, &log2p));
+  if (args.rows == 0 || args.cols == 0) return cudaSuccess;
+  if (out == nullptr || out_row_stride < args.cols) return cudaErrorInvalidValue;
+  return detail::dispatch_float_type(args.dtype, [&](auto t) {
+    return detail::transform_typed<decltype(t)>(args, log2p, out, out_row_stride, stream);
+  });
+}
+
+}  // namespace halo

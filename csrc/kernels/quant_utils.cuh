@@ -1,0 +1,300 @@
+/*!
+ * \file quant_utils.cuh
+ * \brief Device helpers shared by the Hadamard and quantization kernels (internal to csrc/kernels/).
+ *
+ * Vector conversions between 16-byte packets of float32/float16/bfloat16 and float registers, the 8-bit
+ * quantization rule of hadamard.h, fast 32-bit division by a run-time constant, cp.async wrappers, block
+ * reductions and launch helpers. Everything here compiles for sm_80 and later.
+ */
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <cstdint>
+
+#include "hadamard.h"
+
+namespace halo::detail {
+
+/*! \brief Checks a CUDA call inside a host function that returns cudaError_t. */
+#define HALO_RETURN_IF_ERROR(expr)              \
+  do {                                          \
+    const cudaError_t halo_err_ = (expr);       \
+    if (halo_err_ != cudaSuccess) return halo_err_; \
+  } while (0)
+
+// ------------------------------------------------------------------------------------------------------------------
+// 16-byte packets of a floating type <-> float registers
+// ------------------------------------------------------------------------------------------------------------------
+
+/*! \brief Per-dtype constants and 16-byte packet conversions. kVec elements fill 16 bytes. */
+template <typename T>
+struct Vec;
+
+template <>
+struct Vec<float> {
+  static constexpr int kVec = 4, kVecBits = 2;
+  __device__ __forceinline__ static void unpack(const uint4& u, float* f) {
+    f[0] = __uint_as_float(u.x);
+    f[1] = __uint_as_float(u.y);
+    f[2] = __uint_as_float(u.z);
+    f[3] = __uint_as_float(u.w);
+  }
+  __device__ __forceinline__ static uint4 pack(const float* f) {
+    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+  }
+  __device__ __forceinline__ static float load1(const void* p, int64_t i) { return static_cast<const float*>(p)[i]; }
+  __device__ __forceinline__ static void store1(void* p, int64_t i, float v) { static_cast<float*>(p)[i] = v; }
+};
+
+template <>
+struct Vec<__nv_bfloat16> {
+  static constexpr int kVec = 8, kVecBits = 3;
+  /*! \brief bfloat16 is the upper half of a float32: a shift or a mask per element. */
+  __device__ __forceinline__ static void unpack(const uint4& u, float* f) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      f[2 * i] = __uint_as_float(w[i] << 16);
+      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  }
+  __device__ __forceinline__ static uint32_t pack2(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  __device__ __forceinline__ static uint4 pack(const float* f) {
+    return make_uint4(pack2(f[0], f[1]), pack2(f[2], f[3]), pack2(f[4], f[5]), pack2(f[6], f[7]));
+  }
+  __device__ __forceinline__ static float load1(const void* p, int64_t i) {
+    return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+  }
+  __device__ __forceinline__ static void store1(void* p, int64_t i, float v) {
+    static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+  }
+};
+
+template <>
+struct Vec<__half> {
+  static constexpr int kVec = 8, kVecBits = 3;
+  __device__ __forceinline__ static void unpack(const uint4& u, float* f) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 t = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+      f[2 * i] = t.x;
+      f[2 * i + 1] = t.y;
+    }
+  }
+  __device__ __forceinline__ static uint32_t pack2(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  __device__ __forceinline__ static uint4 pack(const float* f) {
+    return make_uint4(pack2(f[0], f[1]), pack2(f[2], f[3]), pack2(f[4], f[5]), pack2(f[6], f[7]));
+  }
+  __device__ __forceinline__ static float load1(const void* p, int64_t i) {
+    return __half2float(static_cast<const __half*>(p)[i]);
+  }
+  __device__ __forceinline__ static void store1(void* p, int64_t i, float v) {
+    static_cast<__half*>(p)[i] = __float2half_rn(v);
+  }
+};
+
+/*! \brief Reads 16 bytes through the read-only (non-coherent) path. */
+__device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(static_cast<const uint4*>(p)); }
+
+/*! \brief Writes 16 bytes to global memory. */
+__device__ __forceinline__ void stg16(void* p, const uint4& v) { *static_cast<uint4*>(p) = v; }
+
+// ------------------------------------------------------------------------------------------------------------------
+// Quantization rule (hadamard.h): bit-identical to csrc/cpu/dtype_utils.h
+// ------------------------------------------------------------------------------------------------------------------
+
+/*! \brief qmax_of() of common.h, usable in device code. */
+__host__ __device__ constexpr float qmax_dev(DType t) {
+  return t == DType::kInt8 ? 127.0f : t == DType::kFloat8E4M3 ? 448.0f : t == DType::kFloat8E5M2 ? 57344.0f : 0.0f;
+}
+
+/*! \brief Scale and inverse scale of a group with absmax `amax`: a' = max(a, kMinAmax), a'/qmax, qmax/a'. */
+struct QuantScale {
+  float scale, inv;
+  __device__ __forceinline__ QuantScale(float amax, float qmax) {
+    const float a = amax < kMinAmax ? kMinAmax : amax;  // std::max(amax, kMinAmax) of the CPU reference
+    scale = __fdiv_rn(a, qmax);
+    inv = __fdiv_rn(qmax, a);
+  }
+};
+
+/*!
+ * \brief One 8-bit code: v = x * inv, clamped to [-qmax, qmax] with the CPU's comparison order (NaN passes the
+ * clamp as on the CPU), then int8: round half to even; fp8: RNE conversion.
+ */
+template <DType Q>
+__device__ __forceinline__ uint32_t quant_code(float x, float inv) {
+  constexpr float m = qmax_dev(Q);
+  float s = __fmul_rn(x, inv);
+  s = s < -m ? -m : s;
+  s = m < s ? m : s;
+  if constexpr (Q == DType::kInt8) {
+    return static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(__float2int_rn(s))));
+  } else {
+    return static_cast<uint32_t>(
+        __nv_cvt_float_to_fp8(s, __NV_SATFINITE, Q == DType::kFloat8E4M3 ? __NV_E4M3 : __NV_E5M2));
+  }
+}
+
+/*! \brief Quantizes 4 values into one little-endian 32-bit word of 8-bit codes (fp8: paired conversions). */
+template <DType Q>
+__device__ __forceinline__ uint32_t quant4(const float* v, float inv) {
+  if constexpr (Q == DType::kInt8) {
+    return quant_code<Q>(v[0], inv) | (quant_code<Q>(v[1], inv) << 8) | (quant_code<Q>(v[2], inv) << 16) |
+           (quant_code<Q>(v[3], inv) << 24);
+  } else {
+    constexpr float m = qmax_dev(Q);
+    float s[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      s[j] = __fmul_rn(v[j], inv);
+      s[j] = s[j] < -m ? -m : s[j];
+      s[j] = m < s[j] ? m : s[j];
+    }
+    constexpr __nv_fp8_interpretation_t kind = Q == DType::kFloat8E4M3 ? __NV_E4M3 : __NV_E5M2;
+    const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(s[0], s[1]), __NV_SATFINITE, kind);
+    const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(s[2], s[3]), __NV_SATFINITE, kind);
+    return lo | (hi << 16);
+  }
+}
+
+/*! \brief Value of one 8-bit code as float. */
+template <DType Q>
+__device__ __forceinline__ float dequant_code(uint32_t c) {
+  if constexpr (Q == DType::kInt8) {
+    return static_cast<float>(static_cast<int8_t>(static_cast<uint8_t>(c)));
+  } else {
+    const __half_raw h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(c),
+                                                 Q == DType::kFloat8E4M3 ? __NV_E4M3 : __NV_E5M2);
+    return __half2float(__half(h));
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Integer helpers
+// ------------------------------------------------------------------------------------------------------------------
+
+/*!
+ * \brief Division of a 32-bit numerator n < 2^31 by a run-time constant d >= 1: q = (umulhi(n, mul) + n) >> shift
+ * (the round-up method: mul = floor(2^32 (2^shift - d) / d) + 1, shift = ceil(log2 d)).
+ */
+struct FastDivmod {
+  uint32_t d = 1, mul = 1, shift = 0;
+  FastDivmod() = default;
+  explicit FastDivmod(uint32_t divisor) : d(divisor) {
+    while ((uint64_t(1) << shift) < d) ++shift;
+    mul = static_cast<uint32_t>(((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d)) / d + 1);
+  }
+  __host__ __device__ __forceinline__ uint32_t div(uint32_t n) const {
+#ifdef __CUDA_ARCH__
+    return (__umulhi(n, mul) + n) >> shift;
+#else
+    return static_cast<uint32_t>(((uint64_t(n) * mul >> 32) + n) >> shift);
+#endif
+  }
+  /*! \brief q = n / d, r = n - q d. */
+  __host__ __device__ __forceinline__ void divmod(uint32_t n, uint32_t& q, uint32_t& r) const {
+    q = div(n);
+    r = n - q * d;
+  }
+};
+
+/*! \brief log2 of a power of two, -1 otherwise. */
+inline int log2_exact(int64_t v) {
+  if (v <= 0 || (v & (v - 1)) != 0) return -1;
+  int p = 0;
+  while ((int64_t(1) << p) < v) ++p;
+  return p;
+}
+
+/*! \brief Whether pointer p is aligned to `bytes`. */
+inline bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// ------------------------------------------------------------------------------------------------------------------
+// cp.async (sm_80+)
+// ------------------------------------------------------------------------------------------------------------------
+
+/*! \brief Asynchronous 16-byte global->shared copy, bypassing L1. */
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+/*! \brief Waits until at most N of this thread's committed cp.async groups are pending. */
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Reductions
+// ------------------------------------------------------------------------------------------------------------------
+
+/*! \brief Max over the `width` lanes of aligned lane groups (width a power of two <= 32). */
+__device__ __forceinline__ float group_max(float v, int width) {
+  for (int o = width / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+/*!
+ * \brief Max over the whole CTA (every thread gets it). `red` holds blockDim.x / 32 floats. Contains two
+ * __syncthreads(); all threads must call it.
+ */
+__device__ __forceinline__ float block_max(float v, float* red) {
+  v = group_max(v, 32);
+  const int warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  if ((threadIdx.x & 31) == 0) red[warp] = v;
+  __syncthreads();
+  float r = 0.f;
+  for (int w = 0; w < nwarps; ++w) r = fmaxf(r, red[w]);
+  __syncthreads();
+  return r;
+}
+
+/*!
+ * \brief Max of `count` partial maxima in global memory (every thread gets it). Same barrier rules as block_max.
+ */
+__device__ __forceinline__ float reduce_partials(const float* partials, int count, float* red) {
+  float v = 0.f;
+  for (int i = threadIdx.x; i < count; i += blockDim.x) v = fmaxf(v, partials[i]);
+  return block_max(v, red);
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Launch helpers
+// ------------------------------------------------------------------------------------------------------------------
+
+/*! \brief Number of multiprocessors of the current device. */
+inline cudaError_t sm_count(int* sms) {
+  int dev = 0;
+  HALO_RETURN_IF_ERROR(cudaGetDevice(&dev));
+  return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+}
+
+/*!
+ * \brief Persistent-grid size for `kernel`: resident CTAs per SM times SMs, at most `work` CTAs. Raises the
+ * kernel's dynamic shared memory limit first when `smem` exceeds 48 KB.
+ */
+template <typename Kernel>
+cudaError_t persistent_grid(Kernel kernel, int threads, size_t smem, int64_t work, int* grid) {
+  if (smem > 48 * 1024)
+    HALO_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  int per_sm = 0, sms = 0;
+  HALO_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  HALO_RETURN_IF_ERROR(sm_count(&sms));
+  if (per_sm < 1) return cudaErrorInvalidConfiguration;
+  const int64_t g = int64_t(per_sm) * sms;
+  *grid = static_cast<int>(work < g ? (work < 1 ? 1 : work) : g);
+  return cudaSuccess;
+}
+
+}  // namespace halo::detail
