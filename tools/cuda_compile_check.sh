@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 CUTLASS=${CUTLASS_DIR:-$(python3 -c "import cutlass_library; print(cutlass_library.source_path)")}
 TORCH_INC=$(python3 -c "import torch.utils.cpp_extension as c; print(' '.join('-I'+p for p in c.include_paths()))")
 ABI=$(python3 -c "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))")
-CUDA_INC=$(dirname "$(dirname "$(command -v nvcc)")")/include
+# nvcc knows its include dir (it may be a wrapper script outside the toolkit): ask it.
+CUDA_INC=$(nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ INCLUDES="-I\(.*\)" *$/\1/p' | head -1 | sed 's/"  *"-I/ -I/g; s/"//g')
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # A CPU torch wheel lacks the CUDA build's generated c10 macro header: stand it in for the syntax check.
