@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -62,7 +62,7 @@ setup(
     version=VERSION,
     description="HALO: Hadamard-rotated 8-bit GEMMs and quantized collectives for PyTorch LLM fine-tuning",
     package_dir={"": "python"},
-    packages=["halo_ext"],
+    packages=find_packages(where="python"),
     ext_modules=[CMakeExtension("halo_ext._C")],
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.9",
