@@ -72,7 +72,7 @@ def breakdown(M, K, N, level, prec):
     qe, se = q8(ey, qd, "tensor", 0)
     t["quant_ey"] = time_ms(lambda: q8(ey, qd, "tensor", 0))
     if level == 2:
-        hb = _token_hadamard(_token_block(M, 256), "cuda", torch.bfloat16)
+        hb = _token_hadamard(_token_block(M, 256), ey.device, torch.bfloat16)
         t["rot_tokens_ey(bmm)"] = time_ms(lambda: _rotate_tokens(ey, hb))
     t["gemm_ex"] = time_ms(lambda: mm(qe, qwt, se, sw, torch.bfloat16, None))
     z = mm(qe, qwt, se, sw, torch.bfloat16, None)
