@@ -354,3 +354,21 @@ def test_torch_compile_fullgraph():
     ye.sum().backward()
     assert torch.allclose(y, ye, atol=1e-5) and torch.allclose(x.grad, x2.grad, atol=1e-5)
     assert torch.allclose(lin.weight.grad, eager.weight.grad, atol=1e-5)
+
+
+def test_rotation_block():
+    # K = 3 * 256: the default H_m is block-diagonal with b = 256 (the largest power-of-two divisor); the algebra
+    # (rotate, 8-bit GEMM, undo) holds for any orthogonal block size, so the same bounds apply.
+    assert halo_ext.rotation_block(768) == 256 and halo_ext.rotation_block(1024) == 0
+    assert halo_ext.rotation_block(14336) == 2048 and halo_ext.rotation_block(96) == 0
+    lin = HaloLinear(768, 64, level=2)
+    assert lin.rotation_block == 256
+    _check_layer("cpu", torch.float32, 1, "int8", None, (40, 768), 64)
+    full = HaloLinear(768, 64, level=1, rotation_block=0)
+    x = torch.randn(24, 768, requires_grad=True)
+    y = full(x)
+    y.backward(torch.ones_like(y))
+    yr, gx, gw, _ = _ref_grads(x, full.weight, full.bias, torch.ones_like(y))
+    assert max(_rel(y, yr), _rel(x.grad, gx), _rel(full.weight.grad, gw)) < BOUND[("int8", None)]
+    with pytest.raises(ValueError, match="rotation_block"):
+        HaloLinear(768, 64, rotation_block=100)

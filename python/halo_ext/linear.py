@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from . import _C
 
 __all__ = ["HaloLinear", "HaloLoraLinear", "QuantizedWeight", "convert", "prepare_peft", "halo_linear",
-           "quantize_weight", "linear_supported"]
+           "quantize_weight", "linear_supported", "rotation_block"]
 
 log = logging.getLogger("halo_ext.linear")
 
@@ -79,13 +79,19 @@ def _check_config(level, precision, grad_precision):
     return qd, gd
 
 
-def linear_supported(in_features: int, out_features: int, level: int = 2) -> Optional[str]:
+def linear_supported(in_features: int, out_features: int, level: int = 2,
+                     rotation_block: Optional[int] = None) -> Optional[str]:
     """None if a HALO layer of these dims is supported, else the reason (a string)."""
     if in_features % _ALIGN or out_features % _ALIGN:
         return (f"in_features={in_features} and out_features={out_features} must be multiples of {_ALIGN} "
                 "(8-bit GEMM alignment)")
-    if level >= 1 and _C.hadamard_factor(in_features) is None:
-        return f"in_features={in_features} is not a supported Hadamard size (halo_ext.hadamard_supported)"
+    if level >= 1:
+        rb = _rotation_block(in_features, rotation_block)
+        if rb and (rb < 2 or in_features % rb):
+            return f"rotation_block={rb} must be 0 or a divisor >= 2 of in_features={in_features}"
+        if _C.hadamard_factor(rb or in_features) is None:
+            return (f"in_features={in_features} (rotation block {rb or in_features}) is not a supported Hadamard size "
+                    "(halo_ext.hadamard_supported)")
     return None
 
 
@@ -93,13 +99,28 @@ def linear_supported(in_features: int, out_features: int, level: int = 2) -> Opt
 # Building blocks
 # ----------------------------------------------------------------------------------------------------------------
 
-def quantize_weight(weight: torch.Tensor, level: int, qdtype: torch.dtype, want_qt: bool = True) -> QuantizedWeight:
-    """Quantize ``weight [N, K]`` as ``level`` needs (rotated along K for levels 1/2), with the transposed copy."""
+def rotation_block(k: int) -> int:
+    """The H_m HaloLinear uses by default for in_features k: 0 (full length) when k is a power of two; else the
+    largest power-of-two divisor of k if it is >= 256 (block-diagonal H_m = I ⊗ H_b: still orthogonal, spreads each
+    outlier over b channels, and runs at the fast power-of-two speed: the dense m-factor stage of the Hadamard
+    kernels is 15-40x slower today, see notes/halo_linear.md); else 0."""
+    if k & (k - 1) == 0:
+        return 0
+    b = k & -k
+    return b if b >= 256 else 0
+
+
+def quantize_weight(weight: torch.Tensor, level: int, qdtype: torch.dtype, want_qt: bool = True,
+                    block: Optional[int] = None) -> QuantizedWeight:
+    """Quantize ``weight [N, K]`` as ``level`` needs (rotated along K for levels 1/2 with the H_m of block
+    ``block``, default :func:`rotation_block` (K)), with the transposed copy."""
     w = weight.detach()
     if level == 0:
         q, s = _quant(w, qdtype, "tensor", 0)
         return QuantizedWeight(q, s, q.t().contiguous() if want_qt else None)
-    q, qt, s = _hq(w, qdtype, None, 0, None, False, True, want_qt, None)
+    if block is None:
+        block = rotation_block(w.shape[1])
+    q, qt, s = _hq(w, qdtype, None, block, None, False, True, want_qt, None)
     return QuantizedWeight(q, s, qt if want_qt else None)
 
 
@@ -136,17 +157,22 @@ def _token_block(m: int, token_block: int) -> int:
     return b
 
 
+def _rotation_block(k, rb):
+    return rotation_block(k) if rb is None else rb
+
+
 def _qt_of(qw: QuantizedWeight) -> torch.Tensor:
     return qw.qt if qw.qt is not None else qw.q.t().contiguous()
 
 
 class _HaloLinearFn(torch.autograd.Function):
     """One autograd node per layer call. Inputs: x2 [M, K] (2-D), weight [N, K] (values unread when wq is given),
-    bias or None, wq/ws/wqt (pre-quantized weight or None), cfg = (level, qdtype, gdtype, token_block)."""
+    bias or None, wq/ws/wqt (pre-quantized weight or None), cfg = (level, qdtype, gdtype, token_block, kb),
+    kb = block of H_m (0 = full length)."""
 
     @staticmethod
     def forward(ctx, x2, weight, bias, wq, ws, wqt, cfg):
-        level, qd, gd, tb = cfg
+        level, qd, gd, tb, kb = cfg
         m, k = x2.shape
         need_gw = ctx.needs_input_grad[1]
         need_gx = ctx.needs_input_grad[0]
@@ -159,17 +185,17 @@ class _HaloLinearFn(torch.autograd.Function):
             mp = -(-m // _ALIGN) * _ALIGN if need_gw else m
         xp = _pad_rows(x2, mp)
         if wq is None:
-            wq, ws, wqt = quantize_weight(weight, level, qd, want_qt=need_gx)
+            wq, ws, wqt = quantize_weight(weight, level, qd, want_qt=need_gx, block=kb)
         if level == 0:
             qx, sx = _quant(xp, qd, "tensor", 0)
             qxt = qx.t().contiguous() if need_gw else None
         else:
-            qx, qxt, sx = _hq(xp, qd, None, 0, None, False, True, need_gw, None)
+            qx, qxt, sx = _hq(xp, qd, None, kb, None, False, True, need_gw, None)
         out_dtype = x2.dtype
         y = _mm(qx, wq, sx, ws, out_dtype, None if bias is None else bias.to(out_dtype))
         if mp != m:
             y = y[:m]
-        ctx.cfg = (level, gd, b, m, mp)
+        ctx.cfg = (level, gd, b, m, mp, kb)
         ctx.w_meta = (weight.shape, weight.dtype)
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.save_for_backward(qxt if need_gw else None, sx if need_gw else None, wq if need_gx and wqt is None
@@ -178,7 +204,7 @@ class _HaloLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, ey):
-        level, gd, b, m, mp = ctx.cfg
+        level, gd, b, m, mp, kb = ctx.cfg
         qxt, sx, wq, wqt, ws = ctx.saved_tensors
         need_gx, need_gw, need_gb = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         if ey.stride(-1) != 1:
@@ -194,11 +220,11 @@ class _HaloLinearFn(torch.autograd.Function):
                 qr, sr = _quant(_rotate_tokens(eyp, hb), gd, "tensor", 0)       # Q(H_Tᵀ E_Y) [Mp, N]
                 z = _mm(qr, wqt, sr, ws, ey.dtype, None)                         # Q(H_Tᵀ E_Y)·Q(W H_m)  [Mp, K]
                 z = _rotate_tokens(z, hb)                                        # H_T · (...)
-                gx = _had(z, None, 0, None, True)[:m]                            # ... · H_mᵀ
+                gx = _had(z, None, kb, None, True)[:m]                            # ... · H_mᵀ
             else:
                 qe, se = _quant(eyp, gd, "tensor", 0)
                 z = _mm(qe, wqt, se, ws, ey.dtype, None)                         # [Mp, K]
-                gx = (z if level == 0 else _had(z, None, 0, None, True))
+                gx = (z if level == 0 else _had(z, None, kb, None, True))
                 if mp != m:
                     gx = gx[:m]
         if need_gw:
@@ -209,7 +235,7 @@ class _HaloLinearFn(torch.autograd.Function):
             out_t = wdtype if wdtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32
             g = _mm(qet, qxt, se, sx, out_t, None)                               # [N, K]
             if level != 0:
-                g = _had(g, None, 0, None, True)                                 # ... · H_mᵀ
+                g = _had(g, None, kb, None, True)                                 # ... · H_mᵀ
             gw = g if g.dtype == wdtype else g.to(wdtype)
         if need_gb and ctx.bias_dtype is not None:
             gb = ey.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
@@ -224,7 +250,8 @@ def _bf16_linear(x, weight, bias, wq):
 
 def halo_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, level: int = 2,
                 qdtype: Optional[torch.dtype] = torch.int8, gdtype: Optional[torch.dtype] = None,
-                token_block: int = 256, qweight: Optional[QuantizedWeight] = None) -> torch.Tensor:
+                token_block: int = 256, qweight: Optional[QuantizedWeight] = None,
+                rotation_block: Optional[int] = None) -> torch.Tensor:
     """Functional HALO linear ``x [..., K] @ weight[N, K]ᵀ + bias``. ``qweight`` (or ``weight.halo_qweight(level,
     precision)``) replaces the quantization of the weight; the weight's values are then never read."""
     if qdtype is None:
@@ -235,7 +262,8 @@ def halo_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         wq = ws = wqt = None
     else:
         wq, ws, wqt = qweight
-    y = _HaloLinearFn.apply(x2, weight, bias, wq, ws, wqt, (level, qdtype, gdtype or qdtype, token_block))
+    y = _HaloLinearFn.apply(x2, weight, bias, wq, ws, wqt, (level, qdtype, gdtype or qdtype, token_block,
+                                                       _rotation_block(x.shape[-1], rotation_block)))
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
@@ -255,27 +283,31 @@ class HaloLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, level: int = 2,
                  precision: str = "int8", grad_precision: Optional[str] = None, device=None, dtype=None,
-                 token_block: int = 256):
+                 token_block: int = 256, rotation_block: Optional[int] = None):
         self._qd, self._gd = _check_config(level, precision, grad_precision)
+        rotation_block = _rotation_block(in_features, rotation_block)
         if self._qd is not None:
-            why = linear_supported(in_features, out_features, level)
+            why = linear_supported(in_features, out_features, level, rotation_block)
             if why is not None:
                 raise ValueError(f"HaloLinear(level={level}, precision={precision!r}): {why}")
         if token_block < _ALIGN or token_block & (token_block - 1):
             raise ValueError(f"HaloLinear: token_block must be a power of two >= {_ALIGN}, got {token_block}")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.level, self.precision, self.grad_precision, self.token_block = level, precision, grad_precision, token_block
-        self._cfg = (level, self._qd, self._gd, token_block)
+        self.rotation_block = rotation_block
+        self._cfg = (level, self._qd, self._gd, token_block, rotation_block)
         self._wcache = None  # (key, QuantizedWeight)
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, level: int = 2, precision: str = "int8",
-                    grad_precision: Optional[str] = None, token_block: int = 256) -> "HaloLinear":
+                    grad_precision: Optional[str] = None, token_block: int = 256,
+                    rotation_block: Optional[int] = None) -> "HaloLinear":
         """A HaloLinear sharing ``lin``'s parameters (no copy)."""
         new = cls.__new__(cls)
         new._qd, new._gd = _check_config(level, precision, grad_precision)
+        rotation_block = _rotation_block(lin.in_features, rotation_block)
         if new._qd is not None:
-            why = linear_supported(lin.in_features, lin.out_features, level)
+            why = linear_supported(lin.in_features, lin.out_features, level, rotation_block)
             if why is not None:
                 raise ValueError(f"HaloLinear.from_linear(level={level}, precision={precision!r}): {why}")
         nn.Module.__init__(new)
@@ -283,7 +315,8 @@ class HaloLinear(nn.Linear):
         new.weight = lin.weight
         new.bias = lin.bias
         new.level, new.precision, new.grad_precision, new.token_block = level, precision, grad_precision, token_block
-        new._cfg = (level, new._qd, new._gd, token_block)
+        new.rotation_block = rotation_block
+        new._cfg = (level, new._qd, new._gd, token_block, rotation_block)
         new._wcache = None
         new.train(lin.training)
         return new
@@ -297,7 +330,7 @@ class HaloLinear(nn.Linear):
         key = (w._version, w.device, w.dtype, w.data_ptr())
         c = self._wcache
         if c is None or c[0] != key:
-            c = (key, quantize_weight(w, self.level, self._qd, want_qt=True))
+            c = (key, quantize_weight(w, self.level, self._qd, want_qt=True, block=self.rotation_block))
             self._wcache = c
         return c[1]
 
