@@ -372,3 +372,18 @@ def test_rotation_block():
     assert max(_rel(y, yr), _rel(x.grad, gx), _rel(full.weight.grad, gw)) < BOUND[("int8", None)]
     with pytest.raises(ValueError, match="rotation_block"):
         HaloLinear(768, 64, rotation_block=100)
+
+
+def test_autocast_bf16_cpu():
+    # under autocast the layer computes in the autocast dtype like nn.Linear (output bf16, grads in param dtypes)
+    lin = HaloLinear(64, 32, level=2)
+    x = torch.randn(2, 17, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = lin(x)
+    assert y.dtype == torch.bfloat16
+    g = torch.randn_like(y)
+    y.backward(g)
+    yr, gx, gw, _ = _ref_grads(x, lin.weight, lin.bias, g)
+    assert x.grad.dtype == torch.float32 and lin.weight.grad.dtype == torch.float32
+    b = BOUND[("int8", None)] * 1.1  # + bf16 roundings (2^-9) of x, E_Y and the outputs
+    assert max(_rel(y, yr), _rel(x.grad, gx), _rel(lin.weight.grad, gw)) < b

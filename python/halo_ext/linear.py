@@ -141,7 +141,8 @@ def _rotate_tokens(y: torch.Tensor, hb: torch.Tensor) -> torch.Tensor:
     """``(I ⊗ H_b) y`` for ``y [Mp, C]`` (Mp % b == 0): one batched GEMM, no transposes (H_b is symmetric, so this is
     also its own inverse)."""
     b = hb.shape[0]
-    return torch.matmul(hb, y.view(-1, b, y.shape[-1])).view(y.shape)
+    yb = y.view(-1, b, y.shape[-1])
+    return torch.bmm(hb.expand(yb.shape[0], b, b), yb).view(y.shape)
 
 
 def _pad_rows(x2: torch.Tensor, mp: int) -> torch.Tensor:
@@ -348,6 +349,10 @@ class HaloLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._qd is None:
             return F.linear(x, self.weight, self.bias)
+        if torch.is_autocast_enabled(x.device.type):  # like F.linear under autocast: compute in the autocast dtype
+            dt = torch.get_autocast_dtype(x.device.type)
+            if x.dtype != dt:
+                x = x.to(dt)
         qw = self.qweight()
         k = x.shape[-1]
         x2 = x.reshape(-1, k)
