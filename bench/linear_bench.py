@@ -47,7 +47,7 @@ def torchao_fn(lin, x, g):
     return fwd_bwd(torch.compile(m), x, g, w)
 
 
-def breakdown(M, K, N, level, prec):
+def breakdown(M, K, N, level, prec, rb=None):
     """Each step of HaloLinear's pipeline (bf16 in, as linear.py runs it), timed separately, in ms."""
     qd = QD[prec]
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
@@ -55,6 +55,7 @@ def breakdown(M, K, N, level, prec):
     ey = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
     hq, q8, mm, had = (torch.ops.halo.hadamard_quantize, torch.ops.halo.quantize, torch.ops.halo.qgemm,
                        torch.ops.halo.hadamard)
+    kb = halo_ext.rotation_block(K) if rb is None else rb
     t = {}
     if level == 0:
         t["quant_w(q,+qt copy)"] = time_ms(lambda: (lambda q: q[0].t().contiguous())(q8(w, qd, "tensor", 0)))
@@ -64,10 +65,10 @@ def breakdown(M, K, N, level, prec):
         qw, sw = q8(w, qd, "tensor", 0)
         qwt = qw.t().contiguous()
     else:
-        t["had_quant_w(q+qt)"] = time_ms(lambda: hq(w, qd, None, 0, None, False, True, True, None))
-        t["had_quant_x(q+qt)"] = time_ms(lambda: hq(x, qd, None, 0, None, False, True, True, None))
-        qx, qxt, sx = hq(x, qd, None, 0, None, False, True, True, None)
-        qw, qwt, sw = hq(w, qd, None, 0, None, False, True, True, None)
+        t["had_quant_w(q+qt)"] = time_ms(lambda: hq(w, qd, None, kb, None, False, True, True, None))
+        t["had_quant_x(q+qt)"] = time_ms(lambda: hq(x, qd, None, kb, None, False, True, True, None))
+        qx, qxt, sx = hq(x, qd, None, kb, None, False, True, True, None)
+        qw, qwt, sw = hq(w, qd, None, kb, None, False, True, True, None)
     t["gemm_fwd"] = time_ms(lambda: mm(qx, qw, sx, sw, torch.bfloat16, None))
     qe, se = q8(ey, qd, "tensor", 0)
     t["quant_ey"] = time_ms(lambda: q8(ey, qd, "tensor", 0))
@@ -79,13 +80,13 @@ def breakdown(M, K, N, level, prec):
     if level == 2:
         t["rot_tokens_ex(bmm)"] = time_ms(lambda: _rotate_tokens(z, hb))
     if level >= 1:
-        t["had_undo_ex"] = time_ms(lambda: had(z, None, 0, None, True))
+        t["had_undo_ex"] = time_ms(lambda: had(z, None, kb, None, True))
     t["ey_qt_copy"] = time_ms(lambda: qe.t().contiguous())
     qet = qe.t().contiguous()
     t["gemm_g"] = time_ms(lambda: mm(qet, qxt, se, sx, torch.bfloat16, None))
     if level >= 1:
         gg = mm(qet, qxt, se, sx, torch.bfloat16, None)
-        t["had_undo_g"] = time_ms(lambda: had(gg, None, 0, None, True))
+        t["had_undo_g"] = time_ms(lambda: had(gg, None, kb, None, True))
     t["sum"] = sum(t.values())
     return t
 
@@ -98,6 +99,8 @@ def main():
     ap.add_argument("--precisions", default="int8,fp8")
     ap.add_argument("--no-torchao", action="store_true")
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--rotation-block", type=int, default=None,
+                    help="H_m block for levels 1/2 (default: halo_ext.rotation_block(K); 0 = full length)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("linear_bench needs a CUDA GPU")
@@ -114,18 +117,25 @@ def main():
         g = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
         bf16_ms = time_ms(fwd_bwd(lin, x, g), iters=args.iters)
         tao = None if args.no_torchao else torchao_fn(lin, x, g)
-        torchao_ms = time_ms(tao, warmup=10, iters=args.iters) if tao is not None else None
+        torchao_ms = None
+        if tao is not None:
+            try:
+                torchao_ms = time_ms(tao, warmup=10, iters=args.iters)
+            except Exception as e:  # noqa: BLE001  (a torchao/compile failure must not lose the HALO rows)
+                print(f"torchao peer failed at {M}x{K}->{N}: {type(e).__name__}: {e}")
         for level in levels:
             for prec in precs:
-                h = halo_ext.HaloLinear.from_linear(lin, level=level, precision=prec)
+                h = halo_ext.HaloLinear.from_linear(lin, level=level, precision=prec,
+                                                    rotation_block=args.rotation_block)
                 halo_ms = time_ms(fwd_bwd(h, x, g), iters=args.iters)
-                rows.append({"M": M, "K": K, "N": N, "level": level, "precision": prec, "halo_ms": halo_ms,
+                rows.append({"M": M, "K": K, "N": N, "level": level, "precision": prec,
+                             "rotation_block": h.rotation_block if level else None, "halo_ms": halo_ms,
                              "bf16_ms": bf16_ms, "torchao_ms": torchao_ms, "speedup_vs_bf16": bf16_ms / halo_ms,
                              "torchao_speedup_vs_bf16": bf16_ms / torchao_ms if torchao_ms else None,
                              "halo_vs_torchao": torchao_ms / halo_ms if torchao_ms else None})
                 print_table(rows[-1:], list(rows[-1]))
                 if args.breakdown:
-                    b = breakdown(M, K, N, level, prec)
+                    b = breakdown(M, K, N, level, prec, args.rotation_block)
                     bd_rows.append({"M": M, "K": K, "N": N, "level": level, "precision": prec, **b})
                     print("  breakdown (ms): " + ", ".join(f"{k}={v:.3f}" for k, v in b.items()))
                 del h

@@ -208,7 +208,7 @@ class _HaloLinearFn(torch.autograd.Function):
         level, gd, b, m, mp, kb = ctx.cfg
         qxt, sx, wq, wqt, ws = ctx.saved_tensors
         need_gx, need_gw, need_gb = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        if ey.stride(-1) != 1:
+        if not ey.is_contiguous():  # e.g. the expanded gradient of a .sum()
             ey = ey.contiguous()
         eyp = _pad_rows(ey, mp)
         gx = gw = gb = None
