@@ -13,14 +13,13 @@ Error bounds (relative Frobenius error of Y, E_X, G against float64 autograd), d
 A rotation left undone (or applied on the wrong side) gives errors ~1, so each bound is far from vacuous.
 """
 import logging
-import math
 
 import pytest
 import torch
 import torch.nn as nn
 
 import halo_ext
-from halo_ext import HaloLinear, QuantizedWeight
+from halo_ext import HaloLinear
 
 from conftest import DEVICES
 
@@ -177,10 +176,6 @@ def test_bad_dims():
     HaloLinear(752, 64, level=0)  # level 0 needs no rotation
     with pytest.raises(ValueError, match="level"):
         halo_ext.convert(nn.Linear(16, 16), level=5)
-
-
-class _QW(torch.Tensor):
-    """A weight whose values must not be read: the layer asks halo_qweight for the 8-bit weight."""
 
 
 def test_quantized_weight_hook():

@@ -162,10 +162,6 @@ def _rotation_block(k, rb):
     return rotation_block(k) if rb is None else rb
 
 
-def _qt_of(qw: QuantizedWeight) -> torch.Tensor:
-    return qw.qt if qw.qt is not None else qw.q.t().contiguous()
-
-
 class _HaloLinearFn(torch.autograd.Function):
     """One autograd node per layer call. Inputs: x2 [M, K] (2-D), weight [N, K] (values unread when wq is given),
     bias or None, wq/ws/wqt (pre-quantized weight or None), cfg = (level, qdtype, gdtype, token_block, kb),
