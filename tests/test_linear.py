@@ -257,7 +257,7 @@ def test_convert_matches_original():
     assert _rel(out, ref) < 0.05
 
 
-def _train(precision, level, steps=30, seed=0):
+def _train(precision, level, steps=25, seed=0):
     import transformers
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(_tiny_cfg("llama"))
