@@ -145,7 +145,8 @@ def main():
             "torchao_speedup_vs_bf16"]
     print_table(rows, cols)
     extra = {"breakdown": bd_rows} if bd_rows else None
-    print("wrote", write_results("linear", rows, merge_key=("M", "K", "N", "level", "precision"), extra=extra))
+    print("wrote", write_results("linear", rows, merge_key=("M", "K", "N", "level", "precision", "rotation_block"),
+                                     extra=extra))
 
 
 if __name__ == "__main__":
