@@ -51,7 +51,7 @@ for step in $steps; do
     bench-hadamard) run_step bench-hadamard 24 python3 bench/hadamard_bench.py ;;
     bench-quant) run_step bench-quant 34 python3 bench/quant_bench.py ;;
     bench-gemm) for d in int8 fp8 bf16; do run_step bench-gemm-$d 40 python3 bench/gemm_bench.py --dtype $d; done ;;
-    bench-linear) run_step bench-linear 60 python3 bench/linear_bench.py ;;
+    bench-linear) run_step bench-linear 90 python3 bench/linear_bench.py --breakdown ;;
     finetune-bench) run_step finetune-bench 40 python3 bench/finetune_bench.py ;;
     finetune-acc)
       run_step finetune-acc 30 python3 -m halo_ext.finetune --preset 100m --compare \
