@@ -57,32 +57,31 @@ def breakdown(M, K, N, level, prec, rb=None):
                        torch.ops.halo.hadamard)
     kb = halo_ext.rotation_block(K) if rb is None else rb
     t = {}
-    if level == 0:
-        t["quant_w(q,+qt copy)"] = time_ms(lambda: (lambda q: q[0].t().contiguous())(q8(w, qd, "tensor", 0)))
-        t["quant_x(q,+qt copy)"] = time_ms(lambda: (lambda q: q[0].t().contiguous())(q8(x, qd, "tensor", 0)))
-        qx, sx = q8(x, qd, "tensor", 0)
-        qxt = qx.t().contiguous()
-        qw, sw = q8(w, qd, "tensor", 0)
-        qwt = qw.t().contiguous()
+    if level == 0:  # block=1: per-tensor quantize, q and its transpose from one read (no rotation)
+        t["quant_w(q+qt)"] = time_ms(lambda: hq(w, qd, None, 1, None, False, True, True, None))
+        t["quant_x(q+qt)"] = time_ms(lambda: hq(x, qd, None, 1, None, False, True, True, None))
+        qx, qxt, sx = hq(x, qd, None, 1, None, False, True, True, None)
+        qw, qwt, sw = hq(w, qd, None, 1, None, False, True, True, None)
     else:
         t["had_quant_w(q+qt)"] = time_ms(lambda: hq(w, qd, None, kb, None, False, True, True, None))
         t["had_quant_x(q+qt)"] = time_ms(lambda: hq(x, qd, None, kb, None, False, True, True, None))
         qx, qxt, sx = hq(x, qd, None, kb, None, False, True, True, None)
         qw, qwt, sw = hq(w, qd, None, kb, None, False, True, True, None)
     t["gemm_fwd"] = time_ms(lambda: mm(qx, qw, sx, sw, torch.bfloat16, None))
-    qe, se = q8(ey, qd, "tensor", 0)
-    t["quant_ey"] = time_ms(lambda: q8(ey, qd, "tensor", 0))
-    if level == 2:
+    qe, qet, se = hq(ey, qd, None, 1, None, False, True, True, None)
+    if level == 2:  # E_Y: Q(E_Y)ᵀ only (weight gradient) + the token-rotated Q(H_Tᵀ E_Y) (input gradient)
+        t["quant_ey(qt)"] = time_ms(lambda: hq(ey, qd, None, 1, None, False, False, True, None))
         hb = _token_hadamard(_token_block(M, 256), ey.device, torch.bfloat16)
         t["rot_tokens_ey(bmm)"] = time_ms(lambda: _rotate_tokens(ey, hb))
+        t["quant_rot_ey"] = time_ms(lambda: q8(ey, qd, "tensor", 0))
+    else:
+        t["quant_ey(q+qt)"] = time_ms(lambda: hq(ey, qd, None, 1, None, False, True, True, None))
     t["gemm_ex"] = time_ms(lambda: mm(qe, qwt, se, sw, torch.bfloat16, None))
     z = mm(qe, qwt, se, sw, torch.bfloat16, None)
     if level == 2:
         t["rot_tokens_ex(bmm)"] = time_ms(lambda: _rotate_tokens(z, hb))
     if level >= 1:
         t["had_undo_ex"] = time_ms(lambda: had(z, None, kb, None, True))
-    t["ey_qt_copy"] = time_ms(lambda: qe.t().contiguous())
-    qet = qe.t().contiguous()
     t["gemm_g"] = time_ms(lambda: mm(qet, qxt, se, sx, torch.bfloat16, None))
     if level >= 1:
         gg = mm(qet, qxt, se, sx, torch.bfloat16, None)

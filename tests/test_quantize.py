@@ -125,6 +125,70 @@ def test_hadamard_quantize_cuda_vs_cpu(n):
     assert torch.equal(qtg.cpu(), qg.cpu().t())
 
 
+def _u8(t):
+    return t.cpu().view(torch.uint8)
+
+
+# Shapes for block=1 (no rotation): full 64x64 tiles, edge tiles in rows and cols, rows not a multiple of 16
+# (scalar qt stores), cols not a multiple of 16 (scalar q stores) or of 8 (no 16-byte loads), one row, one col.
+IDENTITY_SHAPES = [(128, 256), (200, 136), (65, 64), (1, 48), (37, 8), (64, 1), (3, 5), (256, 4096)]
+
+
+@pytest.mark.parametrize("qdtype", QDTYPES)
+@pytest.mark.parametrize("shape", IDENTITY_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+def test_hadamard_quantize_identity(device, qdtype, shape, dtype):
+    """block=1: per-tensor quantize with q and qt from one read, bit-identical to quantize() and its transpose."""
+    x = (torch.randn(shape, dtype=torch.float32) * 3).to(dtype).to(device)
+    q, qt, s = halo_ext.hadamard_quantize(x, qdtype, block=1, want_qt=True)
+    qr, sr = halo_ext.quantize(x, qdtype)
+    assert torch.equal(s.cpu(), sr.cpu())
+    assert torch.equal(_u8(q), _u8(qr)) and torch.equal(_u8(qt), _u8(qr).t().contiguous())
+    # qt alone, and a given amax (the FSDP global scale): same codes
+    q2, qt2, s2 = halo_ext.hadamard_quantize(x, qdtype, block=1, want_q=False, want_qt=True)
+    assert q2.numel() == 0 and torch.equal(_u8(qt2), _u8(qt)) and torch.equal(s2.cpu(), s.cpu())
+    amax = x.float().abs().amax().reshape(1)
+    q3, _, s3 = halo_ext.hadamard_quantize(x, qdtype, block=1, amax=amax)
+    assert torch.equal(_u8(q3), _u8(q)) and torch.equal(s3.cpu(), s.cpu())
+
+
+def test_hadamard_quantize_identity_strided_and_empty(device):
+    base = torch.randn(70, 160, device=device, dtype=torch.bfloat16)
+    x = base[:, 8:136]  # row stride 160, 16-byte aligned start
+    q, qt, s = halo_ext.hadamard_quantize(x, torch.int8, block=1, want_qt=True)
+    qr, sr = halo_ext.quantize(x.contiguous(), torch.int8)
+    assert torch.equal(_u8(q), _u8(qr)) and torch.equal(_u8(qt), _u8(qr).t().contiguous())
+    e = torch.empty(0, 64, device=device, dtype=torch.bfloat16)
+    q, qt, s = halo_ext.hadamard_quantize(e, torch.int8, block=1, want_qt=True)
+    assert q.shape == (0, 64) and qt.shape == (64, 0) and torch.isfinite(s).all() and s.item() > 0
+    _, _, s = halo_ext.hadamard_quantize(e, torch.int8, block=1, amax=torch.full((1,), 2.54, device=device))
+    assert abs(s.item() - 0.02) < 1e-7
+    z = torch.zeros(33, 64, device=device)
+    q, qt, s = halo_ext.hadamard_quantize(z, torch.float8_e4m3fn, block=1, want_qt=True)
+    assert (q.float() == 0).all() and (qt.float() == 0).all() and torch.isfinite(s).all()
+    with pytest.raises(ValueError, match="block=1"):
+        halo_ext.hadamard_quantize(z, torch.int8, block=1, signs=torch.ones(64, device=device))
+    with pytest.raises(ValueError, match="block=1"):
+        halo_ext.hadamard_quantize(z, torch.int8, block=1, hadamard_scale=0.5)
+    with pytest.raises(ValueError, match=">= 2"):
+        halo_ext.hadamard(z, block=1)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not halo_ext.cuda_available(), reason="needs CUDA")
+@pytest.mark.parametrize("qdtype", QDTYPES)
+def test_hadamard_quantize_identity_cuda_vs_cpu(qdtype):
+    for shape in IDENTITY_SHAPES + [(8192 + 40, 1024)]:
+        x = torch.randn(shape, dtype=torch.bfloat16)
+        qc, qtc, sc = halo_ext.hadamard_quantize(x, qdtype, block=1, want_qt=True)
+        torch.cuda.synchronize()
+        poison = torch.full((2 * x.numel() + 4096,), 0x5A, dtype=torch.uint8, device="cuda")
+        del poison  # the caching allocator hands these poisoned bytes to the op's outputs
+        qg, qtg, sg = halo_ext.hadamard_quantize(x.cuda(), qdtype, block=1, want_qt=True)
+        assert torch.equal(sg.cpu(), sc), shape
+        assert torch.equal(_u8(qg), _u8(qc)) and torch.equal(_u8(qtg), _u8(qtc)), shape
+
+
 def test_opcheck(device):
     x = torch.randn(8, 256, device=device)
     torch.library.opcheck(torch.ops.halo.quantize.default, (x, torch.int8, "row", 0))
@@ -133,6 +197,8 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.halo.dequantize.default, (q, s, torch.bfloat16, "tensor", 0))
     torch.library.opcheck(torch.ops.halo.hadamard_quantize.default,
                           (x, torch.int8, None, 0, None, False, True, True, None))
+    torch.library.opcheck(torch.ops.halo.hadamard_quantize.default,
+                          (x, torch.float8_e4m3fn, None, 1, None, False, True, True, None))
 
 
 def test_bad_inputs(device):

@@ -21,6 +21,10 @@ for qd in (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2):
         halo_ext.dequantize(q, s, torch.bfloat16, g, b)
     for n in (256, 4096, 28 * 128):
         halo_ext.hadamard_quantize(torch.randn(37, n, device=dev, dtype=torch.bfloat16), qd, want_qt=True)
+    for shape in ((130, 200), (64, 128), (37, 8), (5, 3)):  # block=1: q + qt tiles, edge tiles, scalar paths
+        xi = torch.randn(shape, device=dev, dtype=torch.bfloat16)
+        halo_ext.hadamard_quantize(xi, qd, block=1, want_qt=True)
+        halo_ext.hadamard_quantize(xi, qd, block=1, want_q=False, want_qt=True, amax=torch.ones(1, device=dev))
 if halo_ext.sm90_available():
     for qa, qb in ((torch.int8, torch.int8), (torch.float8_e4m3fn, torch.float8_e4m3fn),
                    (torch.float8_e5m2, torch.float8_e4m3fn)):

@@ -61,15 +61,21 @@ struct QuantizeArgs {
   DType qdtype = DType::kInt8;  //!< kInt8, kFloat8E4M3 or kFloat8E5M2
   Granularity granularity = Granularity::kTensor;
   int64_t block = 0;            //!< group size for kBlock (divides cols)
-  void* q = nullptr;            //!< [rows, cols] contiguous output
+  void* q = nullptr;            //!< [rows, cols] contiguous output (may be nullptr per tensor when qt is set)
   float* scale = nullptr;       //!< [1], [rows] or [rows, cols/block] float32 dequantization scales
+  void* qt = nullptr;           //!< per tensor only: optional [cols, rows] contiguous transpose of q
+  const float* amax_in = nullptr;  //!< per tensor only: optional [1] precomputed absmax (skips the reduction pass)
 };
 
 #ifdef HALO_KERNEL_LAUNCHERS
 /*! \brief Workspace bytes quantize() needs (per-tensor granularity uses it for partial maxima). */
 size_t quantize_workspace_size(const QuantizeArgs& args);
 
-/*! \brief q, scale = quantize(x) by absmax per group; see the file comment for the rule. */
+/*!
+ * \brief q, scale = quantize(x) by absmax per group; see the file comment for the rule. Per tensor, `qt` (if set)
+ * also receives the transposed codes in the same pass (q may then be nullptr), and `amax_in` replaces the absmax
+ * reduction.
+ */
 cudaError_t quantize(const QuantizeArgs& args, void* workspace, cudaStream_t stream);
 
 /*!

@@ -8,6 +8,8 @@
  * 2^k threads per segment (row or block) keeps up to 4 packets a thread in registers between the absmax and the
  * quantization; longer segments are read twice (the second read mostly hits L2).
  * Tensors are read as 16-byte packets when rows, strides and segments allow it, else element by element.
+ * Per tensor with a transposed copy (qt): quant_tensor_t_kernel quantizes 64x64 tiles and writes q and qt from one
+ * read of x (the layout the weight-gradient GEMM needs), instead of quantize + an 8-bit transpose copy.
  */
 #include "hadamard.h"
 #include "quant_utils.cuh"
@@ -107,6 +109,82 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+/*! \brief Per-tensor quantization writing q (optional) and its transpose qt: see quant_tensor_t_kernel. */
+struct TransposeParams {
+  const void* x = nullptr;
+  int64_t rows = 0, cols = 0, stride = 0;
+  int64_t col_tiles = 0;       //!< tiles along cols
+  const float* partials = nullptr;
+  int count = 0;               //!< partial maxima (0: use amax_in)
+  const float* amax_in = nullptr;
+  uint8_t* q = nullptr;        //!< [rows, cols] or nullptr
+  uint8_t* qt = nullptr;       //!< [cols, rows] or nullptr
+  float* scale = nullptr;
+};
+
+constexpr int kTile = 64;                 //!< rows and cols of one tile of quant_tensor_t_kernel
+constexpr int kTilePitch = kTile + 4;     //!< bytes per shared-memory row (keeps 4-byte alignment)
+constexpr int kTileThreads = 256;         //!< 4 threads a tile row, 16 elements each
+
+/*!
+ * \brief One 64x64 tile per CTA: each thread quantizes 16 consecutive elements of one row (16-byte loads when VEC),
+ * stores their codes to q (one 16-byte store when VEC) and to a shared tile; then each thread gathers 16 codes of
+ * one tile column and stores them as 16 contiguous bytes of qt. Edge tiles fall back to byte accesses.
+ * The scale comes from the same partial maxima as quant_tensor_kernel, so q is bit-identical to it.
+ */
+template <typename T, bool VEC, DType Q>
+__global__ void __launch_bounds__(kTileThreads) quant_tensor_t_kernel(const __grid_constant__ TransposeParams p) {
+  __shared__ float red[kTileThreads / 32];
+  __shared__ __align__(16) uint8_t tile[kTile * kTilePitch];
+  const float amax = p.count > 0 ? reduce_partials(p.partials, p.count, red) : *p.amax_in;
+  const QuantScale qs(amax, qmax_dev(Q));
+  if (blockIdx.x == 0 && threadIdx.x == 0) *p.scale = qs.scale;
+  const int64_t tr = blockIdx.x / p.col_tiles, tc = blockIdx.x - tr * p.col_tiles;
+  const int64_t r0 = tr * kTile, c0 = tc * kTile;
+  const int lr = threadIdx.x >> 2, lc = (threadIdx.x & 3) * 16;
+  const int64_t r = r0 + lr, c = c0 + lc;
+  const T* x = static_cast<const T*>(p.x);
+  const bool full = r0 + kTile <= p.rows && c0 + kTile <= p.cols;
+  uint32_t w[4];
+  if (VEC && full) {
+    constexpr int V = Vec<T>::kVec;
+    float v[16];
+#pragma unroll
+    for (int j = 0; j < 16; j += V) Vec<T>::unpack(ldg16(x + r * p.stride + c + j), v + j);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) w[j] = quant4<Q>(v + 4 * j, qs.inv);
+    if (p.q != nullptr) stg16(p.q + r * p.cols + c, make_uint4(w[0], w[1], w[2], w[3]));
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) w[j] = 0;
+    if (r < p.rows) {
+      for (int j = 0; j < 16 && c + j < p.cols; ++j) {
+        const uint32_t code = quant_code<Q>(Vec<T>::load1(x, r * p.stride + c + j), qs.inv);
+        w[j >> 2] |= code << (8 * (j & 3));
+        if (p.q != nullptr) p.q[r * p.cols + c + j] = static_cast<uint8_t>(code);
+      }
+    }
+  }
+  if (p.qt == nullptr) return;  // uniform over the CTA: no barrier is skipped by part of it
+  uint32_t* trow = reinterpret_cast<uint32_t*>(tile + lr * kTilePitch + lc);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) trow[j] = w[j];
+  __syncthreads();
+  // Transposed store: thread -> (tile column oc, 16 tile rows starting at orow).
+  const int oc = threadIdx.x >> 2, orow = (threadIdx.x & 3) * 16;
+  uint32_t o[4] = {0, 0, 0, 0};
+#pragma unroll
+  for (int i = 0; i < 16; ++i) o[i >> 2] |= uint32_t(tile[(orow + i) * kTilePitch + oc]) << (8 * (i & 3));
+  const int64_t gc = c0 + oc, gr = r0 + orow;
+  if (gc >= p.cols) return;
+  uint8_t* dst = p.qt + gc * p.rows + gr;
+  if (full && (p.rows & 15) == 0) {
+    stg16(dst, make_uint4(o[0], o[1], o[2], o[3]));
+  } else {
+    for (int i = 0; i < 16 && gr + i < p.rows; ++i) dst[i] = static_cast<uint8_t>(o[i >> 2] >> (8 * (i & 3)));
+  }
+}
+
 /*! \brief Per-row / per-block quantization: segments of `len` elements, `per_row` of them in a row. */
 struct SegParams {
   const void* x = nullptr;
@@ -186,6 +264,12 @@ __global__ void fill_scale_kernel(float* scale, int64_t count, float qmax) {
   const float s = __fdiv_rn(kMinAmax, qmax);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x)
     scale[i] = s;
+}
+
+/*! \brief scale = max(amax, kMinAmax) / qmax from a precomputed absmax (empty input with amax_in). */
+template <DType Q>
+__global__ void scale_from_amax_kernel(const float* amax, float* scale) {
+  *scale = QuantScale(*amax, qmax_dev(Q)).scale;
 }
 
 /*! \brief out = q * scale over a contiguous [rows, cols] tensor; scale index = element / group (0 per tensor). */
@@ -279,6 +363,39 @@ cudaError_t quantize_typed(const QuantizeArgs& a, float* partials, cudaStream_t 
   uint8_t* q = static_cast<uint8_t*>(a.q);
   const int64_t len = a.granularity == Granularity::kBlock ? a.block : a.cols;
   const bool vec = aligned(x, 16) && aligned(q, V) && a.x_row_stride % V == 0 && len % V == 0;
+  if (a.granularity == Granularity::kTensor && (a.qt != nullptr || a.amax_in != nullptr)) {
+    // Pass 1 (unless amax_in): partial maxima; pass 2: 64x64 tiles, q and/or qt from one read.
+    PacketMap pm;
+    pm.stride = a.x_row_stride, pm.flat = a.x_row_stride == a.cols;
+    const int width = vec ? V : 1;
+    pm.per_row = a.cols / width, pm.total = a.rows * pm.per_row;
+    TransposeParams tp;
+    tp.x = x, tp.rows = a.rows, tp.cols = a.cols, tp.stride = a.x_row_stride;
+    tp.col_tiles = (a.cols + kTile - 1) / kTile;
+    const int64_t tiles = tp.col_tiles * ((a.rows + kTile - 1) / kTile);
+    if (tiles >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
+    tp.q = q, tp.qt = static_cast<uint8_t*>(a.qt), tp.scale = a.scale, tp.amax_in = a.amax_in;
+    if (a.amax_in == nullptr) {
+      int grid = 0;
+      HALO_RETURN_IF_ERROR(
+          stride_grid((pm.total + kThreads * kUnroll - 1) / (kThreads * kUnroll), kMaxPartials, &grid));
+      if (vec) {
+        amax_kernel<T, V><<<grid, kThreads, 0, stream>>>(x, pm, partials);
+      } else {
+        amax_kernel<T, 1><<<grid, kThreads, 0, stream>>>(x, pm, partials);
+      }
+      HALO_RETURN_IF_ERROR(cudaPeekAtLastError());
+      tp.partials = partials, tp.count = grid;
+    }
+    // The vector path also needs 16-byte aligned q rows (q row starts are multiples of cols bytes).
+    const bool tvec = vec && (q == nullptr || (aligned(q, 16) && a.cols % 16 == 0));
+    if (tvec) {
+      quant_tensor_t_kernel<T, true, Q><<<static_cast<unsigned>(tiles), kTileThreads, 0, stream>>>(tp);
+    } else {
+      quant_tensor_t_kernel<T, false, Q><<<static_cast<unsigned>(tiles), kTileThreads, 0, stream>>>(tp);
+    }
+    return cudaPeekAtLastError();
+  }
   if (a.granularity == Granularity::kTensor) {
     PacketMap pm;
     pm.stride = a.x_row_stride, pm.flat = a.x_row_stride == a.cols;
@@ -359,10 +476,19 @@ cudaError_t quantize(const QuantizeArgs& args, void* workspace, cudaStream_t str
                           : args.granularity == Granularity::kRow  ? args.rows
                                                                    : 0;
     if (count == 0) return cudaSuccess;
+    if (args.granularity == Granularity::kTensor && args.amax_in != nullptr) {
+      return detail::dispatch_qdtype(args.qdtype, [&](auto q) {
+        detail::scale_from_amax_kernel<decltype(q)::value><<<1, 1, 0, stream>>>(args.amax_in, args.scale);
+        return cudaPeekAtLastError();
+      });
+    }
     detail::fill_scale_kernel<<<1, 256, 0, stream>>>(args.scale, count, qmax_of(args.qdtype));
     return cudaPeekAtLastError();
   }
-  if (args.x == nullptr || args.q == nullptr || args.x_row_stride < args.cols) return cudaErrorInvalidValue;
+  if (args.granularity != Granularity::kTensor && (args.qt != nullptr || args.amax_in != nullptr))
+    return cudaErrorInvalidValue;  // qt and amax_in are per tensor only
+  if (args.x == nullptr || (args.q == nullptr && args.qt == nullptr) || args.x_row_stride < args.cols)
+    return cudaErrorInvalidValue;
   if (args.granularity == Granularity::kTensor && workspace == nullptr) return cudaErrorInvalidValue;
   return detail::dispatch_float(args.dtype, [&](auto t) {
     return detail::dispatch_qdtype(args.qdtype, [&](auto q) {

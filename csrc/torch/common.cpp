@@ -59,16 +59,24 @@ at::Tensor as_rows(const at::Tensor& x) {
 }
 
 HadamardPlan plan_hadamard(const at::Tensor& x, std::optional<double> scale, int64_t block,
-                           const std::optional<at::Tensor>& signs, bool transpose) {
+                           const std::optional<at::Tensor>& signs, bool transpose, bool allow_identity) {
   check_float_input(x, "x");
   TORCH_CHECK_VALUE(x.dim() >= 1, "halo.hadamard: x must have at least one dimension");
   const int64_t cols = x.size(-1);
   TORCH_CHECK_VALUE(block >= 0, "halo.hadamard: block must be >= 0, got ", S(block));
   const int64_t n = block == 0 ? cols : block;
-  TORCH_CHECK_VALUE(n >= 2, "halo.hadamard: the transform length must be >= 2, got ", S(n));
+  const bool identity = allow_identity && block == 1;
+  if (identity) {
+    TORCH_CHECK_VALUE(!signs && (!scale || *scale == 1.0),
+                      "halo.hadamard_quantize: block=1 (no rotation) takes no signs and no hadamard_scale other "
+                      "than 1");
+  } else {
+    TORCH_CHECK_VALUE(n >= 2, "halo.hadamard: the transform length must be >= 2, got ", S(n),
+                      allow_identity ? " (block=1 means no rotation)" : "");
+  }
   TORCH_CHECK_VALUE(cols % n == 0, "halo.hadamard: block ", S(n), " must divide the last dim ", S(cols));
-  HadamardFactor f{};
-  TORCH_CHECK_VALUE(hadamard_factor(n, &f), "halo.hadamard: unsupported size ", S(n),
+  HadamardFactor f{1, 0};
+  TORCH_CHECK_VALUE(identity || hadamard_factor(n, &f), "halo.hadamard: unsupported size ", S(n),
                     ": supported are 2^p (2..32768) and m*2^p for constructible Hadamard orders m "
                     "(halo_ext.hadamard_supported(n) tells; e.g. 12, 20, 28, 36, 44, 52, 60, 108, 140 times 2^p)");
   HadamardPlan p;

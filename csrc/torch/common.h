@@ -50,9 +50,12 @@ struct HadamardPlan {
   bool transpose = false;
 };
 
-/*! \brief Validates x/scale/block/signs and plans the transform along x's last dim. */
+/*!
+ * \brief Validates x/scale/block/signs and plans the transform along x's last dim. `allow_identity` (the fused
+ * hadamard_quantize only) accepts block == 1, the order-1 transform (identity), without signs or a scale != 1.
+ */
 HadamardPlan plan_hadamard(const at::Tensor& x, std::optional<double> scale, int64_t block,
-                           const std::optional<at::Tensor>& signs, bool transpose);
+                           const std::optional<at::Tensor>& signs, bool transpose, bool allow_identity = false);
 
 /*! \brief Host copy of the dense factor L for (m, transpose): D^T for x*H, D for x*H^T (row-major, cached). */
 const int8_t* dense_left_host(int m, bool transpose);

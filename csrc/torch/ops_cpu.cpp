@@ -38,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hadamard_quantize_cpu(
     const at::Tensor& x, at::ScalarType dtype, std::optional<double> hadamard_scale, int64_t block,
     const std::optional<at::Tensor>& signs, bool transpose, bool want_q, bool want_qt,
     const std::optional<at::Tensor>& amax) {
-  HadamardPlan p = plan_hadamard(x, hadamard_scale, block, signs, transpose);
+  HadamardPlan p = plan_hadamard(x, hadamard_scale, block, signs, transpose, /*allow_identity=*/true);
   p.args.dense_left = p.args.dense_m > 1 ? dense_left_host(p.args.dense_m, transpose) : nullptr;
   HadamardQuantArgs a;
   auto out = plan_hadamard_quantize(p, x, dtype, want_q, want_qt, amax, &a);

@@ -110,7 +110,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hadamard_quantize_cuda(
     const std::optional<at::Tensor>& amax) {
   check_on_cuda(x, "x");
   const c10::cuda::CUDAGuard guard(x.device());
-  HadamardPlan p = plan_hadamard(x, hadamard_scale, block, signs, transpose);
+  HadamardPlan p = plan_hadamard(x, hadamard_scale, block, signs, transpose, /*allow_identity=*/true);
+  if (p.args.n == 1) {  // no rotation: per-tensor quantize, q and/or its transpose from one read of x
+    check_aligned(p.args.x, "x");
+    HadamardQuantArgs h;
+    auto out = plan_hadamard_quantize(p, x, dtype, want_q, want_qt, amax, &h);
+    QuantizeArgs a;
+    a.x = p.args.x, a.dtype = p.args.dtype, a.rows = p.args.rows, a.cols = p.args.cols;
+    a.x_row_stride = p.args.x_row_stride, a.qdtype = h.qdtype, a.granularity = Granularity::kTensor;
+    a.q = h.q, a.qt = h.qt, a.scale = h.scale, a.amax_in = h.amax_in;
+    at::Tensor ws = workspace(quantize_workspace_size(a), x);
+    check_cuda(quantize(a, ws.data_ptr(), c10::cuda::getCurrentCUDAStream()), "hadamard_quantize");
+    return out;
+  }
   prepare_hadamard(p, x);
   HadamardQuantArgs a;
   auto out = plan_hadamard_quantize(p, x, dtype, want_q, want_qt, amax, &a);

@@ -116,8 +116,8 @@ def quantize_weight(weight: torch.Tensor, level: int, qdtype: torch.dtype, want_
     ``block``, default :func:`rotation_block` (K)), with the transposed copy."""
     w = weight.detach()
     if level == 0:
-        q, s = _quant(w, qdtype, "tensor", 0)
-        return QuantizedWeight(q, s, q.t().contiguous() if want_qt else None)
+        q, qt, s = _hq(w, qdtype, None, 1, None, False, True, want_qt, None)  # block=1: no rotation, q+qt 1 read
+        return QuantizedWeight(q, s, qt if want_qt else None)
     if block is None:
         block = rotation_block(w.shape[1])
     q, qt, s = _hq(w, qdtype, None, block, None, False, True, want_qt, None)
@@ -184,8 +184,7 @@ class _HaloLinearFn(torch.autograd.Function):
         if wq is None:
             wq, ws, wqt = quantize_weight(weight, level, qd, want_qt=need_gx, block=kb)
         if level == 0:
-            qx, sx = _quant(xp, qd, "tensor", 0)
-            qxt = qx.t().contiguous() if need_gw else None
+            qx, qxt, sx = _hq(xp, qd, None, 1, None, False, True, need_gw, None)  # block=1: no rotation
         else:
             qx, qxt, sx = _hq(xp, qd, None, kb, None, False, True, need_gw, None)
         out_dtype = x2.dtype
@@ -208,7 +207,12 @@ class _HaloLinearFn(torch.autograd.Function):
             ey = ey.contiguous()
         eyp = _pad_rows(ey, mp)
         gx = gw = gb = None
-        qe = se = None
+        qe = qet = se = None
+        if need_gx or need_gw:
+            # Q(E_Y) (input gradient, levels 0/1) and Q(E_Y)ᵀ (weight gradient) from one read (block=1: no rotation)
+            want_q = need_gx and level != 2
+            if want_q or need_gw:
+                qe, qet, se = _hq(eyp, gd, None, 1, None, False, want_q, need_gw, None)
         if need_gx:
             if wqt is None:
                 wqt = wq.t().contiguous()
@@ -219,15 +223,12 @@ class _HaloLinearFn(torch.autograd.Function):
                 z = _rotate_tokens(z, hb)                                        # H_T · (...)
                 gx = _had(z, None, kb, None, True)[:m]                            # ... · H_mᵀ
             else:
-                qe, se = _quant(eyp, gd, "tensor", 0)
                 z = _mm(qe, wqt, se, ws, ey.dtype, None)                         # [Mp, K]
                 gx = (z if level == 0 else _had(z, None, kb, None, True))
                 if mp != m:
                     gx = gx[:m]
         if need_gw:
-            if qe is None:
-                qe, se = _quant(eyp, gd, "tensor", 0)
-            qet = qe.t().contiguous()                                            # Q(E_Y)ᵀ [N, Mp]
+            # qet: Q(E_Y)ᵀ [N, Mp]
             wshape, wdtype = ctx.w_meta
             out_t = wdtype if wdtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32
             g = _mm(qet, qxt, se, sx, out_t, None)                               # [N, K]

@@ -53,7 +53,9 @@ def hadamard_quantize(x: torch.Tensor, dtype: torch.dtype = torch.int8, hadamard
                       block: int = 0, signs: Optional[torch.Tensor] = None, transpose: bool = False,
                       want_q: bool = True, want_qt: bool = False, amax: Optional[torch.Tensor] = None):
     """Fused :func:`hadamard` + per-tensor :func:`quantize`: returns ``(q, qt, scale)``; ``qt`` is the transpose of
-    ``q`` viewed as ``[rows, dim]`` (empty unless ``want_qt``); ``q`` is empty unless ``want_q``."""
+    ``q`` viewed as ``[rows, dim]`` (empty unless ``want_qt``); ``q`` is empty unless ``want_q``. ``block=1`` means
+    no rotation: a per-tensor quantize that also writes the transposed copy from the same read (bit-identical to
+    :func:`quantize`; no signs, no ``hadamard_scale``). ``amax`` (float32 ``[1]``) replaces the absmax reduction."""
     return torch.ops.halo.hadamard_quantize(x, dtype, hadamard_scale, block, signs, transpose, want_q, want_qt, amax)
 
 
