@@ -1,0 +1,199 @@
+"""Tests of the block-quantized all-reduce (halo_ext.distributed): the pack/reduce/unpack ops against a float64 /
+numpy reference and opcheck (one process), and the collectives on 2 and 4 Gloo ranks spawned by the test
+(tests/dist/allreduce_checks.py: bitwise-identical results on all ranks, error within the stated bound vs float64,
+sizes 0/1/odd/non-multiple of the block/multi-chunk, fallback, AVG, out-of-place, pipelined pieces,
+reduce_scatter, hierarchical with fake nodes, DDP hook vs plain DDP)."""
+import json
+import multiprocessing as mp
+import os
+import socket
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+
+import halo_ext  # noqa: F401
+from halo_ext.distributed import chunk_elems, pack, packed_chunk_bytes, reduce_chunks, unpack
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "dist"))
+
+
+def _np_quant_block(v32: np.ndarray, qmax=127.0):
+    """Reference quantization rule in float32 (hadamard.h): a' = max(amax, 1e-30), inv = qmax / a', rne(clamp)."""
+    a = np.float32(max(np.float32(np.abs(v32).max()) if v32.size else np.float32(0), np.float32(1e-30)))
+    scale, inv = np.float32(a / np.float32(qmax)), np.float32(np.float32(qmax) / a)
+    s = np.clip((v32 * inv).astype(np.float32), -qmax, qmax)
+    return np.rint(s).astype(np.int8), scale
+
+
+@pytest.mark.parametrize("n,world,block", [(0, 2, 256), (1, 2, 256), (1000, 3, 64), (5003, 4, 128), (999, 1, 32)])
+def test_pack_matches_numpy(n, world, block):
+    x = torch.randn(n, dtype=torch.float32) * 3
+    chunk = chunk_elems(n, world, block)
+    cb = packed_chunk_bytes(chunk, block)
+    p = pack(x, world, chunk, block)
+    assert p.shape == (world, cb) and cb % 16 == 0 and (chunk == 0 or world * chunk >= n)
+    nb = cb // (block + 4)
+    xp = np.zeros(world * chunk, dtype=np.float32)
+    xp[:n] = x.numpy()
+    for c in range(world):
+        codes = p[c, :nb * block].numpy().view(np.int8)
+        scales = p[c, nb * block:].numpy().view(np.float32)
+        for b in range(nb):
+            seg = xp[c * chunk + b * block: c * chunk + (b + 1) * block] if b * block < chunk else \
+                np.zeros(block, np.float32)
+            q, s = _np_quant_block(seg)
+            np.testing.assert_array_equal(codes[b * block:(b + 1) * block], q)
+            assert scales[b] == s
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_reduce_unpack_vs_float64(out_dtype):
+    world, block, n = 3, 128, 2000
+    xs = [torch.randn(n) * (r + 1) for r in range(world)]
+    chunk = chunk_elems(n, world, block)
+    cb = packed_chunk_bytes(chunk, block)
+    packs = [pack(x, world, chunk, block) for x in xs]
+    # float output of the reduction: one quantization, sum in float32 of the dequantized values
+    r = 1
+    sums = torch.empty(chunk, dtype=out_dtype)
+    reduce_chunks([packs[p][r] for p in range(world)], sums, block, post_scale=0.5)
+    deq = []
+    for p in range(world):
+        d = torch.empty(chunk)
+        unpack([packs[p][r]], d, chunk, block)
+        deq.append(d.double())
+    ref = (deq[0] + deq[1] + deq[2]) * 0.5
+    torch.testing.assert_close(sums.double(), ref, rtol=EPS(out_dtype) * 4, atol=1e-6)
+    # dequantized values are code * scale exactly
+    codes = packs[0][r, :chunk].view(torch.int8).double()
+    nb = cb // (block + 4)
+    sc = packs[0][r, nb * block:].view(torch.float32).double()
+    torch.testing.assert_close(deq[0], codes * sc.repeat_interleave(block)[:chunk], rtol=2 ** -23, atol=0)
+    # requantized packed output, then unpack: the all-reduce result of chunk r; bound (sum absmax + absmax_out)/254
+    red = torch.empty(cb, dtype=torch.uint8)
+    reduce_chunks([packs[p][r] for p in range(world)], red, block)
+    y = torch.empty(chunk, dtype=out_dtype)
+    unpack([red], y, chunk, block)
+    xs = [torch.nn.functional.pad(x.double(), (0, world * chunk - n)) for x in xs]  # the internal zero padding
+    exact = sum(xs)[r * chunk:(r + 1) * chunk]
+    bmax = lambda t: t.abs().view(-1, block).amax(1).repeat_interleave(block)  # noqa: E731
+    bound = (sum(bmax(x.double()[r * chunk:(r + 1) * chunk]) for x in xs) + bmax(exact) * 1.01) / 254 \
+        + exact.abs() * EPS(out_dtype)
+    assert bool(((y.double() - exact).abs() <= bound).all())
+
+
+def EPS(dt):
+    return {torch.float32: 2.0 ** -23, torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}[dt]
+
+
+def test_zero_and_fp8_roundtrip():
+    z = torch.zeros(300)
+    p = pack(z, 1, chunk_elems(300, 1, 256), 256, "fp8")
+    out = torch.full((300,), 7.0)
+    unpack([p[0]], out, chunk_elems(300, 1, 256), 256, "fp8")
+    assert torch.equal(out, z)
+    x = torch.randn(300)
+    p = pack(x, 1, 512, 256, "fp8")
+    unpack([p[0]], out, 512, 256, "fp8")
+    assert bool(((out - x).abs() <= x.abs() / 16 + x.abs().max() / 448 * 2 ** -10 + 1e-12).all())
+
+
+def test_op_errors():
+    x = torch.randn(100)
+    with pytest.raises(ValueError, match="block"):
+        torch.ops.halo.qcomm_pack_into(x, torch.empty(10, dtype=torch.uint8), 2, 50, 100, torch.int8)
+    with pytest.raises(ValueError, match="bytes"):
+        torch.ops.halo.qcomm_pack_into(x, torch.empty(10, dtype=torch.uint8), 2, 50, 64, torch.int8)
+    with pytest.raises(ValueError, match="more than"):
+        torch.ops.halo.qcomm_pack_into(x, torch.empty(2 * 272, dtype=torch.uint8), 2, 40, 64, torch.int8)
+    with pytest.raises(ValueError, match="int8 or float8"):
+        torch.ops.halo.qcomm_pack_into(x, torch.empty(2 * 272, dtype=torch.uint8), 2, 50, 64, torch.float8_e5m2)
+    with pytest.raises(ValueError, match="whole number"):
+        torch.ops.halo.qcomm_reduce_into([torch.empty(100, dtype=torch.uint8)], torch.empty(0), 64, torch.int8, 1.0)
+    with pytest.raises(ValueError, match="float32"):
+        torch.ops.halo.qcomm_unpack_into([torch.empty(272, dtype=torch.uint8)], torch.empty(10, dtype=torch.int32),
+                                         64, 64, torch.int8)
+
+
+def test_opcheck():
+    x = torch.randn(1000)
+    chunk, block, world = chunk_elems(1000, 2, 64), 64, 2
+    cb = packed_chunk_bytes(chunk, block)
+    out = torch.empty(world * cb, dtype=torch.uint8)
+    torch.library.opcheck(torch.ops.halo.qcomm_pack_into.default, (x, out, world, chunk, block, torch.int8))
+    p = pack(x, world, chunk, block)
+    chunks = [p[0].clone(), p[1].clone()]
+    torch.library.opcheck(torch.ops.halo.qcomm_reduce_into.default,
+                          (chunks, torch.empty(cb, dtype=torch.uint8), block, torch.int8, 0.5))
+    torch.library.opcheck(torch.ops.halo.qcomm_unpack_into.default,
+                          (chunks, torch.empty(1000), chunk, block, torch.int8))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multi-process Gloo
+# ---------------------------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, outdir, what):
+    torch.set_num_threads(1)
+    fails = []
+    try:
+        import torch.distributed as dist
+        os.environ["HALO_AR_PATH"] = "auto"
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        import allreduce_checks as C
+        dev = torch.device("cpu")
+        if "ar" in what:
+            fails += C.check_all_reduce(dev, quick=world > 2)
+        if "rs" in what:
+            fails += C.check_reduce_scatter(dev)
+        if "hier" in what:
+            fails += C.check_hierarchical(dev, 2)
+        if "ddp" in what:
+            fails += C.check_ddp(dev)
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception as e:  # reported to the parent
+        import traceback
+        fails.append(f"rank {rank} raised: {e!r}\n{traceback.format_exc()}")
+    with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
+        json.dump(fails, f)
+
+
+def _spawn(world, what):
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as d:
+        procs = [ctx.Process(target=_worker, args=(r, world, port, d, what)) for r in range(world)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=300)
+        fails = []
+        for r, p in enumerate(procs):
+            if p.is_alive():
+                p.kill()
+                fails.append(f"rank {r} timed out")
+            path = os.path.join(d, f"rank{r}.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    fails += json.load(f)
+            else:
+                fails.append(f"rank {r} exited with {p.exitcode} without a report")
+    assert not fails, "\n".join(fails[:20])
+
+
+def test_gloo_2_ranks():
+    _spawn(2, ("ar", "rs", "ddp"))
+
+
+def test_gloo_4_ranks():
+    _spawn(4, ("ar", "rs", "hier"))
