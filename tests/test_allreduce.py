@@ -132,6 +132,27 @@ def test_opcheck():
                           (chunks, torch.empty(1000), chunk, block, torch.int8))
 
 
+def test_scatter_broadcast_variants_match():
+    """qcomm_pack_scatter == qcomm_pack_into split per chunk; qcomm_reduce_broadcast == qcomm_reduce_into copies."""
+    world, block, n = 3, 128, 3001
+    x = torch.randn(n).to(torch.bfloat16)
+    chunk = chunk_elems(n, world, block)
+    cb = packed_chunk_bytes(chunk, block)
+    ref = pack(x, world, chunk, block)
+    outs = [torch.full((cb,), 7, dtype=torch.uint8) for _ in range(world)]
+    torch.ops.halo.qcomm_pack_scatter(x, outs, chunk, block, torch.int8)
+    assert all(torch.equal(o, ref[c]) for c, o in enumerate(outs))
+    red = torch.empty(cb, dtype=torch.uint8)
+    reduce_chunks(outs, red, block, post_scale=0.25)
+    bouts = [torch.zeros(cb, dtype=torch.uint8) for _ in range(2)]
+    torch.ops.halo.qcomm_reduce_broadcast(outs, bouts, block, torch.int8, 0.25)
+    assert all(torch.equal(o, red) for o in bouts)
+    torch.library.opcheck(torch.ops.halo.qcomm_pack_scatter.default, (x, outs, chunk, block, torch.int8))
+    torch.library.opcheck(torch.ops.halo.qcomm_reduce_broadcast.default, (outs, bouts, block, torch.int8, 0.25))
+    with pytest.raises(ValueError, match="more than"):
+        torch.ops.halo.qcomm_pack_scatter(x, outs[:1], chunk, block, torch.int8)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Multi-process Gloo
 # ---------------------------------------------------------------------------------------------------------------

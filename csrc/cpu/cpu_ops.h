@@ -36,4 +36,12 @@ void qcomm_reduce(const QCommChunks& in, int64_t nb, int64_t block, DType qt, fl
 /*! \brief Dequantizes packed chunks into a flat output, as qcomm_unpack of kernels/qcomm.h. */
 void qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DType qt, void* out, DType out_t, int64_t n);
 
+/*! \brief qcomm_pack storing chunk c at outs.ptrs[c]. */
+void qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
+                        const QCommOuts& outs);
+
+/*! \brief Packed qcomm_reduce stored to every outs.ptrs[i]. */
+void qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
+                            const QCommOuts& outs);
+
 }  // namespace halo::cpu

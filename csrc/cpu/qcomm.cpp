@@ -85,4 +85,22 @@ void qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DType qt,
   }
 }
 
+void qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
+                        const QCommOuts& outs) {
+  const int64_t cb = qcomm_chunk_bytes(chunk, block);
+  std::vector<uint8_t> tmp(static_cast<size_t>(world * cb));
+  qcomm_pack(x, xt, n, world, chunk, block, qt, tmp.data());
+  for (int c = 0; c < world; ++c)
+    if (cb) std::memcpy(outs.ptrs[c], tmp.data() + c * cb, static_cast<size_t>(cb));
+}
+
+void qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
+                            const QCommOuts& outs) {
+  const int64_t cb = nb * (block + 4);
+  std::vector<uint8_t> tmp(static_cast<size_t>(cb));
+  qcomm_reduce(in, nb, block, qt, post_scale, tmp.data(), qt, 0);
+  for (int o = 0; o < outs.count; ++o)
+    if (cb) std::memcpy(outs.ptrs[o], tmp.data(), static_cast<size_t>(cb));
+}
+
 }  // namespace halo::cpu

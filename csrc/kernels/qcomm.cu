@@ -102,11 +102,11 @@ __device__ __forceinline__ void store_any(void* p, DType t, int64_t i, float v) 
 
 template <typename T, DType Q, int E>
 __global__ void __launch_bounds__(kThreadsQ)
-    pack_kernel(const T* __restrict__ x, int64_t n, int64_t chunk, int64_t nb, int world, uint8_t* __restrict__ out,
-                bool vec) {
+    pack_kernel(const T* __restrict__ x, int64_t n, int64_t chunk, int64_t nb, int world, uint8_t* out,
+                const QCommOuts outs, bool vec) {
   constexpr int B = 32 * E;
   const int lane = threadIdx.x & 31;
-  const int64_t cb = nb * (B + 4), total = int64_t(world) * nb;
+  const int64_t cb = nb * (B + 4), total = int64_t(world) * nb;  // out == nullptr: chunk c goes to outs.ptrs[c]
   for (int64_t w = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; w < total; w += int64_t(gridDim.x) * kWarps) {
     const int64_t c = w / nb, b = w - c * nb;
     const int64_t j0 = b * B + int64_t(lane) * E;             // offset inside the chunk
@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(kThreadsQ)
       for (int e = 0; e < E; ++e) v[e] = j0 + e < valid ? Vec<T>::load1(src, e) : 0.f;
     }
     const QuantScale qs(warp_absmax<E>(v), qmax_dev(Q));
-    uint8_t* dst = out + c * cb;
+    uint8_t* dst = out != nullptr ? out + c * cb : outs.ptrs[c];
     store_codes<Q, E>(dst + b * B + lane * E, v, qs.inv);
     if (lane == 0) reinterpret_cast<float*>(dst + nb * B)[b] = qs.scale;
   }
@@ -128,8 +128,8 @@ __global__ void __launch_bounds__(kThreadsQ)
 
 template <DType Q, int E>
 __global__ void __launch_bounds__(kThreadsQ)
-    reduce_kernel(const QCommChunks in, int64_t nb, float post_scale, void* __restrict__ out, DType out_t,
-                  int64_t out_n) {
+    reduce_kernel(const QCommChunks in, int64_t nb, float post_scale, void* out, DType out_t, int64_t out_n,
+                  const QCommOuts outs) {
   constexpr int B = 32 * E;
   const int lane = threadIdx.x & 31;
   for (int64_t b = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; b < nb; b += int64_t(gridDim.x) * kWarps) {
@@ -150,9 +150,12 @@ __global__ void __launch_bounds__(kThreadsQ)
     }
     if (out_t == Q) {
       const QuantScale qs(warp_absmax<E>(acc), qmax_dev(Q));
-      uint8_t* dst = static_cast<uint8_t*>(out);
-      store_codes<Q, E>(dst + b * B + lane * E, acc, qs.inv);
-      if (lane == 0) reinterpret_cast<float*>(dst + nb * B)[b] = qs.scale;
+      const int nout = out != nullptr ? 1 : outs.count;  // out == nullptr: the same bytes to every outs.ptrs[i]
+      for (int o = 0; o < nout; ++o) {
+        uint8_t* dst = out != nullptr ? static_cast<uint8_t*>(out) : outs.ptrs[o];
+        store_codes<Q, E>(dst + b * B + lane * E, acc, qs.inv);
+        if (lane == 0) reinterpret_cast<float*>(dst + nb * B)[b] = qs.scale;
+      }
     } else {
       const int64_t j0 = b * B + int64_t(lane) * E;
 #pragma unroll
@@ -231,43 +234,72 @@ bool dispatch_t(DType t, F&& f) {
 }  // namespace
 }  // namespace detail
 
-cudaError_t qcomm_pack(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
-                       uint8_t* out, cudaStream_t stream) {
+namespace {
+cudaError_t pack_impl(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
+                      uint8_t* out, const QCommOuts& outs, cudaStream_t stream) {
   using namespace detail;
   const int64_t nb = qcomm_blocks(chunk, block);
   if (world < 1 || n < 0 || n > int64_t(world) * chunk) return cudaErrorInvalidValue;
-  if (nb == 0 || n == 0 && chunk == 0) return cudaSuccess;
-  bool ok = true;
-  ok = ok && dispatch_t(xt, [&](auto tv) {
+  if (nb == 0) return cudaSuccess;
+  if (out == nullptr && outs.count != world) return cudaErrorInvalidValue;
+  bool ok_q = true, ok_e = true;
+  const bool ok_t = dispatch_t(xt, [&](auto tv) {
     using T = decltype(tv);
     const bool vec = aligned(x, 16) && (chunk * int64_t(sizeof(T))) % 16 == 0;
-    ok = ok && dispatch_q(qt, [&](auto qv) {
-      ok = ok && dispatch_e(block, [&](auto ev) {
+    ok_q = dispatch_q(qt, [&](auto qv) {
+      ok_e = dispatch_e(block, [&](auto ev) {
         pack_kernel<T, decltype(qv)::value, decltype(ev)::value><<<grid_for(world * nb), kThreadsQ, 0, stream>>>(
-            static_cast<const T*>(x), n, chunk, nb, world, out, vec);
+            static_cast<const T*>(x), n, chunk, nb, world, out, outs, vec);
       });
     });
   });
+  const bool ok = ok_t && ok_q && ok_e;
   if (!ok) return cudaErrorInvalidValue;
   return cudaGetLastError();
 }
 
-cudaError_t qcomm_reduce(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale, void* out,
-                         DType out_t, int64_t out_n, cudaStream_t stream) {
+cudaError_t reduce_impl(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale, void* out,
+                        DType out_t, int64_t out_n, const QCommOuts& outs, cudaStream_t stream) {
   using namespace detail;
   if (in.count < 1 || nb < 0) return cudaErrorInvalidValue;
   if (nb == 0) return cudaSuccess;
+  if (out == nullptr && (out_t != qt || outs.count < 1)) return cudaErrorInvalidValue;
   if (out_t != qt && out_t != DType::kFloat32 && out_t != DType::kBFloat16 && out_t != DType::kFloat16)
     return cudaErrorInvalidValue;
-  bool ok = true;
-  ok = dispatch_q(qt, [&](auto qv) {
-    ok = dispatch_e(block, [&](auto ev) {
+  bool ok_e = true;
+  const bool ok_q = dispatch_q(qt, [&](auto qv) {
+    ok_e = dispatch_e(block, [&](auto ev) {
       reduce_kernel<decltype(qv)::value, decltype(ev)::value><<<grid_for(nb), kThreadsQ, 0, stream>>>(
-          in, nb, post_scale, out, out_t, out_n);
+          in, nb, post_scale, out, out_t, out_n, outs);
     });
-  }) && ok;
+  });
+  const bool ok = ok_q && ok_e;
   if (!ok) return cudaErrorInvalidValue;
   return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t qcomm_pack(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
+                       uint8_t* out, cudaStream_t stream) {
+  if (out == nullptr && qcomm_blocks(chunk, block) > 0) return cudaErrorInvalidValue;
+  return pack_impl(x, xt, n, world, chunk, block, qt, out, QCommOuts{}, stream);
+}
+
+cudaError_t qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
+                               const QCommOuts& outs, cudaStream_t stream) {
+  return pack_impl(x, xt, n, world, chunk, block, qt, nullptr, outs, stream);
+}
+
+cudaError_t qcomm_reduce(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale, void* out,
+                         DType out_t, int64_t out_n, cudaStream_t stream) {
+  if (out == nullptr && nb > 0) return cudaErrorInvalidValue;
+  return reduce_impl(in, nb, block, qt, post_scale, out, out_t, out_n, QCommOuts{}, stream);
+}
+
+cudaError_t qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
+                                   const QCommOuts& outs, cudaStream_t stream) {
+  return reduce_impl(in, nb, block, qt, post_scale, nullptr, qt, 0, outs, stream);
 }
 
 cudaError_t qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DType qt, void* out, DType out_t,
@@ -276,17 +308,18 @@ cudaError_t qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DT
   const int64_t nb = qcomm_blocks(chunk, block);
   if (in.count < 1 || n < 0 || n > int64_t(in.count) * chunk) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  bool ok = true;
-  ok = dispatch_t(out_t, [&](auto tv) {
+  bool ok_q = true, ok_e = true;
+  const bool ok_t = dispatch_t(out_t, [&](auto tv) {
     using T = decltype(tv);
     const bool vec = aligned(out, 16) && (chunk * int64_t(sizeof(T))) % 16 == 0;
-    ok = dispatch_q(qt, [&](auto qv) {
-      ok = dispatch_e(block, [&](auto ev) {
+    ok_q = dispatch_q(qt, [&](auto qv) {
+      ok_e = dispatch_e(block, [&](auto ev) {
         unpack_kernel<T, decltype(qv)::value, decltype(ev)::value><<<grid_for(in.count * nb), kThreadsQ, 0, stream>>>(
             in, chunk, nb, static_cast<T*>(out), n, vec);
       });
-    }) && ok;
-  }) && ok;
+    });
+  });
+  const bool ok = ok_t && ok_q && ok_e;
   if (!ok) return cudaErrorInvalidValue;
   return cudaGetLastError();
 }

@@ -52,6 +52,12 @@ struct QCommChunks {
   const uint8_t* at(int i) const { return ptrs_used ? ptrs[i] : base + static_cast<int64_t>(i) * stride; }
 };
 
+/*! \brief Output chunk pointers (peer buffers of the peer-memory path): chunk i goes to ptrs[i]. */
+struct QCommOuts {
+  int count = 0;
+  uint8_t* ptrs[kQCommMaxPtrs] = {};
+};
+
 #ifdef HALO_KERNEL_LAUNCHERS
 
 /*!
@@ -61,6 +67,19 @@ struct QCommChunks {
  */
 cudaError_t qcomm_pack(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
                        uint8_t* out, cudaStream_t stream);
+
+/*!
+ * \brief qcomm_pack that stores chunk c at outs.ptrs[c] (outs.count == world; e.g. the owners' peer buffers, so
+ * the quantized chunks travel over NVLink as stores straight from the kernel).
+ */
+cudaError_t qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
+                               const QCommOuts& outs, cudaStream_t stream);
+
+/*!
+ * \brief qcomm_reduce with a packed result stored to every pointer of outs (e.g. every peer's gather slot).
+ */
+cudaError_t qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
+                                   const QCommOuts& outs, cudaStream_t stream);
 
 /*!
  * \brief Dequantizes in.count packed chunks of nb blocks each, sums them in float32 in chunk order (acc = acc +

@@ -80,9 +80,28 @@ void qcomm_unpack_into_cpu(at::TensorList chunks, const at::Tensor& out, int64_t
   cpu::qcomm_unpack(in, chunk, block, to_dtype(dtype), out.data_ptr(), to_dtype(out.scalar_type()), out.numel());
 }
 
+void qcomm_pack_scatter_cpu(const at::Tensor& x, at::TensorList outs, int64_t chunk, int64_t block,
+                            at::ScalarType dtype) {
+  const QCommOuts o = qcomm_check_pack_scatter(x, outs.vec(), chunk, block, dtype);
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "halo.qcomm_pack_scatter: tensors must be on the CPU");
+  cpu::qcomm_pack_scatter(x.data_ptr(), to_dtype(x.scalar_type()), x.numel(), o.count, chunk, block, to_dtype(dtype),
+                          o);
+}
+
+void qcomm_reduce_broadcast_cpu(at::TensorList chunks, at::TensorList outs, int64_t block, at::ScalarType dtype,
+                                double post_scale) {
+  TORCH_CHECK_VALUE(!outs.empty(), "halo.qcomm_reduce_broadcast: needs at least one output chunk");
+  int64_t nb = 0;
+  const QCommChunks in = qcomm_check_reduce(chunks.vec(), outs[0], block, dtype, &nb);
+  const QCommOuts o = qcomm_check_outs(outs.vec(), nb * (block + 4), outs[0].device(), "qcomm_reduce_broadcast");
+  cpu::qcomm_reduce_broadcast(in, nb, block, to_dtype(dtype), static_cast<float>(post_scale), o);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(halo, CPU, m) {
+  m.impl("qcomm_pack_scatter", &qcomm_pack_scatter_cpu);
+  m.impl("qcomm_reduce_broadcast", &qcomm_reduce_broadcast_cpu);
   m.impl("qcomm_pack_into", &qcomm_pack_into_cpu);
   m.impl("qcomm_reduce_into", &qcomm_reduce_into_cpu);
   m.impl("qcomm_unpack_into", &qcomm_unpack_into_cpu);

@@ -99,4 +99,31 @@ inline QCommChunks qcomm_check_unpack(const std::vector<at::Tensor>& chunks, con
   return in;
 }
 
+/*! \brief Validates a list of uint8 output chunks of `bytes` bytes each on `device` and describes them. */
+inline QCommOuts qcomm_check_outs(const std::vector<at::Tensor>& outs, int64_t bytes, const at::Device& device,
+                                  const char* op) {
+  TORCH_CHECK_VALUE(!outs.empty() && outs.size() <= size_t(kQCommMaxPtrs), "halo.", op, ": needs 1 to ",
+                    S(kQCommMaxPtrs), " output chunks, got ", S(int64_t(outs.size())));
+  QCommOuts o;
+  o.count = static_cast<int>(outs.size());
+  for (size_t i = 0; i < outs.size(); ++i) {
+    qcomm_check_bytes(outs[i], bytes, "every output chunk", op);
+    TORCH_CHECK_VALUE(outs[i].device() == device, "halo.", op, ": outputs must be on the input's device");
+    o.ptrs[i] = static_cast<uint8_t*>(outs[i].data_ptr());
+  }
+  return o;
+}
+
+/*! \brief Validates qcomm_pack_scatter arguments (world = outs.size()). */
+inline QCommOuts qcomm_check_pack_scatter(const at::Tensor& x, const std::vector<at::Tensor>& outs, int64_t chunk,
+                                          int64_t block, at::ScalarType qdtype) {
+  qcomm_check_block_dtype(block, qdtype, "qcomm_pack_scatter");
+  qcomm_check_float(x, "x", "qcomm_pack_scatter");
+  TORCH_CHECK_VALUE(chunk >= 0, "halo.qcomm_pack_scatter: chunk must be >= 0, got ", S(chunk));
+  const int64_t world = static_cast<int64_t>(outs.size());
+  TORCH_CHECK_VALUE(x.numel() <= world * chunk, "halo.qcomm_pack_scatter: x has ", S(x.numel()),
+                    " elements, more than len(outs) * chunk = ", S(world * chunk));
+  return qcomm_check_outs(outs, qcomm_chunk_bytes(chunk, block), x.device(), "qcomm_pack_scatter");
+}
+
 }  // namespace halo::glue

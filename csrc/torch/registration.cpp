@@ -29,4 +29,9 @@ TORCH_LIBRARY(halo, m) {
   m.def("qcomm_reduce_into(Tensor[] chunks, Tensor(a!) out, int block, ScalarType dtype, float post_scale=1.0) -> ()");
   // Dequantize the packed chunks (chunk logical elements each) into the flat float out (out.numel() <= n * chunk).
   m.def("qcomm_unpack_into(Tensor[] chunks, Tensor(a!) out, int chunk, int block, ScalarType dtype) -> ()");
+  // qcomm_pack_into storing chunk c into outs[c] (the peer-memory path passes the owners' buffers: NVLink stores).
+  m.def("qcomm_pack_scatter(Tensor x, Tensor(a!)[] outs, int chunk, int block, ScalarType dtype) -> ()");
+  // qcomm_reduce_into with the requantized packed chunk stored into every tensor of outs (every peer's gather slot).
+  m.def("qcomm_reduce_broadcast(Tensor[] chunks, Tensor(a!)[] outs, int block, ScalarType dtype, "
+        "float post_scale=1.0) -> ()");
 }

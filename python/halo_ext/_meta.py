@@ -69,3 +69,13 @@ def _qcomm_reduce_into_fake(chunks, out, block, dtype, post_scale=1.0):
 @register_fake("halo::qcomm_unpack_into")
 def _qcomm_unpack_into_fake(chunks, out, chunk, block, dtype):
     return None
+
+
+@register_fake("halo::qcomm_pack_scatter")
+def _qcomm_pack_scatter_fake(x, outs, chunk, block, dtype):
+    return None
+
+
+@register_fake("halo::qcomm_reduce_broadcast")
+def _qcomm_reduce_broadcast_fake(chunks, outs, block, dtype, post_scale=1.0):
+    return None

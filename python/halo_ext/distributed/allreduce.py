@@ -26,10 +26,11 @@ Paths (``path=`` or the environment variable ``HALO_AR_PATH``: ``auto`` | ``nccl
   that are software-pipelined: every collective is issued with ``async_op=True`` and waited by stream dependency
   (``work.wait()``, no host synchronization), so the quantize/reduce/dequantize kernels of one piece overlap the
   transport of others on the process group's communication stream.
-- ``peer``: the same algorithm over peer (NVLink) memory: a ``torch.distributed._symmetric_memory`` workspace;
-  pack into the local buffer, device-side barrier (signal pads; no multicast), each rank reduces its chunk reading
-  the peers' buffers directly, barrier, every rank dequantizes all reduced chunks from the peers' buffers. Chosen
-  by ``auto`` when every rank of the group is on this host, the tensor is on CUDA and symmetric memory works.
+- ``peer``: the same algorithm over peer (NVLink) memory, a ``torch.distributed._symmetric_memory`` workspace:
+  the pack kernel quantizes and stores every chunk straight into its owner's buffer, device-side barrier (signal
+  pads, acquire/release; no multicast), the fused dequantize-sum-requantize kernel stores the reduced chunk into
+  every peer's buffer, barrier, every rank dequantizes all reduced chunks from its local buffer. Chosen by
+  ``auto`` when every rank of the group is on this host, the tensor is on CUDA and symmetric memory works.
 - ``fallback``: plain ``dist.all_reduce`` (used by ``auto`` below the per-world-size threshold
   ``FALLBACK_BYTES`` / ``HALO_AR_FALLBACK_BYTES``, where the quantization cannot pay off).
 - ``hierarchical=k`` (k ranks per node, the default world group only): intra-node reduce-scatter in the input
@@ -255,7 +256,10 @@ class _PeerWorkspace:
         self.nbytes = nbytes
         self.buf = symm_mem.empty(nbytes, dtype=torch.uint8, device=device)
         g = group if group is not None else dist.group.WORLD
-        self.hdl = symm_mem.rendezvous(self.buf, g)
+        try:
+            self.hdl = symm_mem.rendezvous(self.buf, g)
+        except TypeError:  # versions that take only a group name
+            self.hdl = symm_mem.rendezvous(self.buf, g.group_name)
         self.world = self.hdl.world_size
         self.rank = self.hdl.rank
         self.peers = [self.buf if p == self.rank else self.hdl.get_buffer(p, (nbytes,), torch.uint8)
@@ -291,18 +295,24 @@ def peer_path_available(tensor: torch.Tensor, group=None) -> bool:
 
 
 def _two_shot_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_scale: float, qd, block: int) -> None:
+    """Push model over peer memory. Workspace of every rank: A = world slots of incoming chunks (slot s: the chunk
+    rank s quantized for this rank), G = world slots of reduced chunks (slot s: rank s's reduced chunk). The pack
+    kernel stores chunk c straight into rank c's A[rank] (NVLink stores), the reduce kernel reads its A locally and
+    stores the requantized chunk into every rank's G[rank]; the unpack kernel reads G locally."""
     n = x.numel()
     chunk = chunk_elems(n, world, block)
     cb = packed_chunk_bytes(chunk, block)
-    ws = _peer_workspace(group, (world + 1) * cb, x.device)
+    ws = _peer_workspace(group, 2 * world * cb, x.device)
     r = ws.rank
-    ws.barrier()  # every peer finished reading the previous use of the workspace
-    pack(x, world, chunk, block, qd, out=ws.buf[:world * cb].view(world, cb))
-    ws.barrier()  # all packed chunks visible
-    mine = [p[r * cb:(r + 1) * cb] for p in ws.peers]
-    reduce_chunks(mine, ws.buf[world * cb:(world + 1) * cb], block, qd, post_scale)
-    ws.barrier()  # all reduced chunks visible
-    unpack([p[world * cb:(world + 1) * cb] for p in ws.peers], out, chunk, block, qd)
+    ws.barrier()  # every rank is done with the previous use of its workspace
+    torch.ops.halo.qcomm_pack_scatter(x, [p[r * cb:(r + 1) * cb] for p in ws.peers], chunk, block, qd)
+    ws.barrier()  # all chunks arrived
+    a = ws.buf[:world * cb].view(world, cb)
+    g0 = world * cb
+    torch.ops.halo.qcomm_reduce_broadcast(list(a.unbind(0)), [p[g0 + r * cb:g0 + (r + 1) * cb] for p in ws.peers],
+                                          block, qd, float(post_scale))
+    ws.barrier()  # all reduced chunks arrived
+    unpack(list(ws.buf[g0:g0 + world * cb].view(world, cb).unbind(0)), out, chunk, block, qd)
 
 
 def _reduce_scatter_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_scale: float, qd,
@@ -312,9 +322,9 @@ def _reduce_scatter_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, 
     ws = _peer_workspace(group, world * cb, x.device)
     r = ws.rank
     ws.barrier()
-    pack(x, world, chunk, block, qd, out=ws.buf[:world * cb].view(world, cb))
+    torch.ops.halo.qcomm_pack_scatter(x, [p[r * cb:(r + 1) * cb] for p in ws.peers], chunk, block, qd)
     ws.barrier()
-    reduce_chunks([p[r * cb:(r + 1) * cb] for p in ws.peers], out, block, qd, post_scale)
+    reduce_chunks(list(ws.buf[:world * cb].view(world, cb).unbind(0)), out, block, qd, post_scale)
 
 
 # ---------------------------------------------------------------------------------------------------------------
