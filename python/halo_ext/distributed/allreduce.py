@@ -258,7 +258,10 @@ class _PeerWorkspace:
         g = group if group is not None else dist.group.WORLD
         try:
             self.hdl = symm_mem.rendezvous(self.buf, g)
-        except TypeError:  # versions that take only a group name
+        except Exception:  # older releases: the group must be registered first (a no-op, deprecated, later)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                symm_mem.enable_symm_mem_for_group(g.group_name)
             self.hdl = symm_mem.rendezvous(self.buf, g.group_name)
         self.world = self.hdl.world_size
         self.rank = self.hdl.rank
