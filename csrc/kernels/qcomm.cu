@@ -10,6 +10,8 @@
  * explicit round-to-nearest multiply and add (no FMA contraction), so the result does not depend on the grid and
  * matches the CPU reference (csrc/cpu/qcomm.cpp) bit for bit.
  */
+#include <type_traits>
+
 #include "qcomm.h"
 #include "quant_utils.cuh"
 
@@ -136,7 +138,8 @@ __global__ void __launch_bounds__(kThreadsQ)
     float acc[E];
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[e] = 0.f;
-    for (int r = 0; r < in.count; ++r) {
+#pragma unroll 4
+    for (int r = 0; r < in.count; ++r) {  // fixed rank order: the sum does not depend on timing
       const uint8_t* p = in.at(r);
       const float s = __ldg(reinterpret_cast<const float*>(p + nb * B) + b);
       float v[E];

@@ -127,6 +127,13 @@ def check_all_reduce(device, group=None, paths=("nccl",), quick=False) -> List[s
     got = t.cpu().contiguous().view(-1).double()
     if not bool(((got - y).abs() <= error_bound(perm, y, world, 256)).all()):
         fails.append("non-contiguous in-place result wrong")
+    # async_op: a handle whose future holds the result
+    xs = _inputs(2002, world, 3000, torch.float32, device)
+    h = all_reduce(xs[rank].clone(), group=group, path=paths[0], async_op=True)
+    h.wait()
+    fv = h.get_future().wait()
+    if not _same_on_all_ranks(fv, group) or fv.shape != (3000,):
+        fails.append("async_op handle/future wrong")
     # bad arguments raise clear errors
     for kw, exc in [(dict(op="max"), ValueError), (dict(dtype="int4"), ValueError), (dict(block=100), ValueError)]:
         try:
@@ -163,6 +170,11 @@ def check_reduce_scatter(device, group=None, paths=("nccl",)) -> List[str]:
             err = (out.double().cpu() - y).abs()
             if not bool((err <= bound).all()):
                 fails.append(f"[rs {path} S={S} {dtype}->{out_dtype} {op}] error {float(err.max()):.3e} > bound")
+    try:
+        reduce_scatter(torch.empty(3, device=device), torch.empty(world * 3 + 1, device=device), group=group)
+        fails.append("reduce_scatter with a wrong input size did not raise")
+    except ValueError:
+        pass
     return fails
 
 

@@ -236,6 +236,7 @@ def _two_shot_pg(x: torch.Tensor, out: torch.Tensor, group, world: int, post_sca
 _SAME_HOST: Dict[str, bool] = {}
 _PEER_WS: Dict[Tuple[str, int], "_PeerWorkspace"] = {}
 _PEER_BROKEN: Dict[str, str] = {}
+_PEER_RETIRED: List["_PeerWorkspace"] = []  # outgrown workspaces stay mapped: kernels may still be using them
 
 
 def _all_on_this_host(group) -> bool:
@@ -278,6 +279,8 @@ def _peer_workspace(group, nbytes: int, device: torch.device) -> "_PeerWorkspace
     if ws is None or ws.nbytes < nbytes:  # every rank sees the same sizes, so all grow together (collective)
         grow = max(nbytes, 2 * ws.nbytes if ws is not None else 0, 1 << 20)
         grow = (grow + 4095) // 4096 * 4096
+        if ws is not None:
+            _PEER_RETIRED.append(ws)
         ws = _PeerWorkspace(group, grow, device)
         _PEER_WS[key] = ws
     return ws
