@@ -110,6 +110,20 @@ def check_all_reduce(device, group=None, paths=("nccl",), quick=False) -> List[s
             fails.append(f"[{path}] pipelined pieces exceed the bound")
         if not _same_on_all_ranks(r1, group):
             fails.append(f"[{path}] pipelined results differ across ranks")
+    # the peer path runs the same arithmetic as the NCCL path: identical bits
+    if "peer" in paths and "nccl" in paths:
+        for n, dtype, op in [(1000, torch.bfloat16, "sum"), (70001, torch.float32, "avg"), (1 << 20, torch.bfloat16,
+                                                                                           "sum")]:
+            xs = _inputs(3000 + n, world, n, dtype, device)
+            a = all_reduce(xs[rank].clone(), op=op, group=group, path="nccl")
+            b = all_reduce(xs[rank].clone(), op=op, group=group, path="peer")
+            if not torch.equal(a, b):
+                fails.append(f"[n={n} {dtype} {op}] peer and NCCL paths differ")
+            sa, sb = torch.empty(n // world, device=device), torch.empty(n // world, device=device)
+            reduce_scatter(sa, xs[rank][:world * (n // world)].float(), op=op, group=group, path="nccl")
+            reduce_scatter(sb, xs[rank][:world * (n // world)].float(), op=op, group=group, path="peer")
+            if not torch.equal(sa, sb):
+                fails.append(f"[n={n} {dtype} {op}] peer and NCCL reduce_scatter differ")
     # fallback: a small tensor under auto takes dist.all_reduce (exact up to float32 summation order)
     xs = _inputs(2000, world, 100, torch.float32, device)
     if last_path(xs[rank], group) != "fallback":
