@@ -10,7 +10,8 @@ fp32 all_reduce of the same inputs); relerr_nccl_bf16: the same for NCCL's own b
 median after warm-up (bench/_common.time_ms), max over ranks. The fallback threshold of "auto" is tuned in the
 run: the smallest size from which the best quantized path beats NCCL bf16 at every larger size measured
 (extra small sizes 0.0625/0.25 MB are measured for that); the run sets HALO_AR_FALLBACK_BYTES to it before the
-"auto" rows and records it. A block sweep (128/512) runs at 64 and 256 MB. Rank 0 writes
+"auto" rows and records it. A block sweep (128/512) runs at 64 and 256 MB, a pipeline-piece
+sweep (8/32/128 MiB, path "nccl:pieceXMB") at 256 and 1024 MB. Rank 0 writes
 bench/results/allreduce.json (rows merged by world, MB, dtype, path, block so 4/8-GPU runs append).
 --smoke: a CPU/Gloo dry run of the script logic with tiny sizes (no GPU needed).
 """
@@ -67,6 +68,8 @@ def main():
     ap.add_argument("--dtypes", nargs="*", default=["int8", "fp8"])
     ap.add_argument("--sweep-blocks", type=int, nargs="*", default=[128, 512])
     ap.add_argument("--sweep-mb", type=float, nargs="*", default=[64, 256])
+    ap.add_argument("--sweep-piece-mb", type=float, nargs="*", default=[8, 32, 128],
+                    help="pipeline piece sizes (HALO_AR_PIECE_BYTES) swept for the NCCL path at 256 and 1024 MB")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     smoke = args.smoke
@@ -141,6 +144,19 @@ def main():
                                  "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr, "relerr": err,
                                  "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
                                  "frac_of_transport_ceiling": (t_tr / t) if path == "nccl" and t == t else None})
+        if mb in (256, 1024) or smoke:
+            for pmb in args.sweep_piece_mb:
+                os.environ["HALO_AR_PIECE_BYTES"] = str(int(pmb * (1 << 20)))
+                try:
+                    out = torch.empty_like(x)
+                    t = measure(lambda: all_reduce(x, out=out, path="nccl"))
+                finally:
+                    del os.environ["HALO_AR_PIECE_BYTES"]
+                rows.append({"world": world, "MB": mb, "dtype": "int8", "path": f"nccl:piece{pmb:g}MB",
+                             "block": DEFAULT_BLOCK, "halo_ms": t, "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr,
+                             "relerr": None, "relerr_nccl_bf16": err_bf16,
+                             "speedup_vs_bf16": t_bf16 / t if t == t else None,
+                             "frac_of_transport_ceiling": t_tr / t if t == t else None})
         per_size[mb]["bf16"] = t_bf16
         del x, ref, y, buf
         if not smoke:

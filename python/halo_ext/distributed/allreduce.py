@@ -22,7 +22,8 @@ step by 2^-9 of qmax-scaled units) the analogue is |y_hat - y| <= sum_r (|x_r| /
 Paths (``path=`` or the environment variable ``HALO_AR_PATH``: ``auto`` | ``nccl`` | ``peer`` | ``fallback``):
 
 - ``nccl``: ``all_to_all_single`` + ``all_gather_into_tensor`` of uint8 buffers through the process group (NCCL,
-  Gloo, anything). Messages larger than ``HALO_AR_PIECE_BYTES`` (default 32 MiB of input) are split into pieces
+  Gloo, anything). Messages larger than ``HALO_AR_PIECE_BYTES`` (default: ~1/8 of the message, clamped to [16, 128] MiB of
+  input) are split into pieces
   that are software-pipelined: every collective is issued with ``async_op=True`` and waited by stream dependency
   (``work.wait()``, no host synchronization), so the quantize/reduce/dequantize kernels of one piece overlap the
   transport of others on the process group's communication stream.
@@ -160,8 +161,13 @@ def _fallback_bytes(world: int) -> int:
     return FALLBACK_BYTES[keys[-1]] if keys else FALLBACK_BYTES[min(FALLBACK_BYTES)]
 
 
-def _piece_bytes() -> int:
-    return int(os.environ.get("HALO_AR_PIECE_BYTES", str(32 << 20)))
+def _piece_bytes(total_bytes: int = 0) -> int:
+    """Input bytes per pipeline piece: HALO_AR_PIECE_BYTES, else about 8 pieces clamped to [16, 128] MiB (smaller
+    pieces expose less compute - the first pack and the last unpack - but run NCCL at less efficient sizes)."""
+    env = os.environ.get("HALO_AR_PIECE_BYTES")
+    if env is not None:
+        return max(1, int(env))
+    return min(max(total_bytes // 8, 16 << 20), 128 << 20)
 
 
 def _group_key(group) -> str:
@@ -419,7 +425,7 @@ def _all_reduce_hier(x: torch.Tensor, out: torch.Tensor, k: int, avg: bool, qd, 
             part.div_(world)
     else:
         _two_shot_pg(part, part, inter, nodes, 1.0 / world if avg else 1.0, qd, block,
-                     max(1, _piece_bytes() // part.element_size()))
+                     max(1, _piece_bytes(part.numel() * part.element_size()) // part.element_size()))
     full = torch.empty(s * k, dtype=x.dtype, device=x.device)
     _all_gather_flat(full, part, intra)
     out.copy_(full[:n])
@@ -488,7 +494,7 @@ def all_reduce(tensor: torch.Tensor, op="sum", group=None, dtype="int8", block: 
                 dst.copy_(x)
             _plain_all_reduce(dst, group, world, avg)
         elif p == "nccl":
-            piece = max(1, _piece_bytes() // x.element_size())
+            piece = max(1, _piece_bytes(x.numel() * x.element_size()) // x.element_size())
             _two_shot_pg(x, dst, group, world, 1.0 / world if avg else 1.0, qd, block, piece)
     if not out.is_contiguous():
         out.copy_(dst.view(out.shape))
