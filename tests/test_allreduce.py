@@ -201,10 +201,11 @@ def _peer_worker(rank, world, port, outdir, bufs):
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
 
         class FakeWorkspace:
-            buf, peers, nbytes = bufs[rank], bufs, bufs[0].numel()
+            views = A._PeerWorkspace.views  # the real slot/view logic
 
             def __init__(self):
-                self.rank = rank
+                self.buf, self.peers, self.nbytes = bufs[rank], bufs, bufs[0].numel()
+                self.rank, self.world, self._views = rank, world, {}
 
             def barrier(self):
                 dist.barrier()

@@ -275,8 +275,25 @@ class _PeerWorkspace:
         self.peers = [self.buf if p == self.rank else self.hdl.get_buffer(p, (nbytes,), torch.uint8)
                       for p in range(self.world)]
 
+        self._views: Dict[Tuple[str, int], tuple] = {}
+
     def barrier(self):
         self.hdl.barrier(channel=0)
+
+    def views(self, kind: str, cb: int) -> tuple:
+        """Cached chunk views for packed chunks of cb bytes (host overhead per call: a dict lookup):
+        (scatter targets peers[c][A slot rank], own A slots, broadcast targets peers[p][G slot rank], own G slots)."""
+        key = (kind, cb)
+        v = self._views.get(key)
+        if v is None:
+            w, r, g0 = self.world, self.rank, self.world * cb
+            v = ([p[r * cb:(r + 1) * cb] for p in self.peers], list(self.buf[:w * cb].view(w, cb).unbind(0)),
+                 [p[g0 + r * cb:g0 + (r + 1) * cb] for p in self.peers],
+                 list(self.buf[g0:g0 + w * cb].view(w, cb).unbind(0)) if kind == "ar" else [])
+            if len(self._views) > 64:  # many distinct sizes: keep the cache bounded
+                self._views.clear()
+            self._views[key] = v
+        return v
 
 
 def _peer_workspace(group, nbytes: int, device: torch.device) -> "_PeerWorkspace":
@@ -315,16 +332,13 @@ def _two_shot_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_s
     chunk = chunk_elems(n, world, block)
     cb = packed_chunk_bytes(chunk, block)
     ws = _peer_workspace(group, 2 * world * cb, x.device)
-    r = ws.rank
+    scatter_to, a_slots, bcast_to, g_slots = ws.views("ar", cb)
     ws.barrier()  # every rank is done with the previous use of its workspace
-    torch.ops.halo.qcomm_pack_scatter(x, [p[r * cb:(r + 1) * cb] for p in ws.peers], chunk, block, qd)
+    torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd)
     ws.barrier()  # all chunks arrived
-    a = ws.buf[:world * cb].view(world, cb)
-    g0 = world * cb
-    torch.ops.halo.qcomm_reduce_broadcast(list(a.unbind(0)), [p[g0 + r * cb:g0 + (r + 1) * cb] for p in ws.peers],
-                                          block, qd, float(post_scale))
+    torch.ops.halo.qcomm_reduce_broadcast(a_slots, bcast_to, block, qd, float(post_scale))
     ws.barrier()  # all reduced chunks arrived
-    unpack(list(ws.buf[g0:g0 + world * cb].view(world, cb).unbind(0)), out, chunk, block, qd)
+    unpack(g_slots, out, chunk, block, qd)
 
 
 def _reduce_scatter_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_scale: float, qd,
@@ -332,11 +346,11 @@ def _reduce_scatter_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, 
     chunk = out.numel()
     cb = packed_chunk_bytes(chunk, block)
     ws = _peer_workspace(group, world * cb, x.device)
-    r = ws.rank
+    scatter_to, a_slots, _, _ = ws.views("rs", cb)
     ws.barrier()
-    torch.ops.halo.qcomm_pack_scatter(x, [p[r * cb:(r + 1) * cb] for p in ws.peers], chunk, block, qd)
+    torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd)
     ws.barrier()
-    reduce_chunks(list(ws.buf[:world * cb].view(world, cb).unbind(0)), out, block, qd, post_scale)
+    reduce_chunks(a_slots, out, block, qd, post_scale)
 
 
 # ---------------------------------------------------------------------------------------------------------------
