@@ -183,24 +183,62 @@ def _all_gather_flat(out: torch.Tensor, inp: torch.Tensor, group, async_op: bool
 
 
 class _Done:
-    """Handle of an async_op call: the work is already enqueued on the current stream (CUDA) or done (CPU)."""
+    """Handle of an async_op call. CUDA: the work ran on a side stream; wait() makes the caller's current stream
+    wait for it (an event, no host sync). CPU: the work is done."""
 
-    def __init__(self, result: torch.Tensor):
+    def __init__(self, result: torch.Tensor, event=None, stream=None):
         self._result = result
+        self._event = event
+        self._stream = stream
 
     def wait(self, timeout=None) -> bool:
+        if self._event is not None:
+            torch.cuda.current_stream(self._result.device).wait_event(self._event)
         return True
 
     def is_completed(self) -> bool:
-        return True
+        return self._event is None or self._event.query()
 
     def get_future(self) -> torch.futures.Future:
+        """A CUDA-aware future: set on the side stream, so a consumer's fut.wait() / then() orders its stream after
+        the work (no host sync, no wait on the caller's stream now)."""
         fut = torch.futures.Future(devices=[self._result.device] if self._result.is_cuda else None)
-        fut.set_result(self._result)
+        if self._stream is not None:
+            with torch.cuda.stream(self._stream):
+                fut.set_result(self._result)
+        else:
+            fut.set_result(self._result)
         return fut
 
     def result(self):
         return [self._result]
+
+
+_SIDE_STREAMS: Dict[int, "torch.cuda.Stream"] = {}
+
+
+def _side_stream(device: torch.device):
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SIDE_STREAMS:
+        _SIDE_STREAMS[idx] = torch.cuda.Stream(device=idx)
+    return _SIDE_STREAMS[idx]
+
+
+def _run_async(fn, tensors, result: torch.Tensor) -> "_Done":
+    """Runs fn() on a side stream ordered after the current stream's work so far; returns a handle."""
+    if not result.is_cuda:
+        fn()
+        return _Done(result)
+    cur = torch.cuda.current_stream(result.device)
+    side = _side_stream(result.device)
+    side.wait_stream(cur)
+    with torch.cuda.stream(side):
+        fn()
+        ev = torch.cuda.Event()
+        ev.record(side)
+    for t in tensors:  # caller-owned memory used on the side stream
+        t.record_stream(side)
+    return _Done(result, ev, side)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -467,6 +505,10 @@ def all_reduce(tensor: torch.Tensor, op="sum", group=None, dtype="int8", block: 
 
     Returns: the result tensor (``out`` or ``tensor``), or a handle when async_op.
     """
+    if async_op and isinstance(tensor, torch.Tensor) and tensor.is_cuda:
+        res = out if out is not None else tensor
+        return _run_async(lambda: all_reduce(tensor, op, group, dtype, block, False, out, path, hierarchical),
+                          [tensor] + ([out] if out is not None else []), res)
     if not isinstance(tensor, torch.Tensor):
         raise TypeError("halo_ext.distributed.all_reduce: tensor must be a torch.Tensor")
     if tensor.dtype not in _FLOATS:
@@ -535,6 +577,9 @@ def reduce_scatter(output: torch.Tensor, input: torch.Tensor, op="sum", group=No
     float32 output to keep the fp32 accumulation). Error (int8): |y_hat - y| <= sum_r absmax_r / 254 per block
     (divided by world for AVG). Paths as in all_reduce ("fallback" = dist.reduce_scatter_tensor).
     """
+    if async_op and input.is_cuda:
+        return _run_async(lambda: reduce_scatter(output, input, op, group, dtype, block, False, path),
+                          [output, input], output)
     if input.dtype not in _FLOATS or output.dtype not in _FLOATS:
         raise TypeError("halo_ext.distributed.reduce_scatter: input and output must be float32, float16 or bfloat16")
     avg = _parse_op(op)
