@@ -3,6 +3,7 @@
 
 #include "cpu/cpu_ops.h"
 #include "torch/common.h"
+#include "torch/qcomm_glue.h"
 
 namespace halo::glue {
 namespace {
@@ -56,9 +57,54 @@ at::Tensor qgemm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor&
   return d;
 }
 
+void qcomm_pack_into_cpu(const at::Tensor& x, const at::Tensor& out, int64_t world, int64_t chunk, int64_t block,
+                         at::ScalarType dtype) {
+  qcomm_check_pack(x, out, world, chunk, block, dtype);
+  TORCH_CHECK_VALUE(x.device().is_cpu() && out.device().is_cpu(), "halo.qcomm_pack: tensors must be on the CPU");
+  cpu::qcomm_pack(x.data_ptr(), to_dtype(x.scalar_type()), x.numel(), static_cast<int>(world), chunk, block,
+                  to_dtype(dtype), static_cast<uint8_t*>(out.data_ptr()));
+}
+
+void qcomm_reduce_into_cpu(at::TensorList chunks, const at::Tensor& out, int64_t block, at::ScalarType dtype,
+                           double post_scale) {
+  int64_t nb = 0;
+  const QCommChunks in = qcomm_check_reduce(chunks.vec(), out, block, dtype, &nb);
+  const DType out_t = out.scalar_type() == at::kByte ? to_dtype(dtype) : to_dtype(out.scalar_type());
+  cpu::qcomm_reduce(in, nb, block, to_dtype(dtype), static_cast<float>(post_scale), out.data_ptr(), out_t,
+                    out.numel());
+}
+
+void qcomm_unpack_into_cpu(at::TensorList chunks, const at::Tensor& out, int64_t chunk, int64_t block,
+                           at::ScalarType dtype) {
+  const QCommChunks in = qcomm_check_unpack(chunks.vec(), out, chunk, block, dtype);
+  cpu::qcomm_unpack(in, chunk, block, to_dtype(dtype), out.data_ptr(), to_dtype(out.scalar_type()), out.numel());
+}
+
+void qcomm_pack_scatter_cpu(const at::Tensor& x, at::TensorList outs, int64_t chunk, int64_t block,
+                            at::ScalarType dtype) {
+  const QCommOuts o = qcomm_check_pack_scatter(x, outs.vec(), chunk, block, dtype);
+  TORCH_CHECK_VALUE(x.device().is_cpu(), "halo.qcomm_pack_scatter: tensors must be on the CPU");
+  cpu::qcomm_pack_scatter(x.data_ptr(), to_dtype(x.scalar_type()), x.numel(), o.count, chunk, block, to_dtype(dtype),
+                          o);
+}
+
+void qcomm_reduce_broadcast_cpu(at::TensorList chunks, at::TensorList outs, int64_t block, at::ScalarType dtype,
+                                double post_scale) {
+  TORCH_CHECK_VALUE(!outs.empty(), "halo.qcomm_reduce_broadcast: needs at least one output chunk");
+  int64_t nb = 0;
+  const QCommChunks in = qcomm_check_reduce(chunks.vec(), outs[0], block, dtype, &nb);
+  const QCommOuts o = qcomm_check_outs(outs.vec(), nb * (block + 4), outs[0].device(), "qcomm_reduce_broadcast");
+  cpu::qcomm_reduce_broadcast(in, nb, block, to_dtype(dtype), static_cast<float>(post_scale), o);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(halo, CPU, m) {
+  m.impl("qcomm_pack_scatter", &qcomm_pack_scatter_cpu);
+  m.impl("qcomm_reduce_broadcast", &qcomm_reduce_broadcast_cpu);
+  m.impl("qcomm_pack_into", &qcomm_pack_into_cpu);
+  m.impl("qcomm_reduce_into", &qcomm_reduce_into_cpu);
+  m.impl("qcomm_unpack_into", &qcomm_unpack_into_cpu);
   m.impl("hadamard", &hadamard_cpu);
   m.impl("quantize", &quantize_cpu);
   m.impl("dequantize", &dequantize_cpu);

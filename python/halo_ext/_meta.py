@@ -54,3 +54,28 @@ def _qgemm_fake(a, b, scale_a, scale_b, out_dtype=None, bias=None):
 def _hadamard_qgemm_fake(x, w, dtype, w_scale=None, bias=None, out_dtype: Optional[torch.dtype] = None, block=0,
                          signs=None):
     return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=out_dtype or x.dtype)
+
+
+@register_fake("halo::qcomm_pack_into")
+def _qcomm_pack_into_fake(x, out, world, chunk, block, dtype):
+    return None
+
+
+@register_fake("halo::qcomm_reduce_into")
+def _qcomm_reduce_into_fake(chunks, out, block, dtype, post_scale=1.0):
+    return None
+
+
+@register_fake("halo::qcomm_unpack_into")
+def _qcomm_unpack_into_fake(chunks, out, chunk, block, dtype):
+    return None
+
+
+@register_fake("halo::qcomm_pack_scatter")
+def _qcomm_pack_scatter_fake(x, outs, chunk, block, dtype):
+    return None
+
+
+@register_fake("halo::qcomm_reduce_broadcast")
+def _qcomm_reduce_broadcast_fake(chunks, outs, block, dtype, post_scale=1.0):
+    return None

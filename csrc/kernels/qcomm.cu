@@ -1,0 +1,330 @@
+/*!
+ * \file qcomm.cu
+ * \brief Kernels of the block-quantized two-shot collectives (qcomm.h): pack, fused dequant-sum-requant, unpack.
+ *
+ * One warp per quantization block of B = 32 * E elements: lane l owns the E consecutive elements [l*E, (l+1)*E)
+ * of the block in registers, so the absmax is one warp reduction and each lane writes E contiguous code bytes
+ * (8 bytes per lane for B = 256: a fully coalesced 256-byte store per warp). Inputs of 16-bit types are read as
+ * 16-byte packets when the layout allows it (chunk * sizeof(T) a multiple of 16, E * sizeof(T) >= 16), element by
+ * element otherwise (ragged tails, odd chunk sizes). The reduction adds the dequantized chunks in chunk order with
+ * explicit round-to-nearest multiply and add (no FMA contraction), so the result does not depend on the grid and
+ * matches the CPU reference (csrc/cpu/qcomm.cpp) bit for bit.
+ */
+#include <type_traits>
+
+#include "qcomm.h"
+#include "quant_utils.cuh"
+
+namespace halo {
+namespace detail {
+namespace {
+
+constexpr int kWarps = 8;  //!< warps per CTA
+constexpr int kThreadsQ = kWarps * 32;
+constexpr int64_t kMaxCtas = 8192;
+
+/*! \brief Loads E elements of x starting at p (vector path when Vec and the packet size divides E). */
+template <typename T, int E>
+__device__ __forceinline__ void load_elems(const T* p, bool vec, float* v) {
+  constexpr int kV = Vec<T>::kVec;
+  if constexpr (E % kV == 0) {
+    if (vec) {
+#pragma unroll
+      for (int i = 0; i < E / kV; ++i) Vec<T>::unpack(ldg16(p + i * kV), v + i * kV);
+      return;
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) v[e] = Vec<T>::load1(p, e);
+}
+
+/*! \brief Stores E 8-bit codes of v * inv at q (E bytes, aligned to min(E, 16)). */
+template <DType Q, int E>
+__device__ __forceinline__ void store_codes(uint8_t* q, const float* v, float inv) {
+  if constexpr (E % 4 == 0) {
+    uint32_t w[E / 4];
+#pragma unroll
+    for (int i = 0; i < E / 4; ++i) w[i] = quant4<Q>(v + 4 * i, inv);
+    if constexpr (E % 16 == 0) {
+#pragma unroll
+      for (int i = 0; i < E / 16; ++i)
+        reinterpret_cast<uint4*>(q)[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+    } else if constexpr (E % 8 == 0) {
+#pragma unroll
+      for (int i = 0; i < E / 8; ++i) reinterpret_cast<uint2*>(q)[i] = make_uint2(w[2 * i], w[2 * i + 1]);
+    } else {
+      *reinterpret_cast<uint32_t*>(q) = w[0];
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) q[e] = static_cast<uint8_t>(quant_code<Q>(v[e], inv));
+  }
+}
+
+/*! \brief Loads E codes at q (aligned to min(E, 16)) as float values (not yet scaled). */
+template <DType Q, int E>
+__device__ __forceinline__ void load_codes(const uint8_t* q, float* v) {
+  if constexpr (E % 4 == 0) {
+    uint32_t w[E / 4];
+    if constexpr (E % 16 == 0) {
+#pragma unroll
+      for (int i = 0; i < E / 16; ++i) {
+        const uint4 u = __ldg(reinterpret_cast<const uint4*>(q) + i);
+        w[4 * i] = u.x, w[4 * i + 1] = u.y, w[4 * i + 2] = u.z, w[4 * i + 3] = u.w;
+      }
+    } else if constexpr (E % 8 == 0) {
+      const uint2 u = __ldg(reinterpret_cast<const uint2*>(q));
+      w[0] = u.x, w[1] = u.y;
+    } else {
+      w[0] = __ldg(reinterpret_cast<const uint32_t*>(q));
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) v[e] = dequant_code<Q>((w[e / 4] >> (8 * (e % 4))) & 0xffu);
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) v[e] = dequant_code<Q>(__ldg(q + e));
+  }
+}
+
+/*! \brief Absmax over the warp of E values per lane (NaN-free inputs; NaN propagates like the CPU's max). */
+template <int E>
+__device__ __forceinline__ float warp_absmax(const float* v) {
+  float m = 0.f;
+#pragma unroll
+  for (int e = 0; e < E; ++e) m = fmaxf(m, fabsf(v[e]));
+  return group_max(m, 32);
+}
+
+/*! \brief Stores one float as element i of an array of dtype t. */
+__device__ __forceinline__ void store_any(void* p, DType t, int64_t i, float v) {
+  if (t == DType::kFloat32) Vec<float>::store1(p, i, v);
+  else if (t == DType::kBFloat16) Vec<__nv_bfloat16>::store1(p, i, v);
+  else Vec<__half>::store1(p, i, v);
+}
+
+template <typename T, DType Q, int E>
+__global__ void __launch_bounds__(kThreadsQ)
+    pack_kernel(const T* __restrict__ x, int64_t n, int64_t chunk, int64_t nb, int world, uint8_t* out,
+                const QCommOuts outs, bool vec) {
+  constexpr int B = 32 * E;
+  const int lane = threadIdx.x & 31;
+  const int64_t cb = nb * (B + 4), total = int64_t(world) * nb;  // out == nullptr: chunk c goes to outs.ptrs[c]
+  for (int64_t w = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; w < total; w += int64_t(gridDim.x) * kWarps) {
+    const int64_t c = w / nb, b = w - c * nb;
+    const int64_t j0 = b * B + int64_t(lane) * E;             // offset inside the chunk
+    const int64_t valid = min(chunk, max(n - c * chunk, int64_t(0)));  // real elements of this chunk
+    float v[E];
+    const T* src = x + c * chunk + j0;
+    if (j0 + E <= valid) {
+      load_elems<T, E>(src, vec, v);
+    } else {
+#pragma unroll
+      for (int e = 0; e < E; ++e) v[e] = j0 + e < valid ? Vec<T>::load1(src, e) : 0.f;
+    }
+    const QuantScale qs(warp_absmax<E>(v), qmax_dev(Q));
+    uint8_t* dst = out != nullptr ? out + c * cb : outs.ptrs[c];
+    store_codes<Q, E>(dst + b * B + lane * E, v, qs.inv);
+    if (lane == 0) reinterpret_cast<float*>(dst + nb * B)[b] = qs.scale;
+  }
+}
+
+template <DType Q, int E>
+__global__ void __launch_bounds__(kThreadsQ)
+    reduce_kernel(const QCommChunks in, int64_t nb, float post_scale, void* out, DType out_t, int64_t out_n,
+                  const QCommOuts outs) {
+  constexpr int B = 32 * E;
+  const int lane = threadIdx.x & 31;
+  for (int64_t b = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; b < nb; b += int64_t(gridDim.x) * kWarps) {
+    float acc[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[e] = 0.f;
+#pragma unroll 4
+    for (int r = 0; r < in.count; ++r) {  // fixed rank order: the sum does not depend on timing
+      const uint8_t* p = in.at(r);
+      const float s = __ldg(reinterpret_cast<const float*>(p + nb * B) + b);
+      float v[E];
+      load_codes<Q, E>(p + b * B + lane * E, v);
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] = __fadd_rn(acc[e], __fmul_rn(v[e], s));
+    }
+    if (post_scale != 1.0f) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] = __fmul_rn(acc[e], post_scale);
+    }
+    if (out_t == Q) {
+      const QuantScale qs(warp_absmax<E>(acc), qmax_dev(Q));
+      const int nout = out != nullptr ? 1 : outs.count;  // out == nullptr: the same bytes to every outs.ptrs[i]
+      for (int o = 0; o < nout; ++o) {
+        uint8_t* dst = out != nullptr ? static_cast<uint8_t*>(out) : outs.ptrs[o];
+        store_codes<Q, E>(dst + b * B + lane * E, acc, qs.inv);
+        if (lane == 0) reinterpret_cast<float*>(dst + nb * B)[b] = qs.scale;
+      }
+    } else {
+      const int64_t j0 = b * B + int64_t(lane) * E;
+#pragma unroll
+      for (int e = 0; e < E; ++e)
+        if (j0 + e < out_n) store_any(out, out_t, j0 + e, acc[e]);
+    }
+  }
+}
+
+template <typename T, DType Q, int E>
+__global__ void __launch_bounds__(kThreadsQ)
+    unpack_kernel(const QCommChunks in, int64_t chunk, int64_t nb, T* __restrict__ out, int64_t n, bool vec) {
+  constexpr int B = 32 * E;
+  const int lane = threadIdx.x & 31;
+  const int64_t total = int64_t(in.count) * nb;
+  for (int64_t w = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; w < total; w += int64_t(gridDim.x) * kWarps) {
+    const int64_t c = w / nb, b = w - c * nb;
+    const int64_t j0 = b * B + int64_t(lane) * E;
+    const int64_t valid = min(chunk, max(n - c * chunk, int64_t(0)));
+    if (j0 >= valid) continue;  // padding only (no warp-collective ops below)
+    const uint8_t* p = in.at(static_cast<int>(c));
+    const float s = __ldg(reinterpret_cast<const float*>(p + nb * B) + b);
+    float v[E];
+    load_codes<Q, E>(p + b * B + lane * E, v);
+#pragma unroll
+    for (int e = 0; e < E; ++e) v[e] = __fmul_rn(v[e], s);
+    T* dst = out + c * chunk + j0;
+    constexpr int kV = Vec<T>::kVec;
+    if constexpr (E % kV == 0) {
+      if (vec && j0 + E <= valid) {
+#pragma unroll
+        for (int i = 0; i < E / kV; ++i) stg16(dst + i * kV, Vec<T>::pack(v + i * kV));
+        continue;
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      if (j0 + e < valid) Vec<T>::store1(dst, e, v[e]);
+  }
+}
+
+int grid_for(int64_t warps) {
+  const int64_t g = (warps + kWarps - 1) / kWarps;
+  return static_cast<int>(g < 1 ? 1 : g > kMaxCtas ? kMaxCtas : g);
+}
+
+/*! \brief Calls f(std::integral_constant<int, E>) for E = block / 32; false for an unsupported block. */
+template <typename F>
+bool dispatch_e(int64_t block, F&& f) {
+  switch (block) {
+    case 32: f(std::integral_constant<int, 1>{}); return true;
+    case 64: f(std::integral_constant<int, 2>{}); return true;
+    case 128: f(std::integral_constant<int, 4>{}); return true;
+    case 256: f(std::integral_constant<int, 8>{}); return true;
+    case 512: f(std::integral_constant<int, 16>{}); return true;
+    case 1024: f(std::integral_constant<int, 32>{}); return true;
+    default: return false;
+  }
+}
+
+template <typename F>
+bool dispatch_q(DType qt, F&& f) {
+  if (qt == DType::kInt8) { f(std::integral_constant<DType, DType::kInt8>{}); return true; }
+  if (qt == DType::kFloat8E4M3) { f(std::integral_constant<DType, DType::kFloat8E4M3>{}); return true; }
+  return false;
+}
+
+template <typename F>
+bool dispatch_t(DType t, F&& f) {
+  if (t == DType::kFloat32) { f(float{}); return true; }
+  if (t == DType::kBFloat16) { f(__nv_bfloat16{}); return true; }
+  if (t == DType::kFloat16) { f(__half{}); return true; }
+  return false;
+}
+
+}  // namespace
+}  // namespace detail
+
+namespace {
+cudaError_t pack_impl(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
+                      uint8_t* out, const QCommOuts& outs, cudaStream_t stream) {
+  using namespace detail;
+  const int64_t nb = qcomm_blocks(chunk, block);
+  if (world < 1 || n < 0 || n > int64_t(world) * chunk) return cudaErrorInvalidValue;
+  if (nb == 0) return cudaSuccess;
+  if (out == nullptr && outs.count != world) return cudaErrorInvalidValue;
+  bool ok_q = true, ok_e = true;
+  const bool ok_t = dispatch_t(xt, [&](auto tv) {
+    using T = decltype(tv);
+    const bool vec = aligned(x, 16) && (chunk * int64_t(sizeof(T))) % 16 == 0;
+    ok_q = dispatch_q(qt, [&](auto qv) {
+      ok_e = dispatch_e(block, [&](auto ev) {
+        pack_kernel<T, decltype(qv)::value, decltype(ev)::value><<<grid_for(world * nb), kThreadsQ, 0, stream>>>(
+            static_cast<const T*>(x), n, chunk, nb, world, out, outs, vec);
+      });
+    });
+  });
+  const bool ok = ok_t && ok_q && ok_e;
+  if (!ok) return cudaErrorInvalidValue;
+  return cudaGetLastError();
+}
+
+cudaError_t reduce_impl(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale, void* out,
+                        DType out_t, int64_t out_n, const QCommOuts& outs, cudaStream_t stream) {
+  using namespace detail;
+  if (in.count < 1 || nb < 0) return cudaErrorInvalidValue;
+  if (nb == 0) return cudaSuccess;
+  if (out == nullptr && (out_t != qt || outs.count < 1)) return cudaErrorInvalidValue;
+  if (out_t != qt && out_t != DType::kFloat32 && out_t != DType::kBFloat16 && out_t != DType::kFloat16)
+    return cudaErrorInvalidValue;
+  bool ok_e = true;
+  const bool ok_q = dispatch_q(qt, [&](auto qv) {
+    ok_e = dispatch_e(block, [&](auto ev) {
+      reduce_kernel<decltype(qv)::value, decltype(ev)::value><<<grid_for(nb), kThreadsQ, 0, stream>>>(
+          in, nb, post_scale, out, out_t, out_n, outs);
+    });
+  });
+  const bool ok = ok_q && ok_e;
+  if (!ok) return cudaErrorInvalidValue;
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t qcomm_pack(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
+                       uint8_t* out, cudaStream_t stream) {
+  if (out == nullptr && qcomm_blocks(chunk, block) > 0) return cudaErrorInvalidValue;
+  return pack_impl(x, xt, n, world, chunk, block, qt, out, QCommOuts{}, stream);
+}
+
+cudaError_t qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
+                               const QCommOuts& outs, cudaStream_t stream) {
+  return pack_impl(x, xt, n, world, chunk, block, qt, nullptr, outs, stream);
+}
+
+cudaError_t qcomm_reduce(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale, void* out,
+                         DType out_t, int64_t out_n, cudaStream_t stream) {
+  if (out == nullptr && nb > 0) return cudaErrorInvalidValue;
+  return reduce_impl(in, nb, block, qt, post_scale, out, out_t, out_n, QCommOuts{}, stream);
+}
+
+cudaError_t qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
+                                   const QCommOuts& outs, cudaStream_t stream) {
+  return reduce_impl(in, nb, block, qt, post_scale, nullptr, qt, 0, outs, stream);
+}
+
+cudaError_t qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DType qt, void* out, DType out_t,
+                         int64_t n, cudaStream_t stream) {
+  using namespace detail;
+  const int64_t nb = qcomm_blocks(chunk, block);
+  if (in.count < 1 || n < 0 || n > int64_t(in.count) * chunk) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  bool ok_q = true, ok_e = true;
+  const bool ok_t = dispatch_t(out_t, [&](auto tv) {
+    using T = decltype(tv);
+    const bool vec = aligned(out, 16) && (chunk * int64_t(sizeof(T))) % 16 == 0;
+    ok_q = dispatch_q(qt, [&](auto qv) {
+      ok_e = dispatch_e(block, [&](auto ev) {
+        unpack_kernel<T, decltype(qv)::value, decltype(ev)::value><<<grid_for(in.count * nb), kThreadsQ, 0, stream>>>(
+            in, chunk, nb, static_cast<T*>(out), n, vec);
+      });
+    });
+  });
+  const bool ok = ok_t && ok_q && ok_e;
+  if (!ok) return cudaErrorInvalidValue;
+  return cudaGetLastError();
+}
+
+}  // namespace halo

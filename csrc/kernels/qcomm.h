@@ -1,0 +1,101 @@
+/*!
+ * \file qcomm.h
+ * \brief Block-quantized two-shot collectives (EQuARX-style): pack / reduce / unpack of chunk buffers.
+ *
+ * Packed chunk format (one uint8 buffer per chunk, so each collective phase moves one buffer):
+ *   chunk = nb blocks of `block` elements of one logical slice of `chunk` elements (zero padded to nb*block);
+ *   bytes [0, nb*block)            : 8-bit codes (int8 or float8_e4m3fn), block-major;
+ *   bytes [nb*block, nb*(block+4)) : nb float32 scales, scale[b] = max(absmax_b, 1e-30) / qmax.
+ * nb = ceil(chunk / block) rounded up to a multiple of 4, so every chunk is a multiple of 16 bytes and chunk
+ * starts stay 16-byte aligned inside a [world, chunk_bytes] buffer. The quantization rule is the one of hadamard.h
+ * (q = rne(clamp(x * qmax / a'))).
+ *
+ * Chunk c of a flat tensor x of n elements is x[c*chunk, min((c+1)*chunk, n)); elements past n are zeros.
+ * All launchers take raw pointers, never allocate or synchronize, and take the stream last.
+ */
+#pragma once
+#include "common.h"
+
+namespace halo {
+
+/*! \brief Most chunk pointers a reduce/unpack launch takes by value (more: pass a contiguous base and stride). */
+inline constexpr int kQCommMaxPtrs = 32;
+
+/*! \brief Blocks per packed chunk for a chunk of `chunk` elements (0 for an empty chunk). */
+inline constexpr int64_t qcomm_blocks(int64_t chunk, int64_t block) {
+  return chunk <= 0 ? 0 : ((chunk + block - 1) / block + 3) / 4 * 4;
+}
+
+/*! \brief Bytes of one packed chunk. */
+inline constexpr int64_t qcomm_chunk_bytes(int64_t chunk, int64_t block) {
+  return qcomm_blocks(chunk, block) * (block + 4);
+}
+
+/*! \brief Whether `block` is a supported block size (a power of two in [32, 1024]). */
+inline constexpr bool qcomm_block_ok(int64_t block) {
+  return block >= 32 && block <= 1024 && (block & (block - 1)) == 0;
+}
+
+/*!
+ * \brief A list of packed chunks: chunk i at ptrs[i] when `ptrs_used`, else at base + i * stride (bytes).
+ * Pointers may be peer (NVLink-mapped) addresses.
+ */
+struct QCommChunks {
+  const uint8_t* base = nullptr;
+  int64_t stride = 0;
+  int count = 0;
+  bool ptrs_used = false;
+  const uint8_t* ptrs[kQCommMaxPtrs] = {};
+#if defined(__CUDACC__)
+  __host__ __device__
+#endif
+  const uint8_t* at(int i) const { return ptrs_used ? ptrs[i] : base + static_cast<int64_t>(i) * stride; }
+};
+
+/*! \brief Output chunk pointers (peer buffers of the peer-memory path): chunk i goes to ptrs[i]. */
+struct QCommOuts {
+  int count = 0;
+  uint8_t* ptrs[kQCommMaxPtrs] = {};
+};
+
+#ifdef HALO_KERNEL_LAUNCHERS
+
+/*!
+ * \brief Quantizes the `world` chunks of x (n elements of dtype xt, 16-byte aligned) into out
+ * ([world, qcomm_chunk_bytes(chunk, block)] bytes).
+ * \param qt kInt8 or kFloat8E4M3
+ */
+cudaError_t qcomm_pack(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
+                       uint8_t* out, cudaStream_t stream);
+
+/*!
+ * \brief qcomm_pack that stores chunk c at outs.ptrs[c] (outs.count == world; e.g. the owners' peer buffers, so
+ * the quantized chunks travel over NVLink as stores straight from the kernel).
+ */
+cudaError_t qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
+                               const QCommOuts& outs, cudaStream_t stream);
+
+/*!
+ * \brief qcomm_reduce with a packed result stored to every pointer of outs (e.g. every peer's gather slot).
+ */
+cudaError_t qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
+                                   const QCommOuts& outs, cudaStream_t stream);
+
+/*!
+ * \brief Dequantizes in.count packed chunks of nb blocks each, sums them in float32 in chunk order (acc = acc +
+ * code * scale, no FMA), multiplies by post_scale, and either requantizes into a packed chunk (out_t == qt; out
+ * holds qcomm_chunk_bytes bytes) or stores the first out_n sums as float32/float16/bfloat16 (out_t).
+ */
+cudaError_t qcomm_reduce(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale, void* out,
+                         DType out_t, int64_t out_n, cudaStream_t stream);
+
+/*!
+ * \brief Dequantizes in.count packed chunks (each of `chunk` logical elements, nb = qcomm_blocks(chunk, block)) into
+ * the flat output (n <= count * chunk elements of dtype out_t, 16-byte aligned).
+ */
+cudaError_t qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DType qt, void* out, DType out_t,
+                         int64_t n, cudaStream_t stream);
+
+#endif
+
+}  // namespace halo

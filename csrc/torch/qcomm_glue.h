@@ -1,0 +1,129 @@
+/*!
+ * \file qcomm_glue.h
+ * \brief Argument checks of the qcomm_* ops (block-quantized collectives), shared by the CPU and CUDA glue.
+ */
+#pragma once
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "kernels/qcomm.h"
+#include "torch/common.h"
+
+namespace halo::glue {
+
+/*! \brief Checks the block size and the 8-bit dtype (int8 or float8_e4m3fn) of a qcomm op. */
+inline void qcomm_check_block_dtype(int64_t block, at::ScalarType qdtype, const char* op) {
+  TORCH_CHECK_VALUE(qcomm_block_ok(block), "halo.", op, ": block must be a power of two in [32, 1024], got ",
+                    S(block));
+  TORCH_CHECK_VALUE(qdtype == at::kChar || qdtype == at::kFloat8_e4m3fn, "halo.", op,
+                    ": dtype must be int8 or float8_e4m3fn, got ", c10::toString(qdtype));
+}
+
+/*! \brief Checks a contiguous uint8 buffer of `bytes` bytes on `device`. */
+inline void qcomm_check_bytes(const at::Tensor& t, int64_t bytes, const char* what, const char* op) {
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kByte, "halo.", op, ": ", what, " must be uint8, got ",
+                    c10::toString(t.scalar_type()));
+  TORCH_CHECK_VALUE(t.is_contiguous(), "halo.", op, ": ", what, " must be contiguous");
+  TORCH_CHECK_VALUE(t.numel() == bytes, "halo.", op, ": ", what, " must hold ", S(bytes), " bytes, got ",
+                    S(t.numel()));
+}
+
+/*! \brief Checks a contiguous float32/float16/bfloat16 tensor. */
+inline void qcomm_check_float(const at::Tensor& t, const char* what, const char* op) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK_VALUE(st == at::kFloat || st == at::kHalf || st == at::kBFloat16, "halo.", op, ": ", what,
+                    " must be float32, float16 or bfloat16, got ", c10::toString(st));
+  TORCH_CHECK_VALUE(t.is_contiguous(), "halo.", op, ": ", what, " must be contiguous");
+}
+
+/*! \brief Validates qcomm_pack_into arguments. */
+inline void qcomm_check_pack(const at::Tensor& x, const at::Tensor& out, int64_t world, int64_t chunk, int64_t block,
+                             at::ScalarType qdtype) {
+  qcomm_check_block_dtype(block, qdtype, "qcomm_pack");
+  qcomm_check_float(x, "x", "qcomm_pack");
+  TORCH_CHECK_VALUE(world >= 1, "halo.qcomm_pack: world must be >= 1, got ", S(world));
+  TORCH_CHECK_VALUE(chunk >= 0, "halo.qcomm_pack: chunk must be >= 0, got ", S(chunk));
+  TORCH_CHECK_VALUE(x.numel() <= world * chunk, "halo.qcomm_pack: x has ", S(x.numel()),
+                    " elements, more than world * chunk = ", S(world * chunk));
+  qcomm_check_bytes(out, world * qcomm_chunk_bytes(chunk, block), "out", "qcomm_pack");
+  TORCH_CHECK_VALUE(out.device() == x.device(), "halo.qcomm_pack: out and x must be on the same device");
+}
+
+/*! \brief Validates qcomm_reduce_into arguments and describes the chunks (host or device addresses). */
+inline QCommChunks qcomm_check_reduce(const std::vector<at::Tensor>& chunks, const at::Tensor& out, int64_t block,
+                                      at::ScalarType qdtype, int64_t* nb) {
+  qcomm_check_block_dtype(block, qdtype, "qcomm_reduce");
+  TORCH_CHECK_VALUE(!chunks.empty() && chunks.size() <= size_t(kQCommMaxPtrs), "halo.qcomm_reduce: needs 1 to ",
+                    S(kQCommMaxPtrs), " chunks, got ", S(int64_t(chunks.size())));
+  const int64_t cb = chunks[0].numel();
+  TORCH_CHECK_VALUE(cb % (block + 4) == 0 && (cb / (block + 4)) % 4 == 0, "halo.qcomm_reduce: a packed chunk of ",
+                    S(cb), " bytes is not a whole number of 4-block groups of ", S(block + 4), " bytes");
+  *nb = cb / (block + 4);
+  QCommChunks in;
+  in.count = static_cast<int>(chunks.size());
+  in.ptrs_used = true;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    qcomm_check_bytes(chunks[i], cb, "every chunk", "qcomm_reduce");
+    TORCH_CHECK_VALUE(chunks[i].device() == out.device(), "halo.qcomm_reduce: chunks and out must be on one device");
+    in.ptrs[i] = static_cast<const uint8_t*>(chunks[i].data_ptr());
+  }
+  if (out.scalar_type() == at::kByte) {
+    qcomm_check_bytes(out, cb, "out", "qcomm_reduce");
+  } else {
+    qcomm_check_float(out, "out", "qcomm_reduce");
+    TORCH_CHECK_VALUE(out.numel() <= *nb * block, "halo.qcomm_reduce: out has ", S(out.numel()),
+                      " elements, more than a chunk holds (", S(*nb * block), ")");
+  }
+  return in;
+}
+
+/*! \brief Validates qcomm_unpack_into arguments and describes the chunks. */
+inline QCommChunks qcomm_check_unpack(const std::vector<at::Tensor>& chunks, const at::Tensor& out, int64_t chunk,
+                                      int64_t block, at::ScalarType qdtype) {
+  qcomm_check_block_dtype(block, qdtype, "qcomm_unpack");
+  TORCH_CHECK_VALUE(!chunks.empty() && chunks.size() <= size_t(kQCommMaxPtrs), "halo.qcomm_unpack: needs 1 to ",
+                    S(kQCommMaxPtrs), " chunks, got ", S(int64_t(chunks.size())));
+  TORCH_CHECK_VALUE(chunk >= 0, "halo.qcomm_unpack: chunk must be >= 0, got ", S(chunk));
+  qcomm_check_float(out, "out", "qcomm_unpack");
+  TORCH_CHECK_VALUE(out.numel() <= int64_t(chunks.size()) * chunk, "halo.qcomm_unpack: out has ", S(out.numel()),
+                    " elements, more than chunks * chunk = ", S(int64_t(chunks.size()) * chunk));
+  QCommChunks in;
+  in.count = static_cast<int>(chunks.size());
+  in.ptrs_used = true;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    qcomm_check_bytes(chunks[i], qcomm_chunk_bytes(chunk, block), "every chunk", "qcomm_unpack");
+    TORCH_CHECK_VALUE(chunks[i].device() == out.device(), "halo.qcomm_unpack: chunks and out must be on one device");
+    in.ptrs[i] = static_cast<const uint8_t*>(chunks[i].data_ptr());
+  }
+  return in;
+}
+
+/*! \brief Validates a list of uint8 output chunks of `bytes` bytes each on `device` and describes them. */
+inline QCommOuts qcomm_check_outs(const std::vector<at::Tensor>& outs, int64_t bytes, const at::Device& device,
+                                  const char* op) {
+  TORCH_CHECK_VALUE(!outs.empty() && outs.size() <= size_t(kQCommMaxPtrs), "halo.", op, ": needs 1 to ",
+                    S(kQCommMaxPtrs), " output chunks, got ", S(int64_t(outs.size())));
+  QCommOuts o;
+  o.count = static_cast<int>(outs.size());
+  for (size_t i = 0; i < outs.size(); ++i) {
+    qcomm_check_bytes(outs[i], bytes, "every output chunk", op);
+    TORCH_CHECK_VALUE(outs[i].device() == device, "halo.", op, ": outputs must be on the input's device");
+    o.ptrs[i] = static_cast<uint8_t*>(outs[i].data_ptr());
+  }
+  return o;
+}
+
+/*! \brief Validates qcomm_pack_scatter arguments (world = outs.size()). */
+inline QCommOuts qcomm_check_pack_scatter(const at::Tensor& x, const std::vector<at::Tensor>& outs, int64_t chunk,
+                                          int64_t block, at::ScalarType qdtype) {
+  qcomm_check_block_dtype(block, qdtype, "qcomm_pack_scatter");
+  qcomm_check_float(x, "x", "qcomm_pack_scatter");
+  TORCH_CHECK_VALUE(chunk >= 0, "halo.qcomm_pack_scatter: chunk must be >= 0, got ", S(chunk));
+  const int64_t world = static_cast<int64_t>(outs.size());
+  TORCH_CHECK_VALUE(x.numel() <= world * chunk, "halo.qcomm_pack_scatter: x has ", S(x.numel()),
+                    " elements, more than len(outs) * chunk = ", S(world * chunk));
+  return qcomm_check_outs(outs, qcomm_chunk_bytes(chunk, block), x.device(), "qcomm_pack_scatter");
+}
+
+}  // namespace halo::glue

@@ -1,0 +1,626 @@
+"""Block-quantized two-shot all-reduce and reduce-scatter (EQuARX-style) over torch.distributed.
+
+Algorithm (two quantizations per element, the second shared by every rank so all ranks get bitwise-identical
+results): the flat tensor is split into ``world`` chunks of whole blocks of ``block`` elements; every block is
+quantized to 8 bits with one float32 scale (``scale = max(absmax, 1e-30) / qmax``), codes and scales packed in one
+uint8 buffer per chunk (``torch.ops.halo.qcomm_pack_into``); an all-to-all sends chunk r to rank r; rank r
+dequantizes the ``world`` incoming copies of its chunk, sums them in float32 in rank order and requantizes
+(``qcomm_reduce_into``); an all-gather of the packed reduced chunks follows, and every rank dequantizes all of them
+(its own from the requantized copy too, ``qcomm_unpack_into``).
+
+Error bound (int8, qmax = 127, round to nearest: each quantization errs by at most scale / 2 = absmax / 254): for
+every element of a block, with absmax_r the absmax of that block on rank r and absmax_out the absmax of the reduced
+block (after the 1/world of AVG),
+
+    |y_hat - y| <= (sum_r absmax_r + absmax_out) / 254            (times 1/world on the first term for AVG)
+
+plus float32 rounding of the sum (relative 2^-24 per addition, negligible). For float8_e4m3fn (3 mantissa bits,
+relative spacing 2^-3 of the value's binade, so half a spacing <= 2^-4 |v| for normal codes, and subnormal codes
+step by 2^-9 of qmax-scaled units) the analogue is |y_hat - y| <= sum_r (|x_r| / 16 + absmax_r * 2^-10 / 448)
++ |y| / 16 + absmax_out * 2^-10 / 448, i.e. a relative error per element rather than per block.
+
+Paths (``path=`` or the environment variable ``HALO_AR_PATH``: ``auto`` | ``nccl`` | ``peer`` | ``fallback``):
+
+- ``nccl``: ``all_to_all_single`` + ``all_gather_into_tensor`` of uint8 buffers through the process group (NCCL,
+  Gloo, anything). Messages larger than ``HALO_AR_PIECE_BYTES`` (default: ~1/8 of the message, clamped to [16, 128] MiB of
+  input) are split into pieces
+  that are software-pipelined: every collective is issued with ``async_op=True`` and waited by stream dependency
+  (``work.wait()``, no host synchronization), so the quantize/reduce/dequantize kernels of one piece overlap the
+  transport of others on the process group's communication stream.
+- ``peer``: the same algorithm over peer (NVLink) memory, a ``torch.distributed._symmetric_memory`` workspace:
+  the pack kernel quantizes and stores every chunk straight into its owner's buffer, device-side barrier (signal
+  pads, acquire/release; no multicast), the fused dequantize-sum-requantize kernel stores the reduced chunk into
+  every peer's buffer, barrier, every rank dequantizes all reduced chunks from its local buffer. Chosen by
+  ``auto`` when every rank of the group is on this host, the tensor is on CUDA and symmetric memory works.
+- ``fallback``: plain ``dist.all_reduce`` (used by ``auto`` below the per-world-size threshold
+  ``FALLBACK_BYTES`` / ``HALO_AR_FALLBACK_BYTES``, where the quantization cannot pay off).
+- ``hierarchical=k`` (k ranks per node, the default world group only): intra-node reduce-scatter in the input
+  dtype, the quantized two-shot all-reduce among ranks of the same local index, intra-node all-gather.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+import halo_ext  # noqa: F401  (registers torch.ops.halo)
+
+__all__ = [
+    "all_reduce", "reduce_scatter", "chunk_elems", "packed_chunk_bytes", "pack", "reduce_chunks", "unpack",
+    "DEFAULT_BLOCK", "FALLBACK_BYTES", "error_bound",
+]
+
+#: Default quantization block (elements per fp32 scale). 256: payload ratio 2/(1+4/256) = 1.97x vs bf16, one
+#: warp per block with 8 elements (one 16-byte bf16 packet) per lane in the kernels; bench tunes 128/256/512.
+DEFAULT_BLOCK = 256
+
+#: Input bytes below which ``auto`` uses plain dist.all_reduce, per world size (others: the nearest smaller key).
+#: Placeholder values until bench/allreduce_bench.py measures the crossover (it prints the measured table).
+FALLBACK_BYTES: Dict[int, int] = {2: 1 << 20, 4: 2 << 20, 8: 4 << 20}
+
+_QDTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn, "float8_e4m3fn": torch.float8_e4m3fn,
+            torch.int8: torch.int8, torch.float8_e4m3fn: torch.float8_e4m3fn}
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layout and the three ops
+# ---------------------------------------------------------------------------------------------------------------
+
+def _qdtype(dtype) -> torch.dtype:
+    if dtype not in _QDTYPES:
+        raise ValueError(f"halo_ext.distributed: dtype must be 'int8' or 'fp8' (float8_e4m3fn), got {dtype!r}")
+    return _QDTYPES[dtype]
+
+
+def _check_block(block: int) -> int:
+    block = int(block)
+    if block < 32 or block > 1024 or block & (block - 1):
+        raise ValueError(f"halo_ext.distributed: block must be a power of two in [32, 1024], got {block}")
+    return block
+
+
+def _blocks(chunk: int, block: int) -> int:
+    return 0 if chunk <= 0 else (-(-chunk // block) + 3) // 4 * 4
+
+
+def packed_chunk_bytes(chunk: int, block: int = DEFAULT_BLOCK) -> int:
+    """Bytes of one packed chunk of ``chunk`` elements: nb*(block codes + 4 scale bytes), nb a multiple of 4."""
+    return _blocks(chunk, block) * (block + 4)
+
+
+def chunk_elems(n: int, world: int, block: int = DEFAULT_BLOCK) -> int:
+    """Elements per rank chunk for an all-reduce of n elements: whole 4-block groups, world * chunk >= n."""
+    if n <= 0:
+        return 0
+    nb = -(-(-(-n // block)) // world)
+    return (nb + 3) // 4 * 4 * block
+
+
+def pack(x: torch.Tensor, world: int, chunk: int, block: int = DEFAULT_BLOCK, dtype="int8",
+         out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Packs the ``world`` chunks of flat x (chunk c = x[c*chunk:(c+1)*chunk]) into uint8 [world, chunk_bytes]."""
+    cb = packed_chunk_bytes(chunk, block)
+    if out is None:
+        out = torch.empty((world, cb), dtype=torch.uint8, device=x.device)
+    torch.ops.halo.qcomm_pack_into(x.reshape(-1), out.view(-1), world, chunk, block, _qdtype(dtype))
+    return out
+
+
+def reduce_chunks(chunks: List[torch.Tensor], out: torch.Tensor, block: int = DEFAULT_BLOCK, dtype="int8",
+                  post_scale: float = 1.0) -> torch.Tensor:
+    """Dequantizes packed chunks, sums in fp32 in list order (times post_scale) into out: a packed uint8 chunk
+    (requantized) or a float tensor of at most nb*block elements (the sums themselves)."""
+    torch.ops.halo.qcomm_reduce_into(chunks, out.view(-1), block, _qdtype(dtype), float(post_scale))
+    return out
+
+
+def unpack(chunks: List[torch.Tensor], out: torch.Tensor, chunk: int, block: int = DEFAULT_BLOCK,
+           dtype="int8") -> torch.Tensor:
+    """Dequantizes packed chunks (chunk elements each) into the flat float tensor out."""
+    torch.ops.halo.qcomm_unpack_into(chunks, out.view(-1), chunk, block, _qdtype(dtype))
+    return out
+
+
+def error_bound(xs: List[torch.Tensor], y: torch.Tensor, world: int, block: int = DEFAULT_BLOCK,
+                avg: bool = False) -> torch.Tensor:
+    """Per-element int8 bound (sum_r absmax_r [/world for AVG] + absmax_out) / 254 of the docstring, for flat
+    tensors laid out as the all-reduce chunks them (x_r: rank r's input, y: the exact result), in float64."""
+    n = y.numel()
+    chunk = chunk_elems(n, world, block)
+
+    def blockmax(t):
+        t = t.reshape(-1).double().abs()
+        pad = torch.zeros(world * chunk, dtype=torch.float64)
+        pad[:n] = t
+        m = pad.view(-1, block).amax(1, keepdim=True).expand(-1, block).reshape(-1)
+        return m[:n]
+
+    s = sum(blockmax(x) for x in xs)
+    if avg:
+        s = s / world
+    # the reduced block's absmax is at most the exact one plus the first quantization's error
+    out_max = blockmax(y) + s / 254
+    return (s + out_max) / 254 * (1 + 1e-5) + 1e-30
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------------------------
+
+def _fallback_bytes(world: int) -> int:
+    env = os.environ.get("HALO_AR_FALLBACK_BYTES")
+    if env is not None:
+        return int(env)
+    keys = [k for k in sorted(FALLBACK_BYTES) if k <= world]
+    return FALLBACK_BYTES[keys[-1]] if keys else FALLBACK_BYTES[min(FALLBACK_BYTES)]
+
+
+def _piece_bytes(total_bytes: int = 0) -> int:
+    """Input bytes per pipeline piece: HALO_AR_PIECE_BYTES, else about 8 pieces clamped to [16, 128] MiB (smaller
+    pieces expose less compute - the first pack and the last unpack - but run NCCL at less efficient sizes)."""
+    env = os.environ.get("HALO_AR_PIECE_BYTES")
+    if env is not None:
+        return max(1, int(env))
+    return min(max(total_bytes // 8, 16 << 20), 128 << 20)
+
+
+def _group_key(group) -> str:
+    g = group if group is not None else dist.group.WORLD
+    name = getattr(g, "group_name", None)
+    return name if name else str(id(g))
+
+
+def _all_gather_flat(out: torch.Tensor, inp: torch.Tensor, group, async_op: bool = False):
+    """all_gather of a flat tensor into a flat output (all_gather_single where it exists, torch >= 2.13)."""
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return fn(out, inp, group=group, async_op=async_op)
+
+
+class _Done:
+    """Handle of an async_op call. CUDA: the work ran on a side stream; wait() makes the caller's current stream
+    wait for it (an event, no host sync). CPU: the work is done."""
+
+    def __init__(self, result: torch.Tensor, event=None, stream=None):
+        self._result = result
+        self._event = event
+        self._stream = stream
+
+    def wait(self, timeout=None) -> bool:
+        if self._event is not None:
+            torch.cuda.current_stream(self._result.device).wait_event(self._event)
+        return True
+
+    def is_completed(self) -> bool:
+        return self._event is None or self._event.query()
+
+    def get_future(self) -> torch.futures.Future:
+        """A CUDA-aware future: set on the side stream, so a consumer's fut.wait() / then() orders its stream after
+        the work (no host sync, no wait on the caller's stream now)."""
+        fut = torch.futures.Future(devices=[self._result.device] if self._result.is_cuda else None)
+        if self._stream is not None:
+            with torch.cuda.stream(self._stream):
+                fut.set_result(self._result)
+        else:
+            fut.set_result(self._result)
+        return fut
+
+    def result(self):
+        return [self._result]
+
+
+_SIDE_STREAMS: Dict[int, "torch.cuda.Stream"] = {}
+
+
+def _side_stream(device: torch.device):
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SIDE_STREAMS:
+        _SIDE_STREAMS[idx] = torch.cuda.Stream(device=idx)
+    return _SIDE_STREAMS[idx]
+
+
+def _run_async(fn, tensors, result: torch.Tensor) -> "_Done":
+    """Runs fn() on a side stream ordered after the current stream's work so far; returns a handle."""
+    if not result.is_cuda:
+        fn()
+        return _Done(result)
+    cur = torch.cuda.current_stream(result.device)
+    side = _side_stream(result.device)
+    side.wait_stream(cur)
+    with torch.cuda.stream(side):
+        fn()
+        ev = torch.cuda.Event()
+        ev.record(side)
+    for t in tensors:  # caller-owned memory used on the side stream
+        t.record_stream(side)
+    return _Done(result, ev, side)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NCCL / process-group path
+# ---------------------------------------------------------------------------------------------------------------
+
+def _two_shot_pg(x: torch.Tensor, out: torch.Tensor, group, world: int, post_scale: float, qd, block: int,
+                 piece_elems: int) -> None:
+    """x, out: flat contiguous (may alias). Pipelined over pieces of piece_elems elements."""
+    n = x.numel()
+    unit = world * block * 4
+    piece = max(unit, piece_elems // unit * unit)
+    starts = list(range(0, n, piece))
+    staged = []
+    for s in starts:  # phase 1: pack + all-to-all, all pieces
+        m = min(piece, n - s)
+        chunk = chunk_elems(m, world, block)
+        send = pack(x[s:s + m], world, chunk, block, qd)
+        recv = torch.empty_like(send)
+        w = dist.all_to_all_single(recv, send, group=group, async_op=True)
+        staged.append((s, m, chunk, send, recv, w))
+    gathered = []
+    for s, m, chunk, send, recv, w in staged:  # phase 2: reduce own chunk + all-gather
+        w.wait()
+        red = torch.empty(recv.shape[1], dtype=torch.uint8, device=x.device)
+        reduce_chunks(list(recv.unbind(0)), red, block, qd, post_scale)
+        allg = torch.empty_like(recv)
+        w2 = _all_gather_flat(allg.view(-1), red, group, async_op=True)
+        gathered.append((s, m, chunk, allg, w2, red, send))
+    for s, m, chunk, allg, w2, red, send in gathered:  # phase 3: dequantize everything
+        w2.wait()
+        unpack(list(allg.unbind(0)), out[s:s + m], chunk, block, qd)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Peer-memory (symmetric memory) path
+# ---------------------------------------------------------------------------------------------------------------
+
+_SAME_HOST: Dict[str, bool] = {}
+_PEER_WS: Dict[Tuple[str, int], "_PeerWorkspace"] = {}
+_PEER_BROKEN: Dict[str, str] = {}
+_PEER_RETIRED: List["_PeerWorkspace"] = []  # outgrown workspaces stay mapped: kernels may still be using them
+
+
+def _all_on_this_host(group) -> bool:
+    key = _group_key(group)
+    if key not in _SAME_HOST:
+        names: List[Optional[str]] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(names, socket.gethostname(), group=group)  # once per group (host sync)
+        _SAME_HOST[key] = len(set(names)) == 1
+    return _SAME_HOST[key]
+
+
+class _PeerWorkspace:
+    """A symmetric-memory uint8 buffer rendezvoused over the group, with views of every peer's copy."""
+
+    def __init__(self, group, nbytes: int, device: torch.device):
+        import torch.distributed._symmetric_memory as symm_mem
+
+        self.nbytes = nbytes
+        self.buf = symm_mem.empty(nbytes, dtype=torch.uint8, device=device)
+        g = group if group is not None else dist.group.WORLD
+        try:
+            self.hdl = symm_mem.rendezvous(self.buf, g)
+        except Exception:  # older releases: the group must be registered first (a no-op, deprecated, later)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                symm_mem.enable_symm_mem_for_group(g.group_name)
+            self.hdl = symm_mem.rendezvous(self.buf, g.group_name)
+        self.world = self.hdl.world_size
+        self.rank = self.hdl.rank
+        self.peers = [self.buf if p == self.rank else self.hdl.get_buffer(p, (nbytes,), torch.uint8)
+                      for p in range(self.world)]
+
+        self._views: Dict[Tuple[str, int], tuple] = {}
+
+    def barrier(self):
+        self.hdl.barrier(channel=0)
+
+    def views(self, kind: str, cb: int) -> tuple:
+        """Cached chunk views for packed chunks of cb bytes (host overhead per call: a dict lookup):
+        (scatter targets peers[c][A slot rank], own A slots, broadcast targets peers[p][G slot rank], own G slots)."""
+        key = (kind, cb)
+        v = self._views.get(key)
+        if v is None:
+            w, r, g0 = self.world, self.rank, self.world * cb
+            v = ([p[r * cb:(r + 1) * cb] for p in self.peers], list(self.buf[:w * cb].view(w, cb).unbind(0)),
+                 [p[g0 + r * cb:g0 + (r + 1) * cb] for p in self.peers],
+                 list(self.buf[g0:g0 + w * cb].view(w, cb).unbind(0)) if kind == "ar" else [])
+            if len(self._views) > 64:  # many distinct sizes: keep the cache bounded
+                self._views.clear()
+            self._views[key] = v
+        return v
+
+
+def _peer_workspace(group, nbytes: int, device: torch.device) -> "_PeerWorkspace":
+    key = (_group_key(group), device.index if device.index is not None else torch.cuda.current_device())
+    ws = _PEER_WS.get(key)
+    if ws is None or ws.nbytes < nbytes:  # every rank sees the same sizes, so all grow together (collective)
+        grow = max(nbytes, 2 * ws.nbytes if ws is not None else 0, 1 << 20)
+        grow = (grow + 4095) // 4096 * 4096
+        if ws is not None:
+            _PEER_RETIRED.append(ws)
+        ws = _PeerWorkspace(group, grow, device)
+        _PEER_WS[key] = ws
+    return ws
+
+
+def peer_path_available(tensor: torch.Tensor, group=None) -> bool:
+    """Whether the peer-memory path can run for this tensor and group (CUDA, one host, symmetric memory works)."""
+    if not tensor.is_cuda:
+        return False
+    world = dist.get_world_size(group)
+    if world > 32 or _group_key(group) in _PEER_BROKEN:
+        return False
+    try:
+        import torch.distributed._symmetric_memory  # noqa: F401
+    except Exception:
+        return False
+    return _all_on_this_host(group)
+
+
+def _two_shot_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_scale: float, qd, block: int) -> None:
+    """Push model over peer memory. Workspace of every rank: A = world slots of incoming chunks (slot s: the chunk
+    rank s quantized for this rank), G = world slots of reduced chunks (slot s: rank s's reduced chunk). The pack
+    kernel stores chunk c straight into rank c's A[rank] (NVLink stores), the reduce kernel reads its A locally and
+    stores the requantized chunk into every rank's G[rank]; the unpack kernel reads G locally."""
+    n = x.numel()
+    chunk = chunk_elems(n, world, block)
+    cb = packed_chunk_bytes(chunk, block)
+    ws = _peer_workspace(group, 2 * world * cb, x.device)
+    scatter_to, a_slots, bcast_to, g_slots = ws.views("ar", cb)
+    ws.barrier()  # every rank is done with the previous use of its workspace
+    torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd)
+    ws.barrier()  # all chunks arrived
+    torch.ops.halo.qcomm_reduce_broadcast(a_slots, bcast_to, block, qd, float(post_scale))
+    ws.barrier()  # all reduced chunks arrived
+    unpack(g_slots, out, chunk, block, qd)
+
+
+def _reduce_scatter_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_scale: float, qd,
+                         block: int) -> None:
+    chunk = out.numel()
+    cb = packed_chunk_bytes(chunk, block)
+    ws = _peer_workspace(group, world * cb, x.device)
+    scatter_to, a_slots, _, _ = ws.views("rs", cb)
+    ws.barrier()
+    torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd)
+    ws.barrier()
+    reduce_chunks(a_slots, out, block, qd, post_scale)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------------------------
+
+def _parse_op(op) -> bool:
+    """True for AVG, False for SUM."""
+    if op in ("sum", dist.ReduceOp.SUM):
+        return False
+    if op in ("avg", "mean", dist.ReduceOp.AVG):
+        return True
+    raise ValueError(f"halo_ext.distributed: op must be 'sum' or 'avg', got {op!r}")
+
+
+def _plain_all_reduce(buf: torch.Tensor, group, world: int, avg: bool) -> None:
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
+    if avg:
+        buf.div_(world)
+
+
+def _choose_path(path: Optional[str], tensor: torch.Tensor, group, world: int) -> str:
+    path = (path or os.environ.get("HALO_AR_PATH", "auto")).lower()
+    if path not in ("auto", "nccl", "peer", "fallback"):
+        raise ValueError(f"halo_ext.distributed: path must be auto, nccl, peer or fallback, got {path!r}")
+    if path == "peer":
+        if not tensor.is_cuda:
+            raise ValueError("halo_ext.distributed: path='peer' needs a CUDA tensor")
+        return "peer"
+    if path != "auto":
+        return path
+    if tensor.numel() * tensor.element_size() < _fallback_bytes(world):
+        return "fallback"
+    return "peer" if peer_path_available(tensor, group) else "nccl"
+
+
+_HIER_GROUPS: Dict[Tuple[int, int], Tuple[object, object]] = {}
+
+
+def _hier_groups(k: int):
+    """(intra, inter) groups of this rank for k ranks per node (consecutive ranks form a node)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    key = (world, k)
+    if key not in _HIER_GROUPS:
+        intra = inter = None
+        for node in range(world // k):  # every rank creates every group, in the same order
+            g = dist.new_group(list(range(node * k, (node + 1) * k)))
+            if rank // k == node:
+                intra = g
+        for local in range(k):
+            g = dist.new_group(list(range(local, world, k)))
+            if rank % k == local:
+                inter = g
+        _HIER_GROUPS[key] = (intra, inter)
+    return _HIER_GROUPS[key]
+
+
+def _reduce_scatter_plain(out: torch.Tensor, inp: torch.Tensor, group) -> None:
+    """dist.reduce_scatter_tensor (SUM), emulated with all_reduce where the backend lacks it (Gloo)."""
+    if inp.is_cuda:
+        dist.reduce_scatter_tensor(out, inp, op=dist.ReduceOp.SUM, group=group)
+        return
+    tmp = inp.clone()
+    dist.all_reduce(tmp, group=group)
+    r = dist.get_rank(group)
+    out.copy_(tmp[r * out.numel():(r + 1) * out.numel()])
+
+
+def _all_reduce_hier(x: torch.Tensor, out: torch.Tensor, k: int, avg: bool, qd, block: int, path: Optional[str]):
+    world = dist.get_world_size()
+    intra, inter = _hier_groups(k)
+    n = x.numel()
+    s = -(-n // k)
+    xp = torch.zeros(s * k, dtype=x.dtype, device=x.device)
+    xp[:n] = x
+    part = torch.empty(s, dtype=x.dtype, device=x.device)
+    _reduce_scatter_plain(part, xp, intra)
+    nodes = world // k
+    # quantized two-shot among ranks of the same local index (post scale 1/world for AVG)
+    inter_path = (path or os.environ.get("HALO_AR_PATH", "auto")).lower()
+    if inter_path in ("auto", "peer"):
+        inter_path = "nccl"  # ranks of one local index sit on different nodes
+    if inter_path == "fallback" or nodes == 1:
+        _plain_all_reduce(part, inter, nodes, False)
+        if avg:
+            part.div_(world)
+    else:
+        _two_shot_pg(part, part, inter, nodes, 1.0 / world if avg else 1.0, qd, block,
+                     max(1, _piece_bytes(part.numel() * part.element_size()) // part.element_size()))
+    full = torch.empty(s * k, dtype=x.dtype, device=x.device)
+    _all_gather_flat(full, part, intra)
+    out.copy_(full[:n])
+
+
+def all_reduce(tensor: torch.Tensor, op="sum", group=None, dtype="int8", block: int = DEFAULT_BLOCK,
+               async_op: bool = False, out: Optional[torch.Tensor] = None, path: Optional[str] = None,
+               hierarchical: Optional[int] = None):
+    """Block-quantized two-shot all-reduce of ``tensor`` over ``group`` (see the module docstring).
+
+    Args:
+        tensor: float32/float16/bfloat16, any shape and size (0 and 1 element included), CPU (Gloo) or CUDA (NCCL).
+        op: "sum" or "avg" (or dist.ReduceOp.SUM / AVG).
+        dtype: "int8" (default) or "fp8" (float8_e4m3fn) codes.
+        block: elements per fp32 scale, a power of two in [32, 1024] (default 256).
+        async_op: return a handle with wait()/get_future(); the work is already ordered on the current stream.
+        out: out-of-place result (same shape and dtype as tensor); default in place.
+        path: "auto" | "nccl" | "peer" | "fallback" (default: env HALO_AR_PATH or auto).
+        hierarchical: k ranks per node: intra-node reduce-scatter, quantized all-reduce across nodes, intra-node
+            all-gather (default world group only; world divisible by k).
+
+    Error (int8): per element of a block, |y_hat - y| <= (sum_r absmax_r + absmax_out) / 254, absmax_r the
+    block's absmax on rank r (divided by world for AVG) and absmax_out that of the reduced block; float8_e4m3fn:
+    a relative 2^-4 per quantization (see the module docstring). All ranks get bitwise-identical results.
+
+    Returns: the result tensor (``out`` or ``tensor``), or a handle when async_op.
+    """
+    if async_op and isinstance(tensor, torch.Tensor) and tensor.is_cuda:
+        res = out if out is not None else tensor
+        return _run_async(lambda: all_reduce(tensor, op, group, dtype, block, False, out, path, hierarchical),
+                          [tensor] + ([out] if out is not None else []), res)
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError("halo_ext.distributed.all_reduce: tensor must be a torch.Tensor")
+    if tensor.dtype not in _FLOATS:
+        raise TypeError(f"halo_ext.distributed.all_reduce: tensor must be float32, float16 or bfloat16, got "
+                        f"{tensor.dtype}")
+    avg = _parse_op(op)
+    qd = _qdtype(dtype)
+    block = _check_block(block)
+    if out is None:
+        out = tensor
+    elif out.shape != tensor.shape or out.dtype != tensor.dtype or out.device != tensor.device:
+        raise ValueError("halo_ext.distributed.all_reduce: out must have the shape, dtype and device of tensor")
+    world = dist.get_world_size(group)
+    if tensor.numel() == 0 or world == 1:
+        if out is not tensor:
+            out.copy_(tensor)
+        return _Done(out) if async_op else out
+    x = tensor.reshape(-1) if tensor.is_contiguous() else tensor.contiguous().view(-1)
+    dst = out.view(-1) if out.is_contiguous() else torch.empty(out.numel(), dtype=out.dtype, device=out.device)
+    if hierarchical:
+        k = int(hierarchical)
+        if group not in (None, dist.group.WORLD) or k < 1 or dist.get_world_size() % k:
+            raise ValueError("halo_ext.distributed.all_reduce: hierarchical=k needs the default group and a world "
+                             "size divisible by k")
+        _all_reduce_hier(x, dst, k, avg, qd, block, path)
+    else:
+        p = _choose_path(path, tensor, group, world)
+        if p == "peer":
+            try:
+                _two_shot_peer(x, dst, group, world, 1.0 / world if avg else 1.0, qd, block)
+            except Exception as e:  # symmetric memory unusable: remember and use the process-group path
+                if (path or os.environ.get("HALO_AR_PATH", "auto")).lower() == "peer":
+                    raise
+                _PEER_BROKEN[_group_key(group)] = repr(e)
+                warnings.warn(f"halo_ext.distributed: peer path unavailable ({e!r}); using the NCCL path")
+                p = "nccl"
+        if p == "fallback":
+            if dst.data_ptr() != x.data_ptr():
+                dst.copy_(x)
+            _plain_all_reduce(dst, group, world, avg)
+        elif p == "nccl":
+            piece = max(1, _piece_bytes(x.numel() * x.element_size()) // x.element_size())
+            _two_shot_pg(x, dst, group, world, 1.0 / world if avg else 1.0, qd, block, piece)
+    if not out.is_contiguous():
+        out.copy_(dst.view(out.shape))
+    return _Done(out) if async_op else out
+
+
+def last_path(tensor: torch.Tensor, group=None, path: Optional[str] = None) -> str:
+    """Which path ``all_reduce`` picks for this tensor/group (for benchmarks and logs)."""
+    world = dist.get_world_size(group)
+    if tensor.numel() == 0 or world == 1:
+        return "identity"
+    return _choose_path(path, tensor, group, world)
+
+
+def reduce_scatter(output: torch.Tensor, input: torch.Tensor, op="sum", group=None, dtype="int8",
+                   block: int = DEFAULT_BLOCK, async_op: bool = False, path: Optional[str] = None):
+    """Block-quantized reduce-scatter (the first half of the two-shot all-reduce), like
+    ``dist.reduce_scatter_tensor``: ``input`` is flat-viewable with world * output.numel() elements; rank r gets
+    the sum (or mean) of every rank's slice input[r*S:(r+1)*S], S = output.numel().
+
+    One quantization per element: each rank quantizes its input per block of ``block`` elements of each rank
+    slice (slices are padded to whole blocks internally), the owner dequantizes and accumulates in float32 and
+    writes the sums straight into ``output`` (any of float32/float16/bfloat16, independent of input's dtype; use a
+    float32 output to keep the fp32 accumulation). Error (int8): |y_hat - y| <= sum_r absmax_r / 254 per block
+    (divided by world for AVG). Paths as in all_reduce ("fallback" = dist.reduce_scatter_tensor).
+    """
+    if async_op and input.is_cuda:
+        return _run_async(lambda: reduce_scatter(output, input, op, group, dtype, block, False, path),
+                          [output, input], output)
+    if input.dtype not in _FLOATS or output.dtype not in _FLOATS:
+        raise TypeError("halo_ext.distributed.reduce_scatter: input and output must be float32, float16 or bfloat16")
+    avg = _parse_op(op)
+    qd = _qdtype(dtype)
+    block = _check_block(block)
+    world = dist.get_world_size(group)
+    S = output.numel()
+    if input.numel() != world * S:
+        raise ValueError(f"halo_ext.distributed.reduce_scatter: input has {input.numel()} elements, expected "
+                         f"world * output.numel() = {world * S}")
+    if input.device != output.device:
+        raise ValueError("halo_ext.distributed.reduce_scatter: input and output must be on the same device")
+    dst = output.view(-1) if output.is_contiguous() else torch.empty(S, dtype=output.dtype, device=output.device)
+    x = input.reshape(-1) if input.is_contiguous() else input.contiguous().view(-1)
+    if S == 0:
+        return _Done(output) if async_op else output
+    if world == 1:
+        dst.copy_(x)
+    else:
+        p = _choose_path(path, input, group, world)
+        post = 1.0 / world if avg else 1.0
+        if p == "peer":
+            try:
+                _reduce_scatter_peer(x, dst, group, world, post, qd, block)
+            except Exception as e:
+                if (path or os.environ.get("HALO_AR_PATH", "auto")).lower() == "peer":
+                    raise
+                _PEER_BROKEN[_group_key(group)] = repr(e)
+                warnings.warn(f"halo_ext.distributed: peer path unavailable ({e!r}); using the NCCL path")
+                p = "nccl"
+        if p == "fallback":
+            tmp = torch.empty(S, dtype=x.dtype, device=x.device)
+            _reduce_scatter_plain(tmp, x, group)
+            if avg:
+                tmp.div_(world)
+            dst.copy_(tmp)
+        elif p == "nccl":
+            send = pack(x, world, S, block, qd)
+            recv = torch.empty_like(send)
+            dist.all_to_all_single(recv, send, group=group)
+            reduce_chunks(list(recv.unbind(0)), dst, block, qd, post)
+    if not output.is_contiguous():
+        output.copy_(dst.view(output.shape))
+    return _Done(output) if async_op else output

@@ -1,0 +1,288 @@
+"""Tests of the block-quantized all-reduce (halo_ext.distributed): the pack/reduce/unpack ops against a float64 /
+numpy reference and opcheck (one process), and the collectives on 2 and 4 Gloo ranks spawned by the test
+(tests/dist/allreduce_checks.py: bitwise-identical results on all ranks, error within the stated bound vs float64,
+sizes 0/1/odd/non-multiple of the block/multi-chunk, fallback, AVG, out-of-place, pipelined pieces,
+reduce_scatter, hierarchical with fake nodes, DDP hook vs plain DDP)."""
+import json
+import multiprocessing as mp
+import os
+import socket
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+
+import halo_ext  # noqa: F401
+from halo_ext.distributed import chunk_elems, pack, packed_chunk_bytes, reduce_chunks, unpack
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "dist"))
+
+
+def _np_quant_block(v32: np.ndarray, qmax=127.0):
+    """Reference quantization rule in float32 (hadamard.h): a' = max(amax, 1e-30), inv = qmax / a', rne(clamp)."""
+    a = np.float32(max(np.float32(np.abs(v32).max()) if v32.size else np.float32(0), np.float32(1e-30)))
+    scale, inv = np.float32(a / np.float32(qmax)), np.float32(np.float32(qmax) / a)
+    s = np.clip((v32 * inv).astype(np.float32), -qmax, qmax)
+    return np.rint(s).astype(np.int8), scale
+
+
+@pytest.mark.parametrize("n,world,block", [(0, 2, 256), (1, 2, 256), (1000, 3, 64), (5003, 4, 128), (999, 1, 32)])
+def test_pack_matches_numpy(n, world, block):
+    x = torch.randn(n, dtype=torch.float32) * 3
+    chunk = chunk_elems(n, world, block)
+    cb = packed_chunk_bytes(chunk, block)
+    p = pack(x, world, chunk, block)
+    assert p.shape == (world, cb) and cb % 16 == 0 and (chunk == 0 or world * chunk >= n)
+    nb = cb // (block + 4)
+    xp = np.zeros(world * chunk, dtype=np.float32)
+    xp[:n] = x.numpy()
+    for c in range(world):
+        codes = p[c, :nb * block].numpy().view(np.int8)
+        scales = p[c, nb * block:].numpy().view(np.float32)
+        for b in range(nb):
+            seg = xp[c * chunk + b * block: c * chunk + (b + 1) * block] if b * block < chunk else \
+                np.zeros(block, np.float32)
+            q, s = _np_quant_block(seg)
+            np.testing.assert_array_equal(codes[b * block:(b + 1) * block], q)
+            assert scales[b] == s
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_reduce_unpack_vs_float64(out_dtype):
+    world, block, n = 3, 128, 2000
+    xs = [torch.randn(n) * (r + 1) for r in range(world)]
+    chunk = chunk_elems(n, world, block)
+    cb = packed_chunk_bytes(chunk, block)
+    packs = [pack(x, world, chunk, block) for x in xs]
+    # float output of the reduction: one quantization, sum in float32 of the dequantized values
+    r = 1
+    sums = torch.empty(chunk, dtype=out_dtype)
+    reduce_chunks([packs[p][r] for p in range(world)], sums, block, post_scale=0.5)
+    deq = []
+    for p in range(world):
+        d = torch.empty(chunk)
+        unpack([packs[p][r]], d, chunk, block)
+        deq.append(d.double())
+    ref = (deq[0] + deq[1] + deq[2]) * 0.5
+    torch.testing.assert_close(sums.double(), ref, rtol=EPS(out_dtype) * 4, atol=1e-6)
+    # dequantized values are code * scale exactly
+    codes = packs[0][r, :chunk].view(torch.int8).double()
+    nb = cb // (block + 4)
+    sc = packs[0][r, nb * block:].view(torch.float32).double()
+    torch.testing.assert_close(deq[0], codes * sc.repeat_interleave(block)[:chunk], rtol=2 ** -23, atol=0)
+    # requantized packed output, then unpack: the all-reduce result of chunk r; bound (sum absmax + absmax_out)/254
+    red = torch.empty(cb, dtype=torch.uint8)
+    reduce_chunks([packs[p][r] for p in range(world)], red, block)
+    y = torch.empty(chunk, dtype=out_dtype)
+    unpack([red], y, chunk, block)
+    xs = [torch.nn.functional.pad(x.double(), (0, world * chunk - n)) for x in xs]  # the internal zero padding
+    exact = sum(xs)[r * chunk:(r + 1) * chunk]
+    bmax = lambda t: t.abs().view(-1, block).amax(1).repeat_interleave(block)  # noqa: E731
+    bound = (sum(bmax(x.double()[r * chunk:(r + 1) * chunk]) for x in xs) + bmax(exact) * 1.01) / 254 \
+        + exact.abs() * EPS(out_dtype)
+    assert bool(((y.double() - exact).abs() <= bound).all())
+
+
+def EPS(dt):
+    return {torch.float32: 2.0 ** -23, torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}[dt]
+
+
+def test_zero_and_fp8_roundtrip():
+    z = torch.zeros(300)
+    p = pack(z, 1, chunk_elems(300, 1, 256), 256, "fp8")
+    out = torch.full((300,), 7.0)
+    unpack([p[0]], out, chunk_elems(300, 1, 256), 256, "fp8")
+    assert torch.equal(out, z)
+    x = torch.randn(300)
+    p = pack(x, 1, 512, 256, "fp8")
+    unpack([p[0]], out, 512, 256, "fp8")
+    assert bool(((out - x).abs() <= x.abs() / 16 + x.abs().max() / 448 * 2 ** -10 + 1e-12).all())
+
+
+def test_op_errors():
+    x = torch.randn(100)
+    with pytest.raises(ValueError, match="block"):
+        torch.ops.halo.qcomm_pack_into(x, torch.empty(10, dtype=torch.uint8), 2, 50, 100, torch.int8)
+    with pytest.raises(ValueError, match="bytes"):
+        torch.ops.halo.qcomm_pack_into(x, torch.empty(10, dtype=torch.uint8), 2, 50, 64, torch.int8)
+    with pytest.raises(ValueError, match="more than"):
+        torch.ops.halo.qcomm_pack_into(x, torch.empty(2 * 272, dtype=torch.uint8), 2, 40, 64, torch.int8)
+    with pytest.raises(ValueError, match="int8 or float8"):
+        torch.ops.halo.qcomm_pack_into(x, torch.empty(2 * 272, dtype=torch.uint8), 2, 50, 64, torch.float8_e5m2)
+    with pytest.raises(ValueError, match="whole number"):
+        torch.ops.halo.qcomm_reduce_into([torch.empty(100, dtype=torch.uint8)], torch.empty(0), 64, torch.int8, 1.0)
+    with pytest.raises(ValueError, match="float32"):
+        torch.ops.halo.qcomm_unpack_into([torch.empty(272, dtype=torch.uint8)], torch.empty(10, dtype=torch.int32),
+                                         64, 64, torch.int8)
+
+
+def test_opcheck():
+    x = torch.randn(1000)
+    chunk, block, world = chunk_elems(1000, 2, 64), 64, 2
+    cb = packed_chunk_bytes(chunk, block)
+    out = torch.empty(world * cb, dtype=torch.uint8)
+    torch.library.opcheck(torch.ops.halo.qcomm_pack_into.default, (x, out, world, chunk, block, torch.int8))
+    p = pack(x, world, chunk, block)
+    chunks = [p[0].clone(), p[1].clone()]
+    torch.library.opcheck(torch.ops.halo.qcomm_reduce_into.default,
+                          (chunks, torch.empty(cb, dtype=torch.uint8), block, torch.int8, 0.5))
+    torch.library.opcheck(torch.ops.halo.qcomm_unpack_into.default,
+                          (chunks, torch.empty(1000), chunk, block, torch.int8))
+
+
+def test_scatter_broadcast_variants_match():
+    """qcomm_pack_scatter == qcomm_pack_into split per chunk; qcomm_reduce_broadcast == qcomm_reduce_into copies."""
+    world, block, n = 3, 128, 3001
+    x = torch.randn(n).to(torch.bfloat16)
+    chunk = chunk_elems(n, world, block)
+    cb = packed_chunk_bytes(chunk, block)
+    ref = pack(x, world, chunk, block)
+    outs = [torch.full((cb,), 7, dtype=torch.uint8) for _ in range(world)]
+    torch.ops.halo.qcomm_pack_scatter(x, outs, chunk, block, torch.int8)
+    assert all(torch.equal(o, ref[c]) for c, o in enumerate(outs))
+    red = torch.empty(cb, dtype=torch.uint8)
+    reduce_chunks(outs, red, block, post_scale=0.25)
+    bouts = [torch.zeros(cb, dtype=torch.uint8) for _ in range(2)]
+    torch.ops.halo.qcomm_reduce_broadcast(outs, bouts, block, torch.int8, 0.25)
+    assert all(torch.equal(o, red) for o in bouts)
+    torch.library.opcheck(torch.ops.halo.qcomm_pack_scatter.default, (x, outs, chunk, block, torch.int8))
+    torch.library.opcheck(torch.ops.halo.qcomm_reduce_broadcast.default, (outs, bouts, block, torch.int8, 0.25))
+    with pytest.raises(ValueError, match="more than"):
+        torch.ops.halo.qcomm_pack_scatter(x, outs[:1], chunk, block, torch.int8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multi-process Gloo
+# ---------------------------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, outdir, what):
+    torch.set_num_threads(1)
+    fails = []
+    try:
+        import torch.distributed as dist
+        os.environ["HALO_AR_PATH"] = "auto"
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        import allreduce_checks as C
+        dev = torch.device("cpu")
+        if "ar" in what:
+            fails += C.check_all_reduce(dev, quick=world > 2)
+        if "rs" in what:
+            fails += C.check_reduce_scatter(dev)
+        if "hier" in what:
+            fails += C.check_hierarchical(dev, 2)
+        if "ddp" in what:
+            fails += C.check_ddp(dev)
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception as e:  # reported to the parent
+        import traceback
+        fails.append(f"rank {rank} raised: {e!r}\n{traceback.format_exc()}")
+    with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
+        json.dump(fails, f)
+
+
+def _peer_worker(rank, world, port, outdir, bufs):
+    """The peer-memory path's Python logic (push model: slots, barriers, ops) over CPU shared-memory buffers that
+    stand in for the symmetric-memory workspace (barrier = dist.barrier): bit-identical to the NCCL path."""
+    torch.set_num_threads(1)
+    fails = []
+    try:
+        import torch.distributed as dist
+        from halo_ext.distributed import all_reduce, reduce_scatter
+        from halo_ext.distributed import allreduce as A
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+
+        class FakeWorkspace:
+            views = A._PeerWorkspace.views  # the real slot/view logic
+
+            def __init__(self):
+                self.buf, self.peers, self.nbytes = bufs[rank], bufs, bufs[0].numel()
+                self.rank, self.world, self._views = rank, world, {}
+
+            def barrier(self):
+                dist.barrier()
+
+        ws = FakeWorkspace()
+
+        def fake_ws(group, nbytes, device):
+            assert nbytes <= ws.nbytes, (nbytes, ws.nbytes)
+            return ws
+
+        A._peer_workspace = fake_ws
+        for case, (n, dtype, post, block) in enumerate([(1, torch.float32, 1.0, 256), (1000, torch.bfloat16, 0.5, 64),
+                                                        (5003, torch.float32, 1.0, 128)]):
+            g = torch.Generator().manual_seed(100 * case + rank)
+            x = torch.randn(n, generator=g).to(dtype)
+            out = torch.empty_like(x)
+            A._two_shot_peer(x, out, None, world, post, torch.int8, block)
+            ref = all_reduce(x.clone(), op="avg" if post != 1.0 else "sum", block=block, path="nccl")
+            if not torch.equal(out, ref):  # post = 1/world for the AVG case (world == 2)
+                fails.append(f"peer-path logic differs from the NCCL path (n={n})")
+        x = torch.randn(world * 300, generator=torch.Generator().manual_seed(rank))
+        o1, o2 = torch.empty(300), torch.empty(300)
+        A._reduce_scatter_peer(x, o1, None, world, 1.0, torch.int8, 256)
+        reduce_scatter(o2, x, path="nccl")
+        if not torch.equal(o1, o2):
+            fails.append("peer reduce-scatter logic differs from the NCCL path")
+        dist.barrier()
+        dist.destroy_process_group()
+    except Exception as e:
+        import traceback
+        fails.append(f"rank {rank} raised: {e!r}\n{traceback.format_exc()}")
+    with open(os.path.join(outdir, f"rank{rank}.json"), "w") as f:
+        json.dump(fails, f)
+
+
+def _spawn(world, what, target=None, extra=()):
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as d:
+        procs = [ctx.Process(target=target or _worker, args=(r, world, port, d, *(extra or (what,))))
+                 for r in range(world)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=300)
+        fails = []
+        for r, p in enumerate(procs):
+            if p.is_alive():
+                p.kill()
+                fails.append(f"rank {r} timed out")
+            path = os.path.join(d, f"rank{r}.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    fails += json.load(f)
+            else:
+                fails.append(f"rank {r} exited with {p.exitcode} without a report")
+    assert not fails, "\n".join(fails[:20])
+
+
+def test_gloo_2_ranks():
+    _spawn(2, ("ar", "rs", "ddp"))
+
+
+def test_gloo_4_ranks():
+    _spawn(4, ("ar", "rs", "hier"))
+
+
+def test_peer_path_logic_matches_nccl_path():
+    world = 2
+    bufs = [torch.zeros(1 << 16, dtype=torch.uint8).share_memory_() for _ in range(world)]
+    _spawn(world, None, target=_peer_worker, extra=(bufs,))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not halo_ext.cuda_available(), reason="needs a CUDA device and a CUDA build of halo_ext")
+def test_cuda_kernels_match_cpu_reference():
+    """The CUDA pack / reduce / unpack kernels equal the CPU reference bit for bit (all blocks, dtypes, codes)."""
+    from allreduce_gpu_check import check_kernels_vs_cpu
+    fails = check_kernels_vs_cpu(torch.device("cuda"))
+    assert not fails, "\n".join(fails[:20])
