@@ -213,6 +213,10 @@ class HaloShardedWeight(torch.Tensor):
 
     __torch_function__ = torch._C._disabled_torch_function_impl
 
+    def __reduce_ex__(self, proto):
+        # torch.save / DCP write the plain values: checkpoints load into HQ-FSDP, plain FSDP2 or unsharded models
+        return self._data.__reduce_ex__(proto)
+
     # -- FSDP2 extension -----------------------------------------------------------------------------------------
     def _level_precision(self, module) -> Tuple[int, torch.dtype]:
         level = getattr(module, "level", self._cfg.level) if module is not None else self._cfg.level
