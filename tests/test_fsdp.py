@@ -22,12 +22,9 @@ import torch.multiprocessing as mp
 import halo_ext
 from halo_ext import fsdp as hf
 
-try:
-    import transformers  # noqa: F401
-    from transformers import LlamaConfig, LlamaForCausalLM
-    HAVE_TF = True
-except Exception:  # pragma: no cover
-    HAVE_TF = False
+import importlib.util
+
+HAVE_TF = importlib.util.find_spec("transformers") is not None  # imported lazily (spawned ranks start faster)
 
 HAVE_FSDP2 = dist.is_available()
 try:
@@ -46,11 +43,16 @@ BATCH, SEQ = 4, 16
 # ---------------------------------------------------------------------------------------------------------------
 # local stand-in of issue 4's HaloLinear protocol (removed once halo_ext.linear is merged)
 # ---------------------------------------------------------------------------------------------------------------
+PATH_COUNT = {"gathered_8bit": 0, "quantized_here": 0}
+
+
 def _qw(weight, level, precision):
     fn = getattr(weight, "halo_qweight", None)
     qw = fn(level, precision) if callable(fn) else None
     if qw is not None:
+        PATH_COUNT["gathered_8bit"] += 1
         return qw.q, qw.scale
+    PATH_COUNT["quantized_here"] += 1
     dt = hf._qdtype(precision)
     if level >= 1:
         q, _, s = halo_ext.hadamard_quantize(weight.detach().contiguous(), dt)
@@ -94,6 +96,7 @@ class StandInHaloLinear(nn.Linear):
 
 
 def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
                       num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=64,
                       tie_word_embeddings=False)
@@ -184,11 +187,12 @@ def _train_worker(rank, level, precision, steps, qrs, lr=1e-3, mp_policy=None, a
     if ac:
         m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     stats = hf.CommStats() if count else None
+    PATH_COUNT.update(gathered_8bit=0, quantized_here=0)
     pol = MixedPrecisionPolicy(**mp_policy) if mp_policy else None
     hf.fully_shard_halo(m, mp_policy=pol, quantized_reduce_scatter=qrs, comm_stats=stats,
                         quantized_allgather=quantized_allgather)
-    opt = torch.optim.AdamW(m.parameters(), lr=lr)
-    losses, sent = [], []
+    opt = torch.optim.AdamW(m.parameters(), lr=lr, foreach=True)  # the multi-tensor path GPUs use
+    losses, sent, calls = [], [], []
     for ids in batches(steps):
         part = ids[rank * BATCH // WORLD:(rank + 1) * BATCH // WORLD]
         if stats is not None:
@@ -202,7 +206,8 @@ def _train_worker(rank, level, precision, steps, qrs, lr=1e-3, mp_policy=None, a
         losses.append(t.item() / WORLD)
         if stats is not None:
             sent.append(dict(stats.sent))
-    res = {"losses": losses, "sent": sent}
+            calls.append(dict(stats.calls))
+    res = {"losses": losses, "sent": sent, "calls": calls, "paths": dict(PATH_COUNT)}
     if ckpt_dir is not None:
         import torch.distributed.checkpoint as dcp
         dcp.save({"model": m.state_dict(), "optim": _optim_sd(m, opt)}, checkpoint_id=ckpt_dir)
@@ -338,6 +343,10 @@ def test_train_matches_single_process_and_halves_bytes():
     for r in range(WORLD):
         for a, b in zip(res[r]["losses"], ref):
             assert abs(a - b) <= 2e-4 * abs(b), (r, res[r]["losses"], ref)
+        # every HALO GEMM used the gathered 8-bit weight; one batched amax all-reduce per step, no fallback
+        assert res[r]["paths"]["quantized_here"] == 0 and res[r]["paths"]["gathered_8bit"] > 0, res[r]["paths"]
+        for c in res[r]["calls"]:
+            assert c.get("amax_all_reduce") == 1 and "amax_fallback_all_reduce" not in c, c
     b, h = out[0][1]["sent"][0], out[0][2]["sent"][0]
     tot_b, tot_h = sum(b.values()), sum(h.values())
     # the HALO weights are 2/3.. of the tiny model's params (embeddings/lm_head/norms stay bf16), so compare
@@ -358,6 +367,7 @@ def test_quantized_reduce_scatter_training_and_mp_policy_ac():
     for a, b in zip(res[0]["losses"], ref):
         assert abs(a - b) <= 2e-2 * abs(b), (res[0]["losses"], ref)
     assert res[0]["losses"][-1] < res[0]["losses"][0]
+    assert res[0]["paths"]["quantized_here"] == 0, res[0]["paths"]
     assert res[0]["losses"] == res[1]["losses"]
 
 

@@ -117,9 +117,15 @@ class _HQState:
 
 @dataclass
 class _Cfg:
+    """Per-parameter config and step cache, shared by every wrapper FSDP/DTensor derive from one weight (shard
+    views, aliases from ``to_local()``): the amax of this step and the quantized shard."""
     level: int
     precision: Any
     state: Optional[_HQState]
+    amax: Optional[torch.Tensor] = None
+    amax_gen: int = -1
+    q: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    q_key: Any = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -176,10 +182,6 @@ class HaloShardedWeight(torch.Tensor):
     def __init__(self, data: torch.Tensor, cfg: _Cfg):
         self._data = data
         self._cfg = cfg
-        self._amax: Optional[torch.Tensor] = None
-        self._amax_gen = -1
-        self._q: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
-        self._q_key = None
 
     def __repr__(self):
         return f"HaloShardedWeight(level={self._cfg.level}, precision={self._cfg.precision}, {self._data!r})"
@@ -228,18 +230,21 @@ class HaloShardedWeight(torch.Tensor):
         rotate = _rotated(level)
         state = self._cfg.state
         gen = state.generation if state is not None else 0
-        key = (gen, level, qdtype, self._data._version)
-        if self._q is None or self._q_key != key:
-            if self._amax is None or self._amax_gen != gen:
+        cfg = self._cfg
+        key = (gen, level, qdtype, self._data._version, self._data.data_ptr())
+        if cfg.q is None or cfg.q_key != key:
+            if cfg.amax is None or cfg.amax_gen != gen:
                 # No root pre-forward ran this generation (e.g. a block called directly): reduce this tensor's
                 # amax alone. Decided on the generation only, so all ranks take the same branch.
                 amax = _shard_amax(self._data, rotate).reshape(1)
                 group = state.group if state is not None else mesh.get_group()
                 dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=group)
-                self._amax, self._amax_gen = amax, gen
-            self._q = _quantize_rows(self._data, rotate, qdtype, self._amax)
-            self._q_key = key
-        q, scale = self._q
+                if state is not None and state.stats is not None:
+                    state.stats.add("amax_fallback_all_reduce", 4 * 2 * (mesh.size() - 1) / mesh.size())
+                cfg.amax, cfg.amax_gen = amax, gen
+            cfg.q = _quantize_rows(self._data, rotate, qdtype, cfg.amax)
+            cfg.q_key = key
+        q, scale = cfg.q
         world = mesh.size()
         padded_rows = -(-int(outer_size[0]) // world)
         if q.size(0) != padded_rows:  # uneven sharding: FSDP wants the padded shard size
@@ -490,7 +495,8 @@ def _make_root_hook(state: _HQState):
         entries = []
         for m in state.modules:
             p = m.weight
-            local = p.to_local() if hasattr(p, "to_local") else p
+            with torch.no_grad():
+                local = p.to_local() if hasattr(p, "to_local") else p
             if not isinstance(local, HaloShardedWeight):
                 continue  # unsharded (e.g. reshard_after_forward=False between forwards): keep last amax
             level = int(getattr(m, "level", local._cfg.level))
@@ -505,7 +511,7 @@ def _make_root_hook(state: _HQState):
                     w = dist.get_world_size(state.group)
                     state.stats.add("amax_all_reduce", amax.numel() * 4 * 2 * (w - 1) / w)
         for i, (t, _) in enumerate(entries):
-            t._amax, t._amax_gen = amax[i: i + 1], state.generation
+            t._cfg.amax, t._cfg.amax_gen = amax[i: i + 1], state.generation
         return None
     return hook
 
