@@ -1,7 +1,7 @@
 """HQ-FSDP benchmark: FSDP2 training throughput, peak memory, bytes sent and loss of a ~1B Llama.
 
     NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 \
-        torchrun --nproc_per_node=2 bench/fsdp_bench.py [--loss-steps 200]
+        torchrun --nproc_per_node=2 bench/fsdp_bench.py [--loss-steps 200] [--steps 10]
 
 Variants (same init, same data, equal batch):
   bf16_fsdp2       nn.Linear, fully_shard per block + root, MixedPrecisionPolicy(bf16 params, bf16 reduce)
@@ -175,7 +175,7 @@ def run_loss(variant, args, data, world, rank):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="bf16_fsdp2,halo_bf16_fsdp2,hq_fsdp")
-    ap.add_argument("--loss-variants", default="bf16_fsdp2,hq_fsdp")
+    ap.add_argument("--loss-variants", default="bf16_fsdp2,halo_bf16_fsdp2,hq_fsdp")
     ap.add_argument("--layers", type=int, default=22)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--intermediate", type=int, default=5632)
@@ -191,7 +191,7 @@ def main():
     ap.add_argument("--reduce-dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--loss-steps", type=int, default=100, help="0 skips the loss comparison (issue target: 200)")
+    ap.add_argument("--loss-steps", type=int, default=200, help="0 skips the loss comparison (issue target: 200)")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--lr-warmup", type=int, default=20)
     ap.add_argument("--clip", type=float, default=1.0)

@@ -169,7 +169,7 @@ def run_ranks(fn, **kwargs):
             p.start()
         results = {}
         for _ in range(WORLD):
-            rank, status, res = q.get(timeout=150)
+            rank, status, res = q.get(timeout=240)
             if status != "ok":
                 for p in procs:
                     p.kill()
@@ -181,7 +181,7 @@ def run_ranks(fn, **kwargs):
 
 
 def _train_worker(rank, level, precision, steps, qrs, lr=1e-3, mp_policy=None, ac=False, count=True,
-                  quantized_allgather=True, ckpt_dir=None):
+                  quantized_allgather=True, ckpt_dir=None, reshard=True):
     from torch.distributed.fsdp import MixedPrecisionPolicy
     m = make_model(level, precision)
     if ac:
@@ -190,7 +190,7 @@ def _train_worker(rank, level, precision, steps, qrs, lr=1e-3, mp_policy=None, a
     PATH_COUNT.update(gathered_8bit=0, quantized_here=0)
     pol = MixedPrecisionPolicy(**mp_policy) if mp_policy else None
     hf.fully_shard_halo(m, mp_policy=pol, quantized_reduce_scatter=qrs, comm_stats=stats,
-                        quantized_allgather=quantized_allgather)
+                        quantized_allgather=quantized_allgather, reshard_after_forward=reshard)
     opt = torch.optim.AdamW(m.parameters(), lr=lr, foreach=True)  # the multi-tensor path GPUs use
     losses, sent, calls = [], [], []
     for ids in batches(steps):
@@ -233,10 +233,6 @@ def _train_worker(rank, level, precision, steps, qrs, lr=1e-3, mp_policy=None, a
     return res
 
 
-def _multi_worker(rank, configs):
-    return [_train_worker(rank, **c) for c in configs]
-
-
 def _plain(v):
     t = v.full_tensor() if hasattr(v, "full_tensor") else v
     t = t.detach()
@@ -259,6 +255,33 @@ def _load_optim(m, opt, sd):
 # tests
 # ---------------------------------------------------------------------------------------------------------------
 STEPS = 4
+BF16 = {"param_dtype": torch.bfloat16, "reduce_dtype": torch.bfloat16}
+CONFIGS = {  # every multi-rank run of this file, executed in ONE spawn of 2 ranks (spawn + imports dominate)
+    "hq": dict(level=2, precision="int8", steps=STEPS, qrs=False),
+    # bytes: bf16 FSDP2 baseline of the same model with the same comm accounting, and full HQ-FSDP
+    "bytes_bf16": dict(level=2, precision="int8", steps=1, qrs=False, quantized_allgather=False, mp_policy=BF16),
+    "bytes_hq": dict(level=2, precision="int8", steps=1, qrs=True, mp_policy=BF16),
+    "no_reshard": dict(level=2, precision="int8", steps=2, qrs=False, reshard=False),
+    "qrs_mp_ac": dict(level=2, precision="int8", steps=STEPS, qrs=True, ac=True,
+                      mp_policy={"param_dtype": torch.bfloat16, "reduce_dtype": torch.float32}),
+    "l0_fp8_dcp": dict(level=0, precision="fp8", steps=2, qrs=False, ckpt_dir="<tmp>"),
+}
+
+
+def _all_worker(rank, tmp):
+    out = {"rs": _rs_worker(rank)}
+    for name, c in CONFIGS.items():
+        c = dict(c)
+        if c.get("ckpt_dir") == "<tmp>":
+            c["ckpt_dir"] = os.path.join(tmp, name)
+        out[name] = _train_worker(rank, **c)
+    return out
+
+
+@pytest.fixture(scope="module")
+def dist_runs():
+    with tempfile.TemporaryDirectory() as d:
+        return run_ranks(_all_worker, tmp=d)
 
 
 def test_unit_quantize_rows_matches_full_weight():
@@ -296,10 +319,10 @@ def test_unit_gathered_weight_protocol():
     assert isinstance(p, hf.HaloGatheredWeight) and p.halo_qweight(1, "int8") is not None
 
 
-def test_unit_quantized_reduce_scatter_bound():
+def test_quantized_reduce_scatter_bound(dist_runs):
     """Block-quantized reduce-scatter vs fp64: |err| <= sum_r absmax_r(block)/254 per element (int8)."""
-    results = run_ranks(_rs_worker)
-    for r, (err, bound) in results.items():
+    for r in range(WORLD):
+        err, bound = dist_runs[r]["rs"]
         assert err <= bound, (r, err, bound)
 
 
@@ -323,7 +346,7 @@ def _rs_worker(rank):
     return excess, 0.0
 
 
-def test_train_matches_single_process_and_halves_bytes():
+def test_train_matches_single_process_and_halves_bytes(dist_runs):
     """HQ-FSDP (8-bit all-gather, bf16-free fp32 reduce-scatter) vs single-process HALO training, and bytes.
 
     Tolerance: the ranks quantize bitwise the same weights as the single process (global amax; test above) and
@@ -333,12 +356,8 @@ def test_train_matches_single_process_and_halves_bytes():
     (~amax/127). Measured loss differences are ~1e-6; we allow 2e-4 relative on the loss (a single flip on a
     64-wide layer changes the loss by O(1e-5))."""
     ref, _ = reference_losses(2, "int8", STEPS)
-    bf16 = {"param_dtype": torch.bfloat16, "reduce_dtype": torch.bfloat16}
-    out = run_ranks(_multi_worker, configs=[
-        dict(level=2, precision="int8", steps=STEPS, qrs=False),
-        # bytes: bf16 FSDP2 baseline of the same model with the same comm accounting, and full HQ-FSDP
-        dict(level=2, precision="int8", steps=1, qrs=False, quantized_allgather=False, mp_policy=bf16),
-        dict(level=2, precision="int8", steps=1, qrs=True, mp_policy=bf16)])
+    names = ["hq", "bytes_bf16", "bytes_hq", "no_reshard"]
+    out = {r: [dist_runs[r][n] for n in names] for r in range(WORLD)}
     res = {r: out[r][0] for r in out}
     for r in range(WORLD):
         for a, b in zip(res[r]["losses"], ref):
@@ -347,6 +366,10 @@ def test_train_matches_single_process_and_halves_bytes():
         assert res[r]["paths"]["quantized_here"] == 0 and res[r]["paths"]["gathered_8bit"] > 0, res[r]["paths"]
         for c in res[r]["calls"]:
             assert c.get("amax_all_reduce") == 1 and "amax_fallback_all_reduce" not in c, c
+    # reshard_after_forward=False: no backward re-gather, same numbers
+    for a, b in zip(out[0][3]["losses"], ref):
+        assert abs(a - b) <= 2e-4 * abs(b), (out[0][3]["losses"], ref)
+    assert out[0][3]["calls"][0]["all_gather"] < out[0][0]["calls"][0]["all_gather"]
     b, h = out[0][1]["sent"][0], out[0][2]["sent"][0]
     tot_b, tot_h = sum(b.values()), sum(h.values())
     # the HALO weights are 2/3.. of the tiny model's params (embeddings/lm_head/norms stay bf16), so compare
@@ -355,15 +378,14 @@ def test_train_matches_single_process_and_halves_bytes():
     assert h["all_gather"] < 0.6 * b["all_gather"], (b, h)
 
 
-def test_quantized_reduce_scatter_training_and_mp_policy_ac():
+def test_quantized_reduce_scatter_training_and_mp_policy_ac(dist_runs):
     """8-bit gradient reduce-scatter + bf16 mp_policy + activation checkpointing: still tracks the fp32-reduce
     single-process reference. The int8 block error of one gradient reduction is <= 1/127 of the block absmax
     (relative to the largest gradient in 256 elements); AdamW normalizes the update, so per-step weight changes
     differ by at most ~lr; over 4 steps with lr 1e-3 the loss may move by a few 1e-3: we allow 2% relative
     (bf16 params/reduction add ~0.4% themselves)."""
     ref, _ = reference_losses(2, "int8", STEPS)
-    res = run_ranks(_train_worker, level=2, precision="int8", steps=STEPS, qrs=True, ac=True,
-                    mp_policy={"param_dtype": torch.bfloat16, "reduce_dtype": torch.float32})
+    res = {r: dist_runs[r]["qrs_mp_ac"] for r in range(WORLD)}
     for a, b in zip(res[0]["losses"], ref):
         assert abs(a - b) <= 2e-2 * abs(b), (res[0]["losses"], ref)
     assert res[0]["losses"][-1] < res[0]["losses"][0]
@@ -371,11 +393,10 @@ def test_quantized_reduce_scatter_training_and_mp_policy_ac():
     assert res[0]["losses"] == res[1]["losses"]
 
 
-def test_level0_fp8_and_dcp_roundtrip():
+def test_level0_fp8_and_dcp_roundtrip(dist_runs):
     """Level 0 with fp8 weights trains; DCP save -> perturb -> load restores every parameter exactly (the 8-bit
     all-gather cache is rebuilt after the load: the next step's loss is finite)."""
-    with tempfile.TemporaryDirectory() as d:
-        res = run_ranks(_train_worker, level=0, precision="fp8", steps=2, qrs=False, ckpt_dir=d)
+    res = {r: dist_runs[r]["l0_fp8_dcp"] for r in range(WORLD)}
     ref, _ = reference_losses(0, "fp8", 2)
     for a, b in zip(res[0]["losses"], ref):
         assert abs(a - b) <= 2e-4 * abs(b), (res[0]["losses"], ref)
