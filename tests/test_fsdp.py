@@ -46,7 +46,7 @@ BATCH, SEQ = 4, 16
 PATH_COUNT = {"gathered_8bit": 0, "quantized_here": 0}
 
 
-def _qw(weight, level, precision):
+def _qw(weight, level, precision, block=0):
     fn = getattr(weight, "halo_qweight", None)
     qw = fn(level, precision) if callable(fn) else None
     if qw is not None:
@@ -55,24 +55,24 @@ def _qw(weight, level, precision):
     PATH_COUNT["quantized_here"] += 1
     dt = hf._qdtype(precision)
     if level >= 1:
-        q, _, s = halo_ext.hadamard_quantize(weight.detach().contiguous(), dt)
+        q, _, s = halo_ext.hadamard_quantize(weight.detach().contiguous(), dt, block=block)
         return q, s
     return halo_ext.quantize(weight.detach(), dt)
 
 
 class _StandInFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, level, precision):
+    def forward(ctx, x, weight, level, precision, block):
         dt = hf._qdtype(precision)
         x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        q, s = _qw(weight, level, precision)
+        q, s = _qw(weight, level, precision, block)
         if level >= 1:
-            qx, _, sx = halo_ext.hadamard_quantize(x2, dt)
+            qx, _, sx = halo_ext.hadamard_quantize(x2, dt, block=block)
         else:
             qx, sx = halo_ext.quantize(x2, dt)
         y = halo_ext.qgemm(qx, q, sx, s, out_dtype=x.dtype)
         ctx.save_for_backward(x2, q, s)
-        ctx.level, ctx.wdtype, ctx.xshape = level, weight.dtype, x.shape
+        ctx.level, ctx.wdtype, ctx.xshape, ctx.block = level, weight.dtype, x.shape, block
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -81,18 +81,18 @@ class _StandInFn(torch.autograd.Function):
         gy2 = gy.reshape(-1, gy.shape[-1]).float()
         gx = gy2 @ (q.float() * s)
         if ctx.level >= 1:
-            gx = halo_ext.hadamard(gx, transpose=True)
+            gx = halo_ext.hadamard(gx, block=ctx.block, transpose=True)
         gw = gy2.t() @ x2.float()
-        return gx.to(gy.dtype).view(ctx.xshape), gw.to(ctx.wdtype), None, None
+        return gx.to(gy.dtype).view(ctx.xshape), gw.to(ctx.wdtype), None, None, None
 
 
 class StandInHaloLinear(nn.Linear):
-    def __init__(self, in_f, out_f, level=2, precision="int8"):
+    def __init__(self, in_f, out_f, level=2, precision="int8", rotation_block=0):
         super().__init__(in_f, out_f, bias=False)
-        self.level, self.precision = level, precision
+        self.level, self.precision, self.rotation_block = level, precision, rotation_block
 
     def forward(self, x):
-        return _StandInFn.apply(x, self.weight, self.level, self.precision)
+        return _StandInFn.apply(x, self.weight, self.level, self.precision, self.rotation_block)
 
 
 def tiny_llama():
@@ -104,20 +104,20 @@ def tiny_llama():
     return LlamaForCausalLM(cfg)
 
 
-def convert_standin(model, level=2, precision="int8"):
+def convert_standin(model, level=2, precision="int8", block=0):
     for blk in model.model.layers:
         for parent in (blk.self_attn, blk.mlp):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
-                    new = StandInHaloLinear(child.in_features, child.out_features, level, precision)
+                    new = StandInHaloLinear(child.in_features, child.out_features, level, precision, block)
                     new.weight.data.copy_(child.weight.data)
                     setattr(parent, name, new)
     return model
 
 
-def make_model(level, precision, seed=0):
+def make_model(level, precision, seed=0, block=0):
     torch.manual_seed(seed)
-    return convert_standin(tiny_llama(), level, precision)
+    return convert_standin(tiny_llama(), level, precision, block)
 
 
 def batches(steps, seed=1):
@@ -125,9 +125,9 @@ def batches(steps, seed=1):
     return [torch.randint(0, VOCAB, (BATCH, SEQ), generator=g) for _ in range(steps)]
 
 
-def reference_losses(level, precision, steps, lr=1e-3):
+def reference_losses(level, precision, steps, lr=1e-3, block=0):
     """Single process: same init; per step the two half-batches (one per rank) separately, grads averaged."""
-    m = make_model(level, precision)
+    m = make_model(level, precision, block=block)
     opt = torch.optim.AdamW(m.parameters(), lr=lr)
     out = []
     for ids in batches(steps):
@@ -181,9 +181,9 @@ def run_ranks(fn, **kwargs):
 
 
 def _train_worker(rank, level, precision, steps, qrs, lr=1e-3, mp_policy=None, ac=False, count=True,
-                  quantized_allgather=True, ckpt_dir=None, reshard=True):
+                  quantized_allgather=True, ckpt_dir=None, reshard=True, block=0):
     from torch.distributed.fsdp import MixedPrecisionPolicy
-    m = make_model(level, precision)
+    m = make_model(level, precision, block=block)
     if ac:
         m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     stats = hf.CommStats() if count else None
@@ -261,7 +261,8 @@ CONFIGS = {  # every multi-rank run of this file, executed in ONE spawn of 2 ran
     # bytes: bf16 FSDP2 baseline of the same model with the same comm accounting, and full HQ-FSDP
     "bytes_bf16": dict(level=2, precision="int8", steps=1, qrs=False, quantized_allgather=False, mp_policy=BF16),
     "bytes_hq": dict(level=2, precision="int8", steps=1, qrs=True, mp_policy=BF16),
-    "no_reshard": dict(level=2, precision="int8", steps=2, qrs=False, reshard=False),
+    # + a block-diagonal H_m (HaloLinear.rotation_block) of order 32
+    "no_reshard": dict(level=2, precision="int8", steps=2, qrs=False, reshard=False, block=32),
     "qrs_mp_ac": dict(level=2, precision="int8", steps=STEPS, qrs=True, ac=True,
                       mp_policy={"param_dtype": torch.bfloat16, "reduce_dtype": torch.float32}),
     "l0_fp8_dcp": dict(level=0, precision="fp8", steps=2, qrs=False, ckpt_dir="<tmp>"),
@@ -289,16 +290,16 @@ def test_unit_quantize_rows_matches_full_weight():
     g = torch.Generator().manual_seed(3)
     w = torch.randn(10, 64, generator=g)
     w[3, 5] = 40.0  # an outlier on one shard only
-    for level, prec in ((2, "int8"), (0, "int8"), (1, "fp8")):
+    for level, prec, blk in ((2, "int8", 0), (0, "int8", 0), (1, "fp8", 0), (2, "int8", 16)):
         dt = hf._qdtype(prec)
         rot = level >= 1
         if rot:
-            qf, _, sf = halo_ext.hadamard_quantize(w, dt)
+            qf, _, sf = halo_ext.hadamard_quantize(w, dt, block=blk)
         else:
             qf, sf = halo_ext.quantize(w, dt)
         shards = list(torch.chunk(w, 3, 0)) + [w[:0]]
-        amax = torch.stack([hf._shard_amax(s, rot) for s in shards]).max().reshape(1)
-        qs = [hf._quantize_rows(s, rot, dt, amax) for s in shards]
+        amax = torch.stack([hf._shard_amax(s, rot, blk) for s in shards]).max().reshape(1)
+        qs = [hf._quantize_rows(s, rot, dt, amax, blk) for s in shards]
         assert torch.equal(torch.cat([q for q, _ in qs]).view(torch.uint8), qf.view(torch.uint8)), (level, prec)
         assert torch.allclose(qs[0][1], sf, rtol=1e-6, atol=0), (level, prec)
 
@@ -366,8 +367,9 @@ def test_train_matches_single_process_and_halves_bytes(dist_runs):
         assert res[r]["paths"]["quantized_here"] == 0 and res[r]["paths"]["gathered_8bit"] > 0, res[r]["paths"]
         for c in res[r]["calls"]:
             assert c.get("amax_all_reduce") == 1 and "amax_fallback_all_reduce" not in c, c
-    # reshard_after_forward=False: no backward re-gather, same numbers
-    for a, b in zip(out[0][3]["losses"], ref):
+    # reshard_after_forward=False (+ rotation block 32): no backward re-gather, same numbers
+    ref32, _ = reference_losses(2, "int8", 2, block=32)
+    for a, b in zip(out[0][3]["losses"], ref32):
         assert abs(a - b) <= 2e-4 * abs(b), (out[0][3]["losses"], ref)
     assert out[0][3]["calls"][0]["all_gather"] < out[0][0]["calls"][0]["all_gather"]
     b, h = out[0][1]["sent"][0], out[0][2]["sent"][0]

@@ -122,6 +122,7 @@ class _Cfg:
     level: int
     precision: Any
     state: Optional[_HQState]
+    block: int = 0  # H_m block of the layer (HaloLinear.rotation_block; 0 = full K)
     amax: Optional[torch.Tensor] = None
     amax_gen: int = -1
     q: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
@@ -131,20 +132,21 @@ class _Cfg:
 # ----------------------------------------------------------------------------------------------------------------
 # quantization of a (row-sharded) weight
 # ----------------------------------------------------------------------------------------------------------------
-def _shard_amax(w: torch.Tensor, rotate: bool) -> torch.Tensor:
-    """absmax of ``w H`` (rotate) or ``w``, as a 0-d fp32 tensor (0 for an empty shard). No host sync."""
+def _shard_amax(w: torch.Tensor, rotate: bool, block: int = 0) -> torch.Tensor:
+    """absmax of ``w H`` (rotate; H block-diagonal of order ``block``, 0 = full K) or ``w``, as a 0-d fp32 tensor
+    (0 for an empty shard). No host sync."""
     if w.numel() == 0:
         return torch.zeros((), dtype=torch.float32, device=w.device)
-    x = _ops.hadamard(w.detach()) if rotate else w.detach()
+    x = _ops.hadamard(w.detach(), block=block) if rotate else w.detach()
     return torch.linalg.vector_norm(x, ord=math.inf, dtype=torch.float32)
 
 
-def _quantize_rows(w: torch.Tensor, rotate: bool, qdtype: torch.dtype,
-                   amax: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _quantize_rows(w: torch.Tensor, rotate: bool, qdtype: torch.dtype, amax: torch.Tensor,
+                   block: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """8-bit ``Q(w H)`` / ``Q(w)`` with the given global amax (fp32 [1]); returns ``(q, scale[1])``."""
     w = w.detach()
     if rotate:
-        q, _, s = _ops.hadamard_quantize(w.contiguous(), qdtype, amax=amax)
+        q, _, s = _ops.hadamard_quantize(w.contiguous(), qdtype, block=block, amax=amax)
         return q, s
     qmax = _QMAX[qdtype]
     a = amax.clamp_min(_MIN_AMAX)
@@ -231,18 +233,19 @@ class HaloShardedWeight(torch.Tensor):
         state = self._cfg.state
         gen = state.generation if state is not None else 0
         cfg = self._cfg
-        key = (gen, level, qdtype, self._data._version, self._data.data_ptr())
+        block = int(getattr(module, "rotation_block", cfg.block) or 0) if module is not None else cfg.block
+        key = (gen, level, qdtype, block, self._data._version, self._data.data_ptr())
         if cfg.q is None or cfg.q_key != key:
             if cfg.amax is None or cfg.amax_gen != gen:
                 # No root pre-forward ran this generation (e.g. a block called directly): reduce this tensor's
                 # amax alone. Decided on the generation only, so all ranks take the same branch.
-                amax = _shard_amax(self._data, rotate).reshape(1)
+                amax = _shard_amax(self._data, rotate, block).reshape(1)
                 group = state.group if state is not None else mesh.get_group()
                 dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=group)
                 if state is not None and state.stats is not None:
                     state.stats.add("amax_fallback_all_reduce", 4 * 2 * (mesh.size() - 1) / mesh.size())
                 cfg.amax, cfg.amax_gen = amax, gen
-            cfg.q = _quantize_rows(self._data, rotate, qdtype, cfg.amax)
+            cfg.q = _quantize_rows(self._data, rotate, qdtype, cfg.amax, block)
             cfg.q_key = key
         q, scale = cfg.q
         world = mesh.size()
@@ -251,11 +254,11 @@ class HaloShardedWeight(torch.Tensor):
             qp = q.new_zeros((padded_rows,) + tuple(q.shape[1:]))
             qp[: q.size(0)].copy_(q)
             q = qp
-        return (q,), (scale, rotate, level, qdtype, int(outer_size[0]))
+        return (q,), (scale, rotate, level, qdtype, int(outer_size[0]), block)
 
     def fsdp_post_all_gather(self, all_gather_outputs, metadata, param_dtype, *, out=None):
         (qfull,) = all_gather_outputs
-        scale, rotate, level, qdtype, n_rows = metadata
+        scale, rotate, level, qdtype, n_rows, block = metadata
         q = qfull[:n_rows]
         if out is not None:
             inner = out
@@ -265,9 +268,9 @@ class HaloShardedWeight(torch.Tensor):
                 raise RuntimeError(f"halo_ext.fsdp: unexpected unsharded parameter type {type(out)}")
             inner._scale = scale
             inner._q = q
-            inner._level, inner._qdtype, inner._rotate = level, qdtype, rotate
+            inner._level, inner._qdtype, inner._rotate, inner._block = level, qdtype, rotate, block
             return None
-        return HaloGatheredWeight(q, scale, level, qdtype, rotate, param_dtype), ()
+        return HaloGatheredWeight(q, scale, level, qdtype, rotate, param_dtype, block), ()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -282,13 +285,14 @@ class HaloGatheredWeight(torch.Tensor):
     :class:`QuantizedWeight` for HALO layers; any other use sees the dequantized (un-rotated) values."""
 
     @staticmethod
-    def __new__(cls, q, scale, level, qdtype, rotate, dtype):
+    def __new__(cls, q, scale, level, qdtype, rotate, dtype, block=0):
         n, k = q.shape
         return torch.Tensor._make_wrapper_subclass(cls, (n, k), strides=(k, 1), dtype=dtype, device=q.device,
                                                    requires_grad=False)
 
-    def __init__(self, q, scale, level, qdtype, rotate, dtype):
+    def __init__(self, q, scale, level, qdtype, rotate, dtype, block=0):
         self._q, self._scale, self._level, self._qdtype, self._rotate = q, scale, level, qdtype, rotate
+        self._block = block
 
     def __repr__(self):
         return f"HaloGatheredWeight(shape={tuple(self.shape)}, level={self._level}, q={self._qdtype})"
@@ -306,11 +310,12 @@ class HaloGatheredWeight(torch.Tensor):
     def dequantize(self) -> torch.Tensor:
         w = self._q.float() * self._scale
         if self._rotate:
-            w = _ops.hadamard(w, transpose=True)
+            w = _ops.hadamard(w, block=self._block, transpose=True)
         return w.to(self.dtype)
 
     def _alias(self):
-        return HaloGatheredWeight(self._q, self._scale, self._level, self._qdtype, self._rotate, self.dtype)
+        return HaloGatheredWeight(self._q, self._scale, self._level, self._qdtype, self._rotate, self.dtype,
+                                  self._block)
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
@@ -500,17 +505,18 @@ def _make_root_hook(state: _HQState):
             if not isinstance(local, HaloShardedWeight):
                 continue  # unsharded (e.g. reshard_after_forward=False between forwards): keep last amax
             level = int(getattr(m, "level", local._cfg.level))
-            entries.append((local, _rotated(level)))
+            block = int(getattr(m, "rotation_block", local._cfg.block) or 0)
+            entries.append((local, _rotated(level), block))
         if not entries:
             return None
         with torch.no_grad():
-            amax = torch.stack([_shard_amax(t._data, rot) for t, rot in entries])
+            amax = torch.stack([_shard_amax(t._data, rot, blk) for t, rot, blk in entries])
             if dist.get_world_size(state.group) > 1:
                 dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=state.group)
                 if state.stats is not None:  # ring all-reduce: 2 (W-1)/W of the buffer
                     w = dist.get_world_size(state.group)
                     state.stats.add("amax_all_reduce", amax.numel() * 4 * 2 * (w - 1) / w)
-        for i, (t, _) in enumerate(entries):
+        for i, (t, _, _) in enumerate(entries):
             t._cfg.amax, t._cfg.amax_gen = amax[i: i + 1], state.generation
         return None
     return hook
@@ -567,7 +573,10 @@ def fully_shard_halo(model: nn.Module, *, mesh=None, mp_policy=None, reshard_aft
                 raise RuntimeError("fully_shard_halo: the model is already sharded or wrapped")
             if w.dim() != 2:
                 raise ValueError(f"fully_shard_halo: HALO weight must be 2-D, got {tuple(w.shape)}")
-            cfg = _Cfg(int(getattr(m, "level")), getattr(m, "precision"), state)
+            prec = getattr(m, "precision")
+            if str(prec).lower() not in _PRECISIONS and not isinstance(prec, torch.dtype):
+                continue  # e.g. HaloLinear(precision="bf16"): not an 8-bit layer, gathered by FSDP as usual
+            cfg = _Cfg(int(getattr(m, "level")), prec, state, int(getattr(m, "rotation_block", 0) or 0))
             _rotated(cfg.level), _qdtype(cfg.precision)  # validate early
             m.weight = nn.Parameter(HaloShardedWeight(w.data, cfg), requires_grad=w.requires_grad)
             state.modules.append(m)
