@@ -43,16 +43,11 @@ BATCH, SEQ = 4, 16
 # ---------------------------------------------------------------------------------------------------------------
 # local stand-in of issue 4's HaloLinear protocol (removed once halo_ext.linear is merged)
 # ---------------------------------------------------------------------------------------------------------------
-PATH_COUNT = {"gathered_8bit": 0, "quantized_here": 0}
-
-
 def _qw(weight, level, precision, block=0):
     fn = getattr(weight, "halo_qweight", None)
     qw = fn(level, precision) if callable(fn) else None
     if qw is not None:
-        PATH_COUNT["gathered_8bit"] += 1
         return qw.q, qw.scale
-    PATH_COUNT["quantized_here"] += 1
     dt = hf._qdtype(precision)
     if level >= 1:
         q, _, s = halo_ext.hadamard_quantize(weight.detach().contiguous(), dt, block=block)
@@ -115,9 +110,32 @@ def convert_standin(model, level=2, precision="int8", block=0):
     return model
 
 
+HAVE_LAYER = hasattr(halo_ext, "convert") and hasattr(halo_ext, "HaloLinear")  # issue 4 merged
+
+
 def make_model(level, precision, seed=0, block=0):
     torch.manual_seed(seed)
-    return convert_standin(tiny_llama(), level, precision, block)
+    m = tiny_llama()
+    if not HAVE_LAYER:
+        return convert_standin(m, level, precision, block)
+    halo_ext.convert(m, level=level, precision=precision)
+    if block:
+        for mod in m.modules():
+            if isinstance(mod, halo_ext.HaloLinear):
+                lv, qd, gd, tb, _ = mod._cfg
+                mod.rotation_block, mod._cfg = block, (lv, qd, gd, tb, block)
+    return m
+
+
+def _count_paths():
+    """Count, per gathered weight handed to a layer, whether it came back as 8 bits (halo_qweight)."""
+    orig = hf.HaloGatheredWeight.halo_qweight
+
+    def counting(self, level, precision):
+        r = orig(self, level, precision)
+        PATH_COUNT["gathered_8bit" if r is not None else "quantized_here"] += 1
+        return r
+    hf.HaloGatheredWeight.halo_qweight = counting
 
 
 def batches(steps, seed=1):
@@ -188,6 +206,8 @@ def _train_worker(rank, level, precision, steps, qrs, lr=1e-3, mp_policy=None, a
         m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     stats = hf.CommStats() if count else None
     PATH_COUNT.update(gathered_8bit=0, quantized_here=0)
+    if not getattr(hf.HaloGatheredWeight.halo_qweight, "__name__", "") == "counting":
+        _count_paths()
     pol = MixedPrecisionPolicy(**mp_policy) if mp_policy else None
     hf.fully_shard_halo(m, mp_policy=pol, quantized_reduce_scatter=qrs, comm_stats=stats,
                         quantized_allgather=quantized_allgather, reshard_after_forward=reshard)
@@ -207,7 +227,8 @@ def _train_worker(rank, level, precision, steps, qrs, lr=1e-3, mp_policy=None, a
         if stats is not None:
             sent.append(dict(stats.sent))
             calls.append(dict(stats.calls))
-    res = {"losses": losses, "sent": sent, "calls": calls, "paths": dict(PATH_COUNT)}
+    res = {"losses": losses, "sent": sent, "calls": calls, "paths": dict(PATH_COUNT),
+           "dequant_fallback": dict(hf.DEQUANT_FALLBACK_OPS)}
     if ckpt_dir is not None:
         import torch.distributed.checkpoint as dcp
         dcp.save({"model": m.state_dict(), "optim": _optim_sd(m, opt)}, checkpoint_id=ckpt_dir)
@@ -255,6 +276,7 @@ def _load_optim(m, opt, sd):
 # tests
 # ---------------------------------------------------------------------------------------------------------------
 STEPS = 4
+PATH_COUNT = {"gathered_8bit": 0, "quantized_here": 0}
 BF16 = {"param_dtype": torch.bfloat16, "reduce_dtype": torch.bfloat16}
 CONFIGS = {  # every multi-rank run of this file, executed in ONE spawn of 2 ranks (spawn + imports dominate)
     "hq": dict(level=2, precision="int8", steps=STEPS, qrs=False),
@@ -314,7 +336,8 @@ def test_unit_gathered_weight_protocol():
     assert gw.halo_qweight(0, "int8") is None and gw.halo_qweight(2, "fp8") is None
     # any other use sees dequantized, un-rotated values: error <= half a step per element, rotated back
     # (orthonormal H keeps the L2 error: ||e||_2 <= sqrt(K) * scale / 2 per row)
-    d = (gw.float() - w).norm(dim=1)
+    with pytest.warns(UserWarning, match="dequantized"):
+        d = (gw.float() - w).norm(dim=1)
     assert (d <= math.sqrt(32) * s.item() / 2 * (1 + 1e-3) + 1e-2).all()
     p = nn.Parameter(torch.as_strided(gw, (8, 32), (32, 1)), requires_grad=True)
     assert isinstance(p, hf.HaloGatheredWeight) and p.halo_qweight(1, "int8") is not None
@@ -365,6 +388,7 @@ def test_train_matches_single_process_and_halves_bytes(dist_runs):
             assert abs(a - b) <= 2e-4 * abs(b), (r, res[r]["losses"], ref)
         # every HALO GEMM used the gathered 8-bit weight; one batched amax all-reduce per step, no fallback
         assert res[r]["paths"]["quantized_here"] == 0 and res[r]["paths"]["gathered_8bit"] > 0, res[r]["paths"]
+        assert not res[r]["dequant_fallback"], res[r]["dequant_fallback"]
         for c in res[r]["calls"]:
             assert c.get("amax_all_reduce") == 1 and "amax_fallback_all_reduce" not in c, c
     # reshard_after_forward=False (+ rotation block 32): no backward re-gather, same numbers

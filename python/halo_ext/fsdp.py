@@ -276,6 +276,7 @@ class HaloShardedWeight(torch.Tensor):
 # ----------------------------------------------------------------------------------------------------------------
 # the unsharded (gathered) weight the module sees during forward/backward
 # ----------------------------------------------------------------------------------------------------------------
+DEQUANT_FALLBACK_OPS: Dict[str, int] = {}  # op name -> count of uses of a gathered weight outside HALO layers
 _ALIAS_OPS = {_aten.detach.default, _aten.alias.default, _aten.view.default, _aten.as_strided.default,
               _aten._unsafe_view.default}
 
@@ -329,6 +330,11 @@ class HaloGatheredWeight(torch.Tensor):
         if func._schema.is_mutable and len(args) > 0 and isinstance(args[0], HaloGatheredWeight):
             raise RuntimeError(f"halo_ext.fsdp: in-place {func} on an all-gathered 8-bit weight is not supported "
                                "(update the sharded parameter instead)")
+        name = str(func)
+        if name not in DEQUANT_FALLBACK_OPS:
+            warnings.warn(f"halo_ext.fsdp: {name} on an all-gathered 8-bit weight: computing on its dequantized "
+                          "values (only HALO layers consume it in 8 bits)", stacklevel=2)
+        DEQUANT_FALLBACK_OPS[name] = DEQUANT_FALLBACK_OPS.get(name, 0) + 1
         uargs, ukwargs = pytree.tree_map_only(HaloGatheredWeight, lambda t: t.dequantize(), (args, kwargs))
         return func(*uargs, **ukwargs)
 
