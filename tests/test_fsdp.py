@@ -1,10 +1,9 @@
 """HQ-FSDP (halo_ext.fsdp): FSDP2 with 8-bit weight all-gather and quantized gradient reduce-scatter.
 
-CPU tests run 2 ranks with Gloo (spawned here). The model is a tiny Llama (transformers LlamaConfig) whose block
-linears are HALO layers. Until issue 4's HaloLinear is in this branch, the layers are a minimal local stand-in of
-the agreed protocol (``weight.halo_qweight(level, precision)`` -> QuantizedWeight); the reference is the same model
-trained in ONE process, each step on the same two half-batches (so activation quantization sees the same tensors
-as the ranks) with the gradients averaged.
+CPU tests run 2 ranks with Gloo (spawned here). The model is a tiny Llama (transformers LlamaConfig) converted with
+``halo_ext.convert`` (HaloLinear in every block linear; the layer takes the gathered 8-bit weight through
+``weight.halo_qweight(level, precision)``); the reference is the same model trained in ONE process, each step on the
+same two half-batches (so activation quantization sees the same tensors as the ranks) with the gradients averaged.
 """
 from __future__ import annotations
 
@@ -40,56 +39,6 @@ VOCAB, HIDDEN, INTER, LAYERS, HEADS = 128, 64, 128, 2, 4
 BATCH, SEQ = 4, 16
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# local stand-in of issue 4's HaloLinear protocol (removed once halo_ext.linear is merged)
-# ---------------------------------------------------------------------------------------------------------------
-def _qw(weight, level, precision, block=0):
-    fn = getattr(weight, "halo_qweight", None)
-    qw = fn(level, precision) if callable(fn) else None
-    if qw is not None:
-        return qw.q, qw.scale
-    dt = hf._qdtype(precision)
-    if level >= 1:
-        q, _, s = halo_ext.hadamard_quantize(weight.detach().contiguous(), dt, block=block)
-        return q, s
-    return halo_ext.quantize(weight.detach(), dt)
-
-
-class _StandInFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, level, precision, block):
-        dt = hf._qdtype(precision)
-        x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        q, s = _qw(weight, level, precision, block)
-        if level >= 1:
-            qx, _, sx = halo_ext.hadamard_quantize(x2, dt, block=block)
-        else:
-            qx, sx = halo_ext.quantize(x2, dt)
-        y = halo_ext.qgemm(qx, q, sx, s, out_dtype=x.dtype)
-        ctx.save_for_backward(x2, q, s)
-        ctx.level, ctx.wdtype, ctx.xshape, ctx.block = level, weight.dtype, x.shape, block
-        return y.view(*x.shape[:-1], y.shape[-1])
-
-    @staticmethod
-    def backward(ctx, gy):
-        x2, q, s = ctx.saved_tensors
-        gy2 = gy.reshape(-1, gy.shape[-1]).float()
-        gx = gy2 @ (q.float() * s)
-        if ctx.level >= 1:
-            gx = halo_ext.hadamard(gx, block=ctx.block, transpose=True)
-        gw = gy2.t() @ x2.float()
-        return gx.to(gy.dtype).view(ctx.xshape), gw.to(ctx.wdtype), None, None, None
-
-
-class StandInHaloLinear(nn.Linear):
-    def __init__(self, in_f, out_f, level=2, precision="int8", rotation_block=0):
-        super().__init__(in_f, out_f, bias=False)
-        self.level, self.precision, self.rotation_block = level, precision, rotation_block
-
-    def forward(self, x):
-        return _StandInFn.apply(x, self.weight, self.level, self.precision, self.rotation_block)
-
-
 def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
@@ -99,31 +48,18 @@ def tiny_llama():
     return LlamaForCausalLM(cfg)
 
 
-def convert_standin(model, level=2, precision="int8", block=0):
-    for blk in model.model.layers:
-        for parent in (blk.self_attn, blk.mlp):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    new = StandInHaloLinear(child.in_features, child.out_features, level, precision, block)
-                    new.weight.data.copy_(child.weight.data)
-                    setattr(parent, name, new)
-    return model
-
-
-HAVE_LAYER = hasattr(halo_ext, "convert") and hasattr(halo_ext, "HaloLinear")  # issue 4 merged
-
-
 def make_model(level, precision, seed=0, block=0):
     torch.manual_seed(seed)
     m = tiny_llama()
-    if not HAVE_LAYER:
-        return convert_standin(m, level, precision, block)
-    halo_ext.convert(m, level=level, precision=precision)
-    if block:
-        for mod in m.modules():
-            if isinstance(mod, halo_ext.HaloLinear):
-                lv, qd, gd, tb, _ = mod._cfg
-                mod.rotation_block, mod._cfg = block, (lv, qd, gd, tb, block)
+    if not block:
+        return halo_ext.convert(m, level=level, precision=precision)
+    # a block-diagonal H_m (HaloLinear.rotation_block): the FSDP path must rotate its shards the same way
+    for blk in m.model.layers:
+        for parent in (blk.self_attn, blk.mlp):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, halo_ext.HaloLinear.from_linear(child, level=level, precision=precision,
+                                                                         rotation_block=block))
     return m
 
 
