@@ -595,15 +595,22 @@ def fully_shard_halo(model: nn.Module, *, mesh=None, mp_policy=None, reshard_aft
     fully_shard(model, **kw)
     if quantized_allgather and state.modules:
         model.register_forward_pre_hook(_make_root_hook(state), prepend=True)
-    for m in _fsdp_modules(model):
+    fsdp_mods = _fsdp_modules(model)
+    if quantized_reduce_scatter and not all(hasattr(m, "set_custom_reduce_scatter") for m in fsdp_mods):
+        raise RuntimeError("fully_shard_halo(quantized_reduce_scatter=True) needs FSDPModule.set_custom_reduce_scatter "
+                           f"(torch >= 2.8); this torch is {torch.__version__}")
+    for m in fsdp_mods:
         if comm_stats is not None:
-            m.set_custom_all_gather(CountingAllGather(comm_stats))
+            if hasattr(m, "set_custom_all_gather"):
+                m.set_custom_all_gather(CountingAllGather(comm_stats))
+            else:  # pragma: no cover - older torch: all-gather bytes are not counted
+                warnings.warn("fully_shard_halo: FSDPModule.set_custom_all_gather missing: all-gather bytes not counted")
         if quantized_reduce_scatter:
             if hasattr(m, "set_force_sum_reduction_for_comms"):
                 m.set_force_sum_reduction_for_comms(True)  # SUM + FSDP's own divide: no PREMUL_SUM op objects
             m.set_custom_reduce_scatter(QuantizedReduceScatter(reduce_scatter_dtype, reduce_scatter_block,
                                                                comm_stats, reduce_scatter_fn))
-        elif comm_stats is not None:
+        elif comm_stats is not None and hasattr(m, "set_custom_reduce_scatter"):
             m.set_custom_reduce_scatter(CountingReduceScatter(comm_stats))
     model._halo_fsdp_state = state  # for introspection (generation, wrapped modules)
     return model
