@@ -359,6 +359,19 @@ def _quantize_blocks(x: torch.Tensor, qdtype: torch.dtype, block: int) -> Tuple[
         return v.to(qdtype).view(r, n), (a / qmax).view(r, n // block)
 
 
+def fused_reduce_scatter(output: torch.Tensor, input: torch.Tensor, group=None, op: str = "sum",
+                         dtype="int8", block: int = 256, stats: Optional[CommStats] = None) -> None:
+    """The same reduce-scatter through :func:`halo_ext.distributed.reduce_scatter` (fused pack / dequantize-sum
+    kernels on CUDA, one all_to_all of the packed chunks over the process group): the default of
+    :class:`QuantizedReduceScatter` on CUDA; :func:`quantized_reduce_scatter` (torch ops) elsewhere."""
+    from .distributed import packed_chunk_bytes, reduce_scatter
+
+    reduce_scatter(output, input, op=op, group=group, dtype=dtype, block=block, path="nccl")
+    if stats is not None:
+        world = dist.get_world_size(group)
+        stats.add("reduce_scatter", packed_chunk_bytes(output.numel(), block) * (world - 1))
+
+
 def quantized_reduce_scatter(output: torch.Tensor, input: torch.Tensor, group=None, op: str = "sum",
                              dtype="int8", block: int = 256, stats: Optional[CommStats] = None) -> None:
     """Reduce-scatter of the flat ``input [W * n]`` into ``output [n]`` (rank r gets elements ``[r*n, (r+1)*n)``
@@ -431,7 +444,7 @@ class QuantizedReduceScatter(_AllocMixin, _ReduceScatterBase):
         self.dtype, self.block, self.stats, self.fn = dtype, block, stats, fn
 
     def __call__(self, output_tensor, input_tensor, group, op, async_op: bool = False):
-        fn = self.fn or quantized_reduce_scatter
+        fn = self.fn or (fused_reduce_scatter if input_tensor.is_cuda else quantized_reduce_scatter)
         fn(output_tensor, input_tensor, group=group, op=_op_name(op), dtype=self.dtype, block=self.block,
            stats=self.stats)
         return None
