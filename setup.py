@@ -67,6 +67,8 @@ setup(
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.9",
     install_requires=["torch", "numpy"],
-    extras_require={"test": ["pytest", "hypothesis"]},
+    extras_require={"test": ["pytest", "hypothesis"],
+                    "finetune": ["transformers", "tqdm", "matplotlib", "peft"]},
+    entry_points={"console_scripts": ["halo-finetune=halo_ext.finetune.cli:main"]},
     zip_safe=False,
 )

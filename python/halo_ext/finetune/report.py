@@ -118,9 +118,9 @@ def write_results(path: str, report: Dict) -> str:
     for k, v in rd.items():
         doc[f"eval_loss_rel_diff_{k.replace('-', '_')}"] = v
     doc["speedup_halo2_int8_vs_bf16"] = old.get("speedup_halo2_int8_vs_bf16")
-    for k in ("speedup_source", "bench"):
-        if k in old:
-            doc[k] = old[k]
+    for k, v in old.items():  # the benchmark's keys (bench/finetune_bench.py writes them)
+        if k.startswith(("speedup", "fwdbwd_speedup")) and k not in doc:
+            doc[k] = v
     if report.get("levels"):
         doc["levels"] = report["levels"]
     if report.get("activation_outliers"):

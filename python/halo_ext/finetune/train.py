@@ -126,8 +126,9 @@ class MasterAdamW:
         self.master = {id(p): p.detach().float().clone() for p in self.low}
         opt_params = [self.master[id(p)] if id(p) in self.master else p for p in self.params]
         kw = dict(lr=lr, betas=betas, weight_decay=weight_decay, eps=eps)
-        if self.params and self.params[0].is_cuda:
-            kw["foreach"] = True
+        if opt_params and opt_params[0].is_cuda:
+            plain = all(p.dtype == torch.float32 and type(p) in (torch.Tensor, nn.Parameter) for p in opt_params)
+            kw["fused" if plain else "foreach"] = True
         self.opt = torch.optim.AdamW(opt_params, **kw)
 
     def set_lr(self, lr: float) -> None:
@@ -231,6 +232,8 @@ def run_phase(name: str, model: nn.Module, opt: MasterAdamW, sampler: BatchSampl
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
+    if start_step == 0 and eval_every and not res.eval_curve:
+        res.eval_curve.append([0, evaluate(model, eval_w, eval_batch, device, d)])
     acc = torch.zeros((), dtype=torch.float32, device=device)
     acc_n = 0
     timed_s, timed_tokens = 0.0, 0
