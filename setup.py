@@ -67,8 +67,7 @@ setup(
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.9",
     install_requires=["torch", "numpy"],
-    extras_require={"test": ["pytest", "hypothesis"],
-                    "finetune": ["transformers", "tqdm", "matplotlib", "peft"]},
+    extras_require={"test": ["pytest", "hypothesis"]},
     entry_points={"console_scripts": ["halo-finetune=halo_ext.finetune.cli:main"]},
     zip_safe=False,
 )
