@@ -33,7 +33,7 @@ PRESETS: Dict[str, Dict] = {
 PRESET_DEFAULTS: Dict[str, Dict] = {
     "tiny": dict(batch=8, seq=128, steps=60, pretrain_steps=60, lr=1e-3, pretrain_lr=3e-3, eval_every=20,
                  eval_batches=4),
-    "100m": dict(batch=16, seq=512, steps=1000, pretrain_steps=300, lr=3e-4, pretrain_lr=1e-3, eval_every=200,
+    "100m": dict(batch=16, seq=512, steps=1000, pretrain_steps=200, lr=3e-4, pretrain_lr=1e-3, eval_every=200,
                  eval_batches=16),
     "1b": dict(batch=4, seq=2048, steps=300, pretrain_steps=100, lr=2e-4, pretrain_lr=6e-4, eval_every=100,
                eval_batches=8),

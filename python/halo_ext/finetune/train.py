@@ -141,10 +141,10 @@ class MasterAdamW:
             m.grad = None if p.grad is None else p.grad.float()
         self.opt.step()
         if self.low:
-            torch._foreach_copy_([p.data for p in self.low], [self.master[id(p)] for p in self.low]) \
-                if hasattr(torch, "_foreach_copy_") else [p.data.copy_(self.master[id(p)]) for p in self.low]
-            for p in self.low:
-                self.master[id(p)].grad = None
+            with torch.no_grad():  # in place on the parameters (bumps their version, like any optimizer step)
+                for p in self.low:
+                    p.copy_(self.master[id(p)])
+                    self.master[id(p)].grad = None
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -179,6 +179,9 @@ def evaluate(model: nn.Module, windows: torch.Tensor, batch: int, device: torch.
     """Mean token loss over the fixed eval windows (split across ranks, averaged over all of them)."""
     was = model.training
     model.eval()
+    if d.enabled:  # every rank must run the same number of forwards (FSDP): a multiple of world windows
+        n = max(windows.shape[0] // d.world, 1) * d.world
+        windows = windows.repeat((n + windows.shape[0] - 1) // windows.shape[0], 1)[:n]
     mine = windows[d.rank::d.world] if d.enabled else windows
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for i in range(0, mine.shape[0], batch):
@@ -225,8 +228,11 @@ def run_phase(name: str, model: nn.Module, opt: MasterAdamW, sampler: BatchSampl
         try:
             from tqdm import tqdm
 
-            bar = tqdm(total=steps, initial=start_step, desc=name, dynamic_ncols=True, mininterval=1.0,
-                       leave=True)
+            import sys
+
+            tty = sys.stderr.isatty()
+            bar = tqdm(total=steps, initial=start_step, desc=name, dynamic_ncols=True, leave=True,
+                       mininterval=1.0 if tty else 15.0)
         except ImportError:
             bar = None
     if device.type == "cuda":
