@@ -138,13 +138,19 @@ def _block_linears(model: nn.Module) -> List[Tuple[str, nn.Linear]]:
             if type(m) is nn.Linear and not n.endswith("lm_head") and "lora_" not in n]
 
 
-def unsupported_linears(model: nn.Module) -> List[str]:
-    """Block linears whose dims HALO cannot handle (not a Hadamard size, or not a multiple of 16 for 8-bit GEMMs)."""
+def unsupported_linears(model: nn.Module, level: int = 2) -> List[str]:
+    """Block linears whose dims HALO cannot handle (``halo_ext.linear_supported`` when the layer provides it, else:
+    in_features not a Hadamard size, or dims not multiples of 16 for the 8-bit GEMMs)."""
     import halo_ext
 
+    check = getattr(halo_ext, "linear_supported", None)
     bad = []
     for n, m in _block_linears(model):
-        ok = all(d % 16 == 0 for d in (m.in_features, m.out_features)) and halo_ext.hadamard_supported(m.in_features)
+        if check is not None:
+            ok = check(m.in_features, m.out_features, level) is None
+        else:
+            ok = all(d % 16 == 0 for d in (m.in_features, m.out_features)) and \
+                (level == 0 or halo_ext.hadamard_supported(m.in_features))
         if not ok:
             bad.append(f"{n} ({m.in_features}->{m.out_features})")
     return bad
@@ -178,7 +184,7 @@ def apply_variant(model: nn.Module, variant: Variant, lora: int = 0) -> Tuple[nn
             return model, info
     if variant.is_halo:
         halo = _halo()
-        bad = unsupported_linears(model)
+        bad = unsupported_linears(model, variant.level)
         if bad:
             msg = f"{len(bad)} linear layer(s) stay bf16 (dims not supported by HALO): " + ", ".join(bad[:6]) + \
                 (" ..." if len(bad) > 6 else "")
