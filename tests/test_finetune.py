@@ -207,3 +207,18 @@ def test_doc_extraction():
     docs = D.doc_texts(src)
     assert docs == ["Return the answer to everything, computed slowly.",
                     "a comment block that is\nlong enough to be kept as one document"]
+
+
+def test_local_checkpoint_model(tmp_path, capsys, text_file):
+    """--model PATH: a local HF checkpoint without tokenizer files (byte level), no pre-training."""
+    from halo_ext.finetune.model import build_preset
+
+    ckpt = tmp_path / "ckpt"
+    build_preset("tiny", 1, "cpu", torch.float32).save_pretrained(str(ckpt))
+    out = str(tmp_path / "m")
+    rc, _, err = _run(SMALL[:2] + SMALL[4:] + ["--model", str(ckpt), "--data", text_file, "--variants", "bf16",
+                                              "--steps", "2", "--out", out], capsys)
+    assert rc == 0, err
+    rep = _report(out)
+    assert rep["pretrain"] is None and rep["model"]["type"] == "LlamaForCausalLM"
+    assert math.isfinite(rep["variants"][0]["final_eval_loss"])
