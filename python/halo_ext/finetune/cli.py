@@ -81,12 +81,15 @@ def apply_defaults(args) -> None:
         raise UserError(f"unknown preset {args.preset!r}: choose one of {', '.join(PRESETS)}")
     if args.variants:
         args.compare = True
-    dflt = PRESET_DEFAULTS.get(args.preset if args.model is None else "100m")
+    dflt = dict(PRESET_DEFAULTS[args.preset if args.model is None else "model"])
+    if args.model is not None and args.lora:
+        dflt["lr"] = 2e-4
     for k in ("steps", "batch", "seq", "lr", "pretrain_steps", "pretrain_lr", "eval_every", "eval_batches"):
         if getattr(args, k) is None:
             setattr(args, k, dflt[k])
     if args.model is not None:
         args.pretrain_steps = 0
+        args.preset = None
     if args.lora < 0:
         raise UserError("--lora must be >= 0")
     if args.allreduce not in ("int8", "fp8", "bf16"):

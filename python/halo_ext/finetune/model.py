@@ -37,6 +37,9 @@ PRESET_DEFAULTS: Dict[str, Dict] = {
                  eval_batches=16),
     "1b": dict(batch=4, seq=2048, steps=300, pretrain_steps=100, lr=2e-4, pretrain_lr=6e-4, eval_every=100,
                eval_batches=8),
+    # --model PATH (a real checkpoint): conservative full fine-tuning defaults (--lora: lr 2e-4)
+    "model": dict(batch=4, seq=1024, steps=1000, pretrain_steps=0, lr=2e-5, pretrain_lr=0.0, eval_every=200,
+                  eval_batches=16),
 }
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
