@@ -222,3 +222,21 @@ def test_local_checkpoint_model(tmp_path, capsys, text_file):
     rep = _report(out)
     assert rep["pretrain"] is None and rep["model"]["type"] == "LlamaForCausalLM"
     assert math.isfinite(rep["variants"][0]["final_eval_loss"])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(not (HAS_HALO and halo_ext.cuda_available()), reason="needs the HALO layer with CUDA kernels")
+def test_cuda_compare_tiny(tmp_path, capsys, text_file):
+    """One GPU, bf16 weights + fp32 master weights: every variant trains and tracks bf16 on the tiny preset."""
+    out = str(tmp_path / "gpu")
+    rc, _, err = _run(["--device", "cuda", "--preset", "tiny", "--batch", "8", "--seq", "128", "--eval-batches", "4",
+                       "--no-progress", "--variants", "bf16,halo2-int8,halo0-fp8,halo1-fp8", "--steps", "20",
+                       "--pretrain-steps", "20", "--out", out], capsys)
+    assert rc == 0, err
+    rep = _report(out)
+    assert rep["config"]["dtype"] == "bfloat16" and rep["environment"]["device"] != "cpu"
+    for r in rep["variants"]:
+        assert math.isfinite(r["final_eval_loss"]) and r["tokens_per_s"] > 0 and r["peak_mem_gb"] > 0
+        if r["variant"] != "bf16":
+            assert r["halo_layers"] == 14 and r["eval_loss_rel_diff"] < 0.03
