@@ -1,39 +1,70 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build (all cores), run the test suite (GPU tests included), compute-sanitizer on
-# the kernels, and the benchmarks; logs and JSON results go under $OUT (default /tmp/halo_out).
+# the kernels, the benchmarks and the main job; logs go into $OUT/logs.tgz, bench/results/ into $OUT/results.tgz
+# (both refreshed after every step, so a call cut short still returns what it did).
 # Usage (repo root, with the wheels of ../shared/tools/gpu-wheels.sh in .whl/):  bash tools/device_run.sh [steps]
-# steps: any of build test sanitize bench-hadamard bench-quant bench-gemm (default: all, in that order)
+# Single-GPU steps: build test sanitize bench-hadamard bench-quant bench-gemm bench-linear finetune-bench
+#                   finetune-acc
+# Multi-GPU steps (torchrun over all visible GPUs): dist-test bench-allreduce bench-fsdp
+# Default: build test sanitize bench-hadamard bench-quant bench-gemm.
+# Each step's log is $LOGS/<step>.log; a failing step is reported and the next one still runs.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export MPLBACKEND=Agg
 OUT=${OUT:-/tmp/halo_out}
-mkdir -p "$OUT"
+LOGS=${LOGS:-/tmp/halo_logs}
+mkdir -p "$OUT" "$LOGS"
 steps=${*:-build test sanitize bench-hadamard bench-quant bench-gemm}
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$LOGS/gpu.txt"
+nvidia-smi topo -m >>"$LOGS/gpu.txt" 2>&1
+summary() { echo "$*" | tee -a "$LOGS/summary.txt"; }
+run_step() {  # run_step NAME TAIL_LINES CMD...: log to $LOGS/NAME.log, print the tail, record the exit status
+  local name=$1 tail_n=$2; shift 2
+  local t0=$SECONDS
+  "$@" >"$LOGS/$name.log" 2>&1
+  local rc=$?
+  tail -n "$tail_n" "$LOGS/$name.log"
+  summary "step $name rc=$rc $((SECONDS - t0))s"
+  return $rc
+}
 for step in $steps; do
   echo "=== $step $(date +%T)"
   case $step in
     build)
-      MAX_JOBS=$(nproc) HALO_CUDA=ON python3 -m pip install --no-index --no-deps --no-build-isolation -e . \
-        >"$OUT/build.log" 2>&1 || { tail -60 "$OUT/build.log"; exit 1; }
-      grep -E "halo-ext:|warning" "$OUT/build.log" | grep -v "^Requirement" | head -20
-      python3 -c "import halo_ext, json; print(json.dumps(halo_ext.capabilities()))" | tee "$OUT/caps.json" ;;
+      run_step build 3 env MAX_JOBS=$(nproc) HALO_CUDA=ON python3 -m pip install --no-index --no-deps \
+        --no-build-isolation -e . || { tail -60 "$LOGS/build.log"; break; }
+      python3 -c "import halo_ext, json; print(json.dumps(halo_ext.capabilities()))" | tee "$LOGS/caps.json" ;;
     test)
-      python3 -m pytest tests -q -p no:cacheprovider --maxfail=25 2>&1 | grep -E "^(FAILED|ERROR)|passed|failed|Error|assert" | head -60 | tee "$OUT/pytest.log" ;;
+      run_step test 0 python3 -m pytest tests -q -p no:cacheprovider --maxfail=40 --timeout=900
+      grep -E "^(FAILED|ERROR)|passed|failed|Error" "$LOGS/test.log" | tail -40 ;;
     sanitize)
-      python3 tools/sanitize_smoke.py 2>&1 | tail -5
+      python3 tools/sanitize_smoke.py 2>&1 | tail -3
       for tool in memcheck racecheck; do
-        compute-sanitizer --tool $tool --error-exitcode 9 python3 tools/sanitize_smoke.py >"$OUT/sanitize_$tool.log" 2>&1
-        echo "compute-sanitizer $tool rc=$? $(tail -1 "$OUT/sanitize_$tool.log")"
+        compute-sanitizer --tool $tool --error-exitcode 9 python3 tools/sanitize_smoke.py >"$LOGS/sanitize_$tool.log" 2>&1
+        summary "compute-sanitizer $tool rc=$? $(tail -1 "$LOGS/sanitize_$tool.log")"
       done ;;
-    bench-hadamard) python3 bench/hadamard_bench.py 2>&1 | tail -24 ;;
-    bench-quant) python3 bench/quant_bench.py 2>&1 | tail -34 ;;
-    bench-gemm) for d in int8 fp8 bf16; do python3 bench/gemm_bench.py --dtype $d 2>&1 | tail -40; done ;;
+    bench-hadamard) run_step bench-hadamard 24 python3 bench/hadamard_bench.py ;;
+    bench-quant) run_step bench-quant 34 python3 bench/quant_bench.py ;;
+    bench-gemm) for d in int8 fp8 bf16; do run_step bench-gemm-$d 40 python3 bench/gemm_bench.py --dtype $d; done ;;
+    bench-linear) run_step bench-linear 90 python3 bench/linear_bench.py --breakdown ;;
+    finetune-bench) run_step finetune-bench 40 python3 bench/finetune_bench.py ;;
+    finetune-acc)
+      run_step finetune-acc 30 python3 -m halo_ext.finetune --preset 100m --compare \
+        --variants bf16,halo2-int8,halo0-fp8,halo0-int8 --steps 1000 --device cuda \
+        --out /tmp/halo_ft --results bench/results/finetune.json
+      cp /tmp/halo_ft/*.png "$OUT/" 2>/dev/null ;;
+    dist-test)
+      run_step dist-test 40 torchrun --nproc_per_node="$NGPU" tests/dist/allreduce_gpu_check.py ;;
+    bench-allreduce) run_step bench-allreduce 50 torchrun --nproc_per_node="$NGPU" bench/allreduce_bench.py ;;
+    bench-fsdp) run_step bench-fsdp 40 torchrun --nproc_per_node="$NGPU" bench/fsdp_bench.py ;;
+    *) summary "unknown step $step" ;;
   esac
-  cp bench/results/*.json "$OUT/" 2>/dev/null
+  tar czf "$OUT/results.tgz" bench/results 2>/dev/null; tar czf "$OUT/logs.tgz" -C "$LOGS" . 2>/dev/null
 done
-cp bench/results/*.json "$OUT/" 2>/dev/null
+echo "=== summary"; cat "$LOGS/summary.txt" 2>/dev/null
 echo "=== done $(date +%T)"

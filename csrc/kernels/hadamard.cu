@@ -10,13 +10,14 @@ namespace halo {
 namespace detail {
 namespace {
 
-/*! \brief Epilogue that writes the transform in the input dtype (signs after the transform, RNE rounding). */
+/*! \brief Epilogue that writes scale * transform (times the signs after) in the input dtype, RNE rounding. */
 template <typename T>
 struct StoreEpilogue {
   static constexpr int kVec = Vec<T>::kVec;
   struct Params {
     void* out = nullptr;
     int64_t out_stride = 0, n = 0;
+    float scale = 1.f;
     const float* post_signs = nullptr;  //!< [cols] or nullptr
   };
   struct Group {
@@ -34,11 +35,13 @@ struct StoreEpilogue {
   __device__ void put(const Group& g, uint32_t col, float* v) const {
     if (!g.valid) return;
     if (g.signs != nullptr) mul_signs<kVec>(g.signs + col, v);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) v[j] *= p.scale;
     stg16(g.out + col, Vec<T>::pack(v));
   }
   __device__ void put1(const Group& g, uint32_t col, float v) const {
     if (g.signs != nullptr) v *= g.signs[col];
-    Vec<T>::store1(g.out, col, v);
+    Vec<T>::store1(g.out, col, v * p.scale);
   }
   __device__ void tile_done(bool) {}
   __device__ void finish() {}
@@ -47,10 +50,13 @@ struct StoreEpilogue {
 template <typename T>
 cudaError_t transform_typed(const HadamardArgs& a, int log2p, void* out, int64_t out_stride, cudaStream_t stream) {
   typename StoreEpilogue<T>::Params ep;
-  ep.out = out, ep.out_stride = out_stride, ep.n = a.n;
+  ep.out = out, ep.out_stride = out_stride, ep.n = a.n, ep.scale = a.scale;
   ep.post_signs = a.signs_after ? a.signs : nullptr;
   const int vec = Vec<T>::kVec;
   const bool out_ok = aligned(out, 16) && out_stride % vec == 0;
+  int nst = 0;
+  if (a.dense_m > 1 && out_ok && dense_fast_ok<T>(a, log2p, &nst))
+    return launch_dense<T, StoreEpilogue<T>>(a, log2p, nst, ep, 1 << 30, stream);
   if (out_ok && pow2_fast_ok(a, sizeof(T))) {
     return dispatch_log2(log2p, [&](auto P) {
       return launch_pow2<T, decltype(P)::value, StoreEpilogue<T>>(a, false, 0, ep, 0, 1 << 30, stream);

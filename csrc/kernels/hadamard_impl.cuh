@@ -1,6 +1,7 @@
 /*!
  * \file hadamard_impl.cuh
- * \brief Internal Hadamard transform kernels shared by hadamard.cu and hadamard_quantize.cu.
+ * \brief Internal Hadamard transform kernels shared by hadamard.cu and hadamard_quantize.cu. Design, byte counts
+ * and H100 numbers: notes/hadamard_kernels.md.
  *
  * Power-of-two transform (pow2_kernel). A CTA owns a tile of 2^TB elements = G = 2^(TB-P) groups of n = 2^P.
  * Tile element index bits [0, P) address the element in its group, bits [P, TB) the group. Each thread holds
@@ -14,10 +15,16 @@
  *  - F: owns the vector bits [0, VBITS) and the top ELOG-VBITS bits of the group: consecutive threads own
  *       consecutive 16-byte packets, so the epilogue writes coalesced 16-byte vectors.
  *  For n <= E a single pass does everything (no float32 buffer).
- * The kernel is persistent (grid = resident CTAs) and prefetches the next tile with cp.async while it works on the
- * current one. The epilogue (store, absmax, quantize) is a template policy.
+ * The kernel is persistent (grid = resident CTAs) and prefetches the next tiles with cp.async while it works on the
+ * current one. The epilogue (store, absmax, quantize) is a template policy and applies HadamardArgs::scale.
+ *
+ * Dense factor (dense_kernel, 16-bit inputs, 32 <= 2^p <= 1024): Z = L X on tensor cores (mma.sync, exact
+ * operands, float32 accumulation), then the Sylvester transform along the rows of Z with the same pass plans.
+ *
+ * Everything else (float32 dense, 2^p < 32, misaligned tensors, >= 2^31 groups): generic_kernel, one CTA per group.
  */
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -168,7 +175,6 @@ struct Pow2Params {
   const void* x = nullptr;
   int64_t x_stride = 0;          //!< elements between rows of x
   int64_t n = 0;                 //!< group length 2^P
-  float scale = 1.f;             //!< multiplies the result
   const float* pre_signs = nullptr;  //!< [cols] signs applied to x before the transform, or nullptr
   uint32_t num_groups = 0;       //!< rows * cols / n (< 2^31)
   uint32_t num_tiles = 0;        //!< ceil(num_groups / groups per tile), rounded up to a multiple of 2^sub_log
@@ -289,7 +295,7 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
     }
     if constexpr (!Plan::kSingle) __syncthreads();  // staged tile visible to all; float32 buffer free
 
-    // ---- pass A: input -> registers, pre-multiplier (signs, scale), lowest butterflies
+    // ---- pass A: input -> registers, signs, lowest butterflies
     float v[E];
 #pragma unroll
     for (int s = 0; s < (E >> kSlotA); ++s) {
@@ -323,10 +329,6 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
           }
         }
       }
-    }
-    if (prm.scale != 1.f) {
-#pragma unroll
-      for (int r = 0; r < E; ++r) v[r] *= prm.scale;
     }
     butterflies<kOwnA, Plan::kNewA>(v);
 
@@ -370,6 +372,261 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
 }
 
 // ------------------------------------------------------------------------------------------------------------------
+// Dense-factor kernel (tensor cores)
+// ------------------------------------------------------------------------------------------------------------------
+
+/*! \brief mma.sync m16n8k16 with float32 accumulation; T selects bf16 or f16 operands. */
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+/*! \brief ldmatrix x4 with transpose: B fragments (k16 x n16) of a row-major [k][n] 16-bit matrix. */
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+}
+
+/*!
+ * \brief Dense-factor kernel configuration for 16-bit T and 2^P columns per dense row (n = m * 2^P, 5 <= P <= 10).
+ * The row transform after the dense product uses Pow2Plan<P, 5, 3, 13>: sub-tiles of 2^(13-P) rows, 32 values a
+ * thread, 256 threads.
+ */
+template <typename T, int P>
+struct DenseConfig {
+  static_assert(P >= 5 && P <= 10, "dense kernel: 32 <= 2^p <= 1024");
+  static constexpr int kThreads = 256, kWarps = 8;
+  using Plan = Pow2Plan<P, 5, 3, 13>;
+  static_assert(Plan::kThreads == kThreads, "row plan must use every thread");
+  static constexpr int kSubRows = 1 << (13 - P);   //!< rows of a row-transform sub-tile
+  static constexpr int kPitch = (1 << P) * 2 + 16;  //!< staging row pitch in bytes (ldmatrix conflict-free)
+  /*! \brief Shared memory layout for dense order m and NST staging buffers. */
+  struct Layout {
+    int m_pad, rows_alloc;  //!< rows of the product (multiple of 16) and of the float32 buffer (whole sub-tiles)
+    size_t l_bytes, stage_bytes, f_bytes, total;
+    Layout(int m, int nst) {
+      m_pad = (m + 15) / 16 * 16;
+      const int sub = (m + kSubRows - 1) / kSubRows * kSubRows;
+      rows_alloc = sub > m_pad ? sub : m_pad;
+      l_bytes = size_t(m_pad) * m_pad;
+      stage_bytes = size_t(m_pad) * kPitch;
+      f_bytes = ((size_t(fpad(uint32_t(rows_alloc) << P) - 1) + 4) & ~size_t(3)) * 4 + 16;
+      total = l_bytes + nst * stage_bytes + f_bytes;
+    }
+  };
+};
+
+/*! \brief Parameters of dense_kernel. */
+struct DenseParams {
+  const void* x = nullptr;
+  int64_t x_stride = 0, n = 0;
+  int m = 0, m_pad = 0;
+  const int8_t* dense_left = nullptr;  //!< [m, m] row-major +-1
+  const float* pre_signs = nullptr;
+  uint32_t num_groups = 0;
+  FastDivmod gpr;                      //!< groups per row
+  uint32_t l_bytes = 0, stage_bytes = 0;  //!< shared memory layout (see DenseConfig::Layout)
+  int nst = 1;                         //!< staging buffers: 2 (next group in flight during the whole tile) or 1
+};
+
+/*!
+ * \brief Y = L X S for groups viewed as X [m, 2^P], 16-bit input, one group a CTA iteration (persistent):
+ *  1. cp.async the group into a staging buffer [m_pad][2^P] (rows >= m are zero, set once); signs applied in place;
+ *  2. Z = L X on tensor cores: L is exact in bf16/f16 and so is the input, so one m16n8k16 MMA per 16x8x16 block
+ *     with float32 accumulation gives Z to float32 accuracy. L is packed once per CTA in shared memory as int8 in
+ *     A-fragment order (8 bytes a lane and 16x16 tile, turned into bf16/f16 +-1 with 2 byte-permutes and 2 ands);
+ *     B fragments come from the staging buffer by ldmatrix.trans. Warp tiles of 32 rows x 32 columns go to F;
+ *  3. the Sylvester transform along the rows of Z with the pass plan of the power-of-two kernel, then the epilogue
+ *     (same interface as pow2_kernel's).
+ */
+template <typename T, int P, class Epi>
+__global__ void __launch_bounds__(256, 1) dense_kernel(const __grid_constant__ DenseParams prm,
+                                                    const __grid_constant__ typename Epi::Params ep) {
+  using Cfg = DenseConfig<T, P>;
+  using Plan = typename Cfg::Plan;
+  constexpr int E = Plan::kE, VEC = Plan::kVec;
+  constexpr uint32_t kOwnA = Plan::kOwnA, kOwnF = Plan::kOwnF, kMask = Plan::kGroupMask;
+  constexpr int kSlotA = popcount(kOwnA & kMask) > 3 ? popcount(kOwnA & kMask) : 3;
+  constexpr int kSlotF = popcount(kOwnF & kMask) > 3 ? popcount(kOwnF & kMask) : 3;
+  constexpr int kChunksPerRow = (1 << P) / 8;
+  constexpr uint32_t kOne = std::is_same_v<T, __nv_bfloat16> ? 0x3F803F80u : 0x3C003C00u;
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  unsigned char* lpack = smem;
+  unsigned char* stage = smem + prm.l_bytes;
+  float* fbuf = reinterpret_cast<float*>(stage + prm.nst * prm.stage_bytes);
+  Epi epi(ep, nullptr);
+  epi.init();
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int m = prm.m, mt_count = prm.m_pad / 16;
+  const T* x = static_cast<const T*>(prm.x);
+
+  // ---- once per CTA: L in A-fragment order, zero padding rows of every staging buffer
+  for (int e = tid; e < mt_count * mt_count * 32; e += Cfg::kThreads) {
+    const int l = e & 31, kt = (e >> 5) % mt_count, mt = (e >> 5) / mt_count;
+    const int g = l >> 2, t = l & 3;
+    uint8_t b[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int row = mt * 16 + g + ((j >> 1) & 1) * 8, col = kt * 16 + 2 * t + (j & 1) + (j >> 2) * 8;
+      b[j] = row < m && col < m ? static_cast<uint8_t>(__ldg(prm.dense_left + row * m + col)) : 0u;
+    }
+    *reinterpret_cast<uint2*>(lpack + size_t(e) * 8) =
+        make_uint2(b[0] | (b[1] << 8) | (b[2] << 16) | (uint32_t(b[3]) << 24),
+                   b[4] | (b[5] << 8) | (b[6] << 16) | (uint32_t(b[7]) << 24));
+  }
+  for (int st = 0; st < prm.nst; ++st)
+    for (int e = m * (Cfg::kPitch / 16) + tid; e < prm.m_pad * (Cfg::kPitch / 16); e += Cfg::kThreads)
+      *reinterpret_cast<uint4*>(stage + st * prm.stage_bytes + size_t(e) * 16) = make_uint4(0u, 0u, 0u, 0u);
+
+  auto src = [&](uint32_t g) {
+    uint32_t row, gcol;
+    prm.gpr.divmod(g, row, gcol);
+    return x + int64_t(row) * prm.x_stride + int64_t(gcol) * prm.n;
+  };
+  const int chunks = m * kChunksPerRow;
+  auto issue_copy = [&](uint32_t g, int st) {
+    const T* gp = src(g);
+    unsigned char* sb = stage + st * prm.stage_bytes;
+    for (int c = tid; c < chunks; c += Cfg::kThreads)
+      cp_async16(sb + (c / kChunksPerRow) * Cfg::kPitch + (c % kChunksPerRow) * 16, gp + c * 8);
+  };
+
+  if (blockIdx.x < prm.num_groups) issue_copy(blockIdx.x, 0);
+  cp_async_commit();
+  int st = 0;
+  for (uint32_t g = blockIdx.x; g < prm.num_groups; g += gridDim.x) {
+    const uint32_t next = g + gridDim.x;
+    if (prm.nst == 2) {
+      if (next < prm.num_groups) issue_copy(next, st ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    unsigned char* sb = stage + st * prm.stage_bytes;
+    uint32_t row, gcol;
+    prm.gpr.divmod(g, row, gcol);
+    if (prm.pre_signs != nullptr) {  // this thread's own chunks are complete: flip their signs in place
+      const float* sg = prm.pre_signs + int64_t(gcol) * prm.n;
+      for (int c = tid; c < chunks; c += Cfg::kThreads) {
+        uint4* pk = reinterpret_cast<uint4*>(sb + (c / kChunksPerRow) * Cfg::kPitch + (c % kChunksPerRow) * 16);
+        const float4 s0 = __ldg(reinterpret_cast<const float4*>(sg + c * 8));
+        const float4 s1 = __ldg(reinterpret_cast<const float4*>(sg + c * 8 + 4));
+        auto mask = [](float lo, float hi) {
+          return ((__float_as_uint(lo) >> 16) & 0x8000u) | (__float_as_uint(hi) & 0x80000000u);
+        };
+        uint4 u = *pk;
+        u.x ^= mask(s0.x, s0.y), u.y ^= mask(s0.z, s0.w), u.z ^= mask(s1.x, s1.y), u.w ^= mask(s1.z, s1.w);
+        *pk = u;
+      }
+    }
+    __syncthreads();  // staged group visible; F free
+
+    // ---- Z = L X: warp tiles of 2 m-tiles x 4 n-tiles
+    const int mblocks = (mt_count + 1) / 2, items = mblocks * ((1 << P) / 32);
+    for (int it = warp; it < items; it += Cfg::kWarps) {
+      const int mb = it % mblocks, nb = it / mblocks;
+      const bool two = 2 * mb + 1 < mt_count;
+      float acc[2][4][4];
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
+      for (int kt = 0; kt < mt_count; ++kt) {
+        uint32_t a[2][4];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const uint2 w = *reinterpret_cast<const uint2*>(
+              lpack + (size_t((2 * mb + (two ? i : 0)) * mt_count + kt) * 32 + lane) * 8);
+          a[i][0] = (__byte_perm(w.x, 0u, 0x1404) & 0x80008000u) | kOne;
+          a[i][1] = (__byte_perm(w.x, 0u, 0x3424) & 0x80008000u) | kOne;
+          a[i][2] = (__byte_perm(w.y, 0u, 0x1404) & 0x80008000u) | kOne;
+          a[i][3] = (__byte_perm(w.y, 0u, 0x3424) & 0x80008000u) | kOne;
+        }
+        uint32_t b[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int q = lane >> 3, r = lane & 7;
+          ldmatrix_x4_trans(b[j], sb + (kt * 16 + (q & 1) * 8 + r) * Cfg::kPitch + (nb * 32 + j * 16 + (q >> 1) * 8) * 2);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          mma16816<T>(acc[0][j], a[0], b[j >> 1][(j & 1) * 2], b[j >> 1][(j & 1) * 2 + 1]);
+          if (two) mma16816<T>(acc[1][j], a[1], b[j >> 1][(j & 1) * 2], b[j >> 1][(j & 1) * 2 + 1]);
+        }
+      }
+      const int g8 = lane >> 2, t2 = (lane & 3) * 2;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        if (i == 1 && !two) break;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const uint32_t r0 = (2 * mb + i) * 16 + g8, c = nb * 32 + j * 8 + t2;
+          *reinterpret_cast<float2*>(fbuf + fpad((r0 << P) + c)) = make_float2(acc[i][j][0], acc[i][j][1]);
+          *reinterpret_cast<float2*>(fbuf + fpad(((r0 + 8) << P) + c)) = make_float2(acc[i][j][2], acc[i][j][3]);
+        }
+      }
+    }
+    __syncthreads();  // Z complete; the staging buffer is free
+    if (prm.nst == 1) {
+      if (next < prm.num_groups) issue_copy(next, 0);
+      cp_async_commit();
+    }
+
+    // ---- Sylvester transform along the rows of Z, sub-tile by sub-tile, then the epilogue
+    const uint32_t offA = deposit_rt<Plan::kTileMask & ~kOwnA>(tid), offF = deposit_rt<Plan::kTileMask & ~kOwnF>(tid);
+    for (int s0 = 0; s0 < m; s0 += Cfg::kSubRows) {
+      const uint32_t fb0 = fpad(uint32_t(s0) << P);
+      float v[E];
+      load_fbuf<kOwnA>(fbuf, fb0 + fpad(offA), v);
+      butterflies<kOwnA, Plan::kNewA>(v);
+      if constexpr (!Plan::kSingle) {
+        store_fbuf<kOwnA>(fbuf, fb0 + fpad(offA), v);
+        __syncthreads();
+        if constexpr (Plan::kHasM) {
+          const uint32_t offM = fb0 + fpad(deposit_rt<Plan::kTileMask & ~Plan::kOwnM>(tid));
+          load_fbuf<Plan::kOwnM>(fbuf, offM, v);
+          butterflies<Plan::kOwnM, Plan::kNewM>(v);
+          store_fbuf<Plan::kOwnM>(fbuf, offM, v);
+          __syncthreads();
+        }
+        load_fbuf<kOwnF>(fbuf, fb0 + fpad(offF), v);
+        butterflies<kOwnF, Plan::kNewF>(v);
+      }
+#pragma unroll
+      for (int sl = 0; sl < (E >> kSlotF); ++sl) {
+        const uint32_t o0 = offF + deposit(uint32_t(sl) << kSlotF, kOwnF);
+        const int j = s0 + int(o0 >> P);  // row of Z
+        const typename Epi::Group grp = epi.group(row, gcol, 0, j < m);
+#pragma unroll
+        for (int r = 0; r < (1 << kSlotF); r += VEC)
+          epi.put(grp, (uint32_t(j) << P) + ((o0 + deposit(uint32_t(r), kOwnF)) & kMask), &v[(sl << kSlotF) + r]);
+      }
+    }
+    epi.tile_done(false);
+    if (prm.nst == 2) st ^= 1;
+  }
+  cp_async_wait<0>();
+  epi.finish();
+}
+
+// ------------------------------------------------------------------------------------------------------------------
 // Generic fallback kernel: any supported n, dense factor, alignment and group count
 // ------------------------------------------------------------------------------------------------------------------
 
@@ -378,7 +635,6 @@ struct GenericParams {
   const void* x = nullptr;
   int64_t x_stride = 0, rows = 0, cols = 0, n = 0;
   int m = 1, log2p = 0;              //!< n = m * 2^log2p
-  float scale = 1.f;
   const float* pre_signs = nullptr;
   const int8_t* dense_left = nullptr;  //!< [m, m]
   int64_t num_groups = 0;
@@ -389,7 +645,7 @@ struct GenericParams {
  * \brief One CTA per group (grid-stride over groups): the group is staged in shared memory as float32, radix-2
  * butterflies with a barrier per stage, the dense factor as an m-term float32 sum per output. Slow but general:
  * used for misaligned tensors, dense factors with 2^p < 8 and other shapes the fast kernels do not take. The
- * epilogue gets one value at a time through `put1(Group, col, v)`.
+ * epilogue gets one unscaled value at a time through `put1(Group, col, v)`.
  */
 template <typename T, class Epi>
 __global__ void __launch_bounds__(512) generic_kernel(const __grid_constant__ GenericParams p,
@@ -407,7 +663,7 @@ __global__ void __launch_bounds__(512) generic_kernel(const __grid_constant__ Ge
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
       float v = Vec<T>::load1(p.x, x0 + i);
       if (p.pre_signs != nullptr) v *= p.pre_signs[gcol * p.n + i];
-      buf[i] = v * p.scale;
+      buf[i] = v;
     }
     __syncthreads();
     for (int h = 1; h < pw; h <<= 1) {
@@ -479,7 +735,7 @@ cudaError_t launch_generic(const HadamardArgs& a, int log2p, bool col_major, con
                            size_t extra_smem, int max_grid, cudaStream_t stream, int* grid_out = nullptr) {
   GenericParams p;
   p.x = a.x, p.x_stride = a.x_row_stride, p.rows = a.rows, p.cols = a.cols, p.n = a.n;
-  p.m = a.dense_m, p.log2p = log2p, p.scale = a.scale;
+  p.m = a.dense_m, p.log2p = log2p;
   p.pre_signs = a.signs_after ? nullptr : a.signs;
   p.dense_left = a.dense_left;
   p.num_groups = a.rows * (a.cols / a.n);
@@ -543,7 +799,7 @@ cudaError_t launch_pow2(const HadamardArgs& a, bool col_major, uint32_t sub_log,
   using Cfg = Pow2Config<T, P>;
   using Plan = typename Cfg::Plan;
   Pow2Params p;
-  p.x = a.x, p.x_stride = a.x_row_stride, p.n = a.n, p.scale = a.scale;
+  p.x = a.x, p.x_stride = a.x_row_stride, p.n = a.n;
   p.pre_signs = a.signs_after ? nullptr : a.signs;
   p.num_groups = static_cast<uint32_t>(a.rows * (a.cols / a.n));
   const uint32_t tiles = (p.num_groups + Plan::kGroupsPerTile - 1) / Plan::kGroupsPerTile;
@@ -562,13 +818,16 @@ cudaError_t launch_pow2(const HadamardArgs& a, bool col_major, uint32_t sub_log,
 }
 
 /*!
- * \brief Calls fn(std::integral_constant<int, P>{}) for the run-time P in [1, 15] (one instantiation each).
+ * \brief Calls fn(std::integral_constant<int, P>{}) for the run-time P in [kMinP, 15] (one instantiation each);
+ * cudaErrorInvalidValue for other P.
  */
-template <typename Fn>
+template <int kMinP = 1, typename Fn>
 cudaError_t dispatch_log2(int log2n, Fn&& fn) {
   switch (log2n) {
 #define HALO_CASE(P) \
-  case P: return fn(std::integral_constant<int, P>{});
+  case P:            \
+    if constexpr (P >= kMinP) return fn(std::integral_constant<int, P>{}); \
+    return cudaErrorInvalidValue;
     HALO_CASE(1) HALO_CASE(2) HALO_CASE(3) HALO_CASE(4) HALO_CASE(5) HALO_CASE(6) HALO_CASE(7) HALO_CASE(8)
     HALO_CASE(9) HALO_CASE(10) HALO_CASE(11) HALO_CASE(12) HALO_CASE(13) HALO_CASE(14) HALO_CASE(15)
 #undef HALO_CASE
@@ -582,6 +841,17 @@ size_t pow2_smem_bytes_rt(int log2n) {
   size_t r = 0;
   dispatch_log2(log2n, [&](auto P) {
     r = pow2_smem_bytes<T, decltype(P)::value>();
+    return cudaSuccess;
+  });
+  return r;
+}
+
+/*! \brief Groups per tile of pow2_kernel<T, P> for a run-time P in [1, 15]. */
+template <typename T>
+uint32_t pow2_groups_per_tile_rt(int log2n) {
+  uint32_t r = 0;
+  dispatch_log2(log2n, [&](auto P) {
+    r = Pow2Config<T, decltype(P)::value>::Plan::kGroupsPerTile;
     return cudaSuccess;
   });
   return r;
@@ -606,6 +876,66 @@ __device__ __forceinline__ void mul_signs(const float* s, float* v) {
     const float4 sv = __ldg(reinterpret_cast<const float4*>(s + k));
     v[k] *= sv.x, v[k + 1] *= sv.y, v[k + 2] *= sv.z, v[k + 3] *= sv.w;
   }
+}
+
+/*!
+ * \brief Whether dense_kernel takes these tensors (16-bit dtype, 32 <= 2^p <= 1024, aligned, fits on chip), and its
+ * staging depth: two buffers unless one buffer lets more CTAs share an SM (the kernel's phases are serialized,
+ * so a second resident CTA hides more than a prefetched group does). Registers (78-96 a thread) cap residency at
+ * two CTAs of 256 threads.
+ */
+template <typename T>
+bool dense_fast_ok(const HadamardArgs& a, int log2p, int* nst) {
+  if (a.dense_m < 2 || log2p < 5 || log2p > 10 || sizeof(T) != 2) return false;
+  if (!aligned(a.x, 16) || a.x_row_stride % 8 != 0 || (a.signs != nullptr && !aligned(a.signs, 16))) return false;
+  if (a.rows * (a.cols / a.n) >= (int64_t(1) << 31)) return false;
+  int limit = 0, per_sm = 0, dev = 0;
+  if (max_smem_per_cta(&limit) != cudaSuccess || cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
+    return false;
+  bool ok = false;
+  dispatch_log2(log2p, [&](auto P) {
+    if constexpr (decltype(P)::value >= 5 && decltype(P)::value <= 10) {
+      using Layout = typename DenseConfig<T, decltype(P)::value>::Layout;
+      const size_t one = Layout(a.dense_m, 1).total, two = Layout(a.dense_m, 2).total;
+      const size_t reserve = 1024;  // per-CTA shared memory the runtime keeps
+      auto ctas = [&](size_t bytes) { return std::min<size_t>(2, size_t(per_sm) / (bytes + reserve)); };
+      ok = one <= size_t(limit);
+      *nst = two <= size_t(limit) && ctas(two) >= ctas(one) ? 2 : 1;
+    }
+    return cudaSuccess;
+  });
+  return ok;
+}
+
+/*! \brief Launches dense_kernel<T, P> (P = log2p in [5, 10]) over all groups of `a`; see dense_fast_ok. */
+template <typename T, class Epi>
+cudaError_t launch_dense(const HadamardArgs& a, int log2p, int nst, const typename Epi::Params& ep, int max_grid,
+                         cudaStream_t stream, int* grid_out = nullptr) {
+  return dispatch_log2(log2p, [&](auto Pc) -> cudaError_t {
+    constexpr int P = decltype(Pc)::value;
+    if constexpr (P < 5 || P > 10 || sizeof(T) != 2) {
+      return cudaErrorInvalidValue;
+    } else {
+      using Cfg = DenseConfig<T, P>;
+      const typename Cfg::Layout lay(a.dense_m, nst);
+      DenseParams p;
+      p.x = a.x, p.x_stride = a.x_row_stride, p.n = a.n, p.m = a.dense_m, p.m_pad = lay.m_pad;
+      p.dense_left = a.dense_left;
+      p.pre_signs = a.signs_after ? nullptr : a.signs;
+      p.num_groups = static_cast<uint32_t>(a.rows * (a.cols / a.n));
+      p.gpr = FastDivmod(static_cast<uint32_t>(a.cols / a.n));
+      p.l_bytes = static_cast<uint32_t>(lay.l_bytes), p.stage_bytes = static_cast<uint32_t>(lay.stage_bytes);
+      p.nst = nst;
+      auto kernel = dense_kernel<T, P, Epi>;
+      int grid = 0;
+      HALO_RETURN_IF_ERROR(persistent_grid(kernel, Cfg::kThreads, lay.total, p.num_groups, &grid));
+      if (grid > max_grid) grid = max_grid;
+      if (grid_out != nullptr) *grid_out = grid;
+      kernel<<<grid, Cfg::kThreads, lay.total, stream>>>(p, ep);
+      return cudaPeekAtLastError();
+    }
+  });
 }
 
 }  // namespace halo::detail

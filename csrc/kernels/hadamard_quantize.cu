@@ -24,6 +24,8 @@ constexpr int kMaxPartials = 1024;
 constexpr int kBlockRows = 32;     //!< rows of a transposed block: 32-byte runs of qt
 constexpr int kMaxTransN = 2048;   //!< largest n whose transposed output pass 2 writes itself
 constexpr size_t kPartialBytes = kMaxPartials * sizeof(float);
+/*! \brief Smallest log2(n) the fused power-of-two path is instantiated for (n <= 16 takes the generic kernel). */
+constexpr int kMinFusedP = 5;
 
 /*! \brief What a run of the fused kernel does. */
 enum class HqMode : int {
@@ -40,11 +42,12 @@ struct HqParams {
   uint8_t* q = nullptr;       //!< [rows, cols] codes, or nullptr
   uint8_t* qt = nullptr;      //!< [cols, rows] codes (kQuantTrans, or the generic kernel), or nullptr
   int64_t rows = 0, cols = 0, n = 0;
+  float scale = 1.f;          //!< HadamardArgs::scale
   uint32_t sup_rows = 0;      //!< kQuantTrans: rows of the shared-memory code buffer (a supertile)
   const float* post_signs = nullptr;
   const float* amax = nullptr;  //!< pass 2: partial maxima (amax_count > 0) or amax_in (amax_count == 0)
   int amax_count = 0;
-  float* scale = nullptr;     //!< [1], written by CTA 0 in pass 2
+  float* scale_out = nullptr;  //!< [1], written by CTA 0 in pass 2
 };
 
 /*! \brief 4 codes of v * inv for a run-time 8-bit dtype (uniform branch). */
@@ -59,7 +62,9 @@ __device__ __forceinline__ uint32_t quant4_rt(DType q, const float* v, float inv
 /*!
  * \brief Epilogue of both passes, mode and code dtype chosen at run time (one kernel instantiation per transform
  * configuration instead of seven; the branches are uniform and cost a few instructions per 16-byte packet).
- * kAmax: running absmax per thread, CTA maximum to partials[blockIdx.x]. kQuant: codes of y * inv to q.
+ * It gets u = H x unscaled; y = scale * u. kAmax: running max |u| per thread, CTA maximum times |scale| to
+ * partials[blockIdx.x] (exactly max |fl(scale * u)|, rounding being monotonic), so pass 1 spends no multiply per
+ * element. kQuant: codes of u * (scale * inv) to q (one multiply per element; within an ulp of y * inv).
  * kQuantTrans: codes also collect in shared memory, [sup_rows][n] bytes then uint32 row and group column per
  * buffer row, for a supertile of sup_rows rows of one group column (kBlockRows-row blocks); they go to qt as
  * 32-byte runs when the supertile is complete.
@@ -75,8 +80,8 @@ struct HqEpilogue {
     bool valid;
   };
   Params p;
-  float inv = 0.f;  //!< pass 2
-  float m = 0.f;    //!< pass 1
+  float mult = 0.f;  //!< pass 2: scale * inv
+  float m = 0.f;     //!< pass 1
   unsigned char* buf;
 
   /*! \brief Shared memory of kQuantTrans for sup_rows rows of n codes. */
@@ -88,8 +93,8 @@ struct HqEpilogue {
     __shared__ float red[32];
     const float amax = p.amax_count > 0 ? reduce_partials(p.amax, p.amax_count, red) : __ldg(p.amax);
     const QuantScale qs(amax, qmax_dev(p.qdtype));
-    inv = qs.inv;
-    if (blockIdx.x == 0 && threadIdx.x == 0) *p.scale = qs.scale;
+    mult = __fmul_rn(p.scale, qs.inv);
+    if (blockIdx.x == 0 && threadIdx.x == 0) *p.scale_out = qs.scale;
   }
   __device__ Group group(int64_t row, int64_t gcol, uint32_t srow, bool valid) const {
     if (p.mode == HqMode::kQuantTrans) {
@@ -109,11 +114,11 @@ struct HqEpilogue {
     }
     if (g.signs != nullptr) mul_signs<VEC>(g.signs + col, v);
     if constexpr (VEC == 8) {
-      const uint2 c = make_uint2(quant4_rt(p.qdtype, v, inv), quant4_rt(p.qdtype, v + 4, inv));
+      const uint2 c = make_uint2(quant4_rt(p.qdtype, v, mult), quant4_rt(p.qdtype, v + 4, mult));
       if (g.q != nullptr) *reinterpret_cast<uint2*>(g.q + col) = c;
       if (p.mode == HqMode::kQuantTrans) *reinterpret_cast<uint2*>(buf + g.srow * p.n + col) = c;
     } else {
-      const uint32_t c = quant4_rt(p.qdtype, v, inv);
+      const uint32_t c = quant4_rt(p.qdtype, v, mult);
       if (g.q != nullptr) *reinterpret_cast<uint32_t*>(g.q + col) = c;
       if (p.mode == HqMode::kQuantTrans) *reinterpret_cast<uint32_t*>(buf + g.srow * p.n + col) = c;
     }
@@ -126,7 +131,7 @@ struct HqEpilogue {
     }
     if (g.signs != nullptr) v *= g.signs[col];
     float w[4] = {v, 0.f, 0.f, 0.f};
-    const uint8_t c = static_cast<uint8_t>(quant4_rt(p.qdtype, w, inv) & 0xffu);
+    const uint8_t c = static_cast<uint8_t>(quant4_rt(p.qdtype, w, mult) & 0xffu);
     if (g.q != nullptr) g.q[col] = c;
     if (p.qt != nullptr) p.qt[(g.gcol * p.n + col) * p.rows + g.row] = c;
   }
@@ -140,7 +145,7 @@ struct HqEpilogue {
     if (p.mode != HqMode::kAmax) return;
     __shared__ float red[32];
     const float b = block_max(m, red);
-    if (threadIdx.x == 0) p.partials[blockIdx.x] = b;
+    if (threadIdx.x == 0) p.partials[blockIdx.x] = __fmul_rn(fabsf(p.scale), b);
   }
 
  private:
@@ -238,7 +243,8 @@ __global__ void __launch_bounds__(256) transpose_kernel(const uint8_t* q, uint8_
 
 /*! \brief How hadamard_quantize runs for given arguments (also sizes the workspace). */
 struct Route {
-  bool fast = false;       //!< power-of-two kernel (else generic kernel)
+  bool fast = false;       //!< power-of-two kernel or dense kernel (else generic kernel)
+  int dense_nst = 0;       //!< > 0: dense kernel with this many staging buffers
   bool trans = false;      //!< pass 2 writes qt itself from shared memory
   bool transpose = false;  //!< qt by transpose_kernel from q (or from the workspace)
   bool q_in_ws = false;    //!< q lives in the workspace (caller wants qt only)
@@ -251,11 +257,16 @@ Route plan_route(const HadamardQuantArgs& a, int log2p) {
   constexpr int V = Vec<T>::kVec, VB = Vec<T>::kVecBits;
   const HadamardArgs& h = a.had;
   Route r;
-  r.fast = pow2_fast_ok(h, sizeof(T)) && (a.q == nullptr || aligned(a.q, V));
+  const bool q_ok = a.q == nullptr || aligned(a.q, V);
+  if (h.dense_m > 1) {
+    r.fast = q_ok && dense_fast_ok<T>(h, log2p, &r.dense_nst);
+    if (!r.fast) r.dense_nst = 0;
+  } else {
+    r.fast = q_ok && log2p >= kMinFusedP && pow2_fast_ok(h, sizeof(T));
+  }
   if (a.qt == nullptr) return r;
-  if (r.fast && log2p >= VB && h.n <= kMaxTransN && h.rows % kBlockRows == 0 && aligned(a.qt, 16)) {
-    const int tile_log = log2p > 14 ? log2p : 14;  // Pow2Config<T, P>::kTB
-    const uint32_t g = 1u << (tile_log - log2p);
+  if (r.fast && r.dense_nst == 0 && log2p >= VB && h.n <= kMaxTransN && h.rows % kBlockRows == 0 && aligned(a.qt, 16)) {
+    const uint32_t g = pow2_groups_per_tile_rt<T>(log2p);
     r.sup_rows = g > uint32_t(kBlockRows) ? g : uint32_t(kBlockRows);
     while ((uint32_t(1) << r.sub_log) * g < r.sup_rows) ++r.sub_log;
     int limit = 0;
@@ -281,10 +292,12 @@ cudaError_t hq_typed(const HadamardQuantArgs& a, int log2p, void* workspace, cud
   p.q = static_cast<uint8_t*>(route.q_in_ws ? static_cast<unsigned char*>(workspace) + kPartialBytes : a.q);
   p.rows = h.rows, p.cols = h.cols, p.n = h.n;
   p.post_signs = h.signs_after ? h.signs : nullptr;
-  p.scale = a.scale;
+  p.scale = h.scale;
+  p.scale_out = a.scale;
   auto run = [&](bool col_major, uint32_t sub_log, size_t epi_smem, int max_grid, int* grid) {
     if (!route.fast) return launch_generic<T, Epi>(h, log2p, false, p, 0, max_grid, stream, grid);
-    return dispatch_log2(log2p, [&](auto P) {
+    if (route.dense_nst > 0) return launch_dense<T, Epi>(h, log2p, route.dense_nst, p, max_grid, stream, grid);
+    return dispatch_log2<kMinFusedP>(log2p, [&](auto P) {
       return launch_pow2<T, decltype(P)::value, Epi>(h, col_major, sub_log, p, epi_smem, max_grid, stream, grid);
     });
   };

@@ -128,41 +128,39 @@ struct QuantScale {
 };
 
 /*!
- * \brief One 8-bit code: v = x * inv, clamped to [-qmax, qmax] with the CPU's comparison order (NaN passes the
- * clamp as on the CPU), then int8: round half to even; fp8: RNE conversion.
+ * \brief One 8-bit code of x * inv by the rule of hadamard.h, equal to the CPU reference's result:
+ *  - int8: s = x * inv (one float32 multiply), rint(s) by cvt.rni (round half to even, saturating, NaN -> 0 like
+ *    the x86 conversion the CPU ends with), then clamped to [-127, 127] as an integer: identical to rounding the
+ *    clamped value, since the bounds are integers;
+ *  - fp8: the satfinite RNE conversion of s: saturating to the largest finite value (= qmax for e4m3fn and e5m2)
+ *    is the CPU's clamp followed by its RNE conversion; NaN stays NaN.
  */
 template <DType Q>
 __device__ __forceinline__ uint32_t quant_code(float x, float inv) {
-  constexpr float m = qmax_dev(Q);
-  float s = __fmul_rn(x, inv);
-  s = s < -m ? -m : s;
-  s = m < s ? m : s;
+  const float s = __fmul_rn(x, inv);
   if constexpr (Q == DType::kInt8) {
-    return static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(__float2int_rn(s))));
+    const int r = max(min(__float2int_rn(s), 127), -127);
+    return static_cast<uint32_t>(r) & 0xffu;
   } else {
     return static_cast<uint32_t>(
         __nv_cvt_float_to_fp8(s, __NV_SATFINITE, Q == DType::kFloat8E4M3 ? __NV_E4M3 : __NV_E5M2));
   }
 }
 
-/*! \brief Quantizes 4 values into one little-endian 32-bit word of 8-bit codes (fp8: paired conversions). */
+/*! \brief Codes of 4 values as one little-endian word (int8: byte permutes; fp8: paired conversions). */
 template <DType Q>
 __device__ __forceinline__ uint32_t quant4(const float* v, float inv) {
   if constexpr (Q == DType::kInt8) {
-    return quant_code<Q>(v[0], inv) | (quant_code<Q>(v[1], inv) << 8) | (quant_code<Q>(v[2], inv) << 16) |
-           (quant_code<Q>(v[3], inv) << 24);
-  } else {
-    constexpr float m = qmax_dev(Q);
-    float s[4];
+    int r[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      s[j] = __fmul_rn(v[j], inv);
-      s[j] = s[j] < -m ? -m : s[j];
-      s[j] = m < s[j] ? m : s[j];
-    }
+    for (int j = 0; j < 4; ++j) r[j] = max(min(__float2int_rn(__fmul_rn(v[j], inv)), 127), -127);
+    return __byte_perm(__byte_perm(r[0], r[1], 0x0040), __byte_perm(r[2], r[3], 0x0040), 0x5410);
+  } else {
     constexpr __nv_fp8_interpretation_t kind = Q == DType::kFloat8E4M3 ? __NV_E4M3 : __NV_E5M2;
-    const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(s[0], s[1]), __NV_SATFINITE, kind);
-    const uint32_t hi = __nv_cvt_float2_to_fp8x2(make_float2(s[2], s[3]), __NV_SATFINITE, kind);
+    const uint32_t lo =
+        __nv_cvt_float2_to_fp8x2(make_float2(__fmul_rn(v[0], inv), __fmul_rn(v[1], inv)), __NV_SATFINITE, kind);
+    const uint32_t hi =
+        __nv_cvt_float2_to_fp8x2(make_float2(__fmul_rn(v[2], inv), __fmul_rn(v[3], inv)), __NV_SATFINITE, kind);
     return lo | (hi << 16);
   }
 }

@@ -9,12 +9,16 @@ import torch  # noqa: F401  (the extension links against torch's libraries: load
 from . import _C
 from . import _meta  # noqa: F401  (fake impls for torch.compile)
 from .ops import dequantize, hadamard, hadamard_qgemm, hadamard_quantize, qgemm, quantize
+from .linear import (HaloLinear, HaloLoraLinear, QuantizedWeight, convert, halo_linear, linear_supported,
+                     prepare_peft, quantize_weight, rotation_block)
 
 __version__ = _C.version()
 
 __all__ = [
     "hadamard", "quantize", "dequantize", "hadamard_quantize", "qgemm", "hadamard_qgemm",
     "cuda_built", "cuda_available", "sm90_available", "capabilities", "hadamard_supported", "hadamard_factor",
+    "HaloLinear", "HaloLoraLinear", "QuantizedWeight", "convert", "prepare_peft", "halo_linear", "linear_supported",
+    "quantize_weight", "rotation_block",
 ]
 
 

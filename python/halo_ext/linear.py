@@ -1,0 +1,457 @@
+"""HALO training layer: :class:`HaloLinear` (levels 0/1/2, int8/fp8), :func:`convert`, LoRA (:class:`HaloLoraLinear`,
+:func:`prepare_peft`).
+
+For ``Y = X Wᵀ (+ b)`` with ``X [M, K]`` (M tokens), ``W [N, K]``, backward ``E_X = E_Y W``, ``G = E_Yᵀ X``;
+``Q`` = per-tensor absmax quantization with a device scale, ``H_m`` = Hadamard along K (in-features),
+``H_T`` = Hadamard along tokens (block-diagonal, ``I ⊗ H_b`` with ``b = token_block``):
+
+=======  ============================  =========================================  ==============================
+level    forward                       input gradient E_X                         weight gradient G
+=======  ============================  =========================================  ==============================
+0        Q(X)·Q(W)ᵀ                    Q(E_Y)·Q(W)                                Q(E_Y)ᵀ·Q(X)
+1        Q(X H_m)·Q(W H_m)ᵀ            [Q(E_Y)·Q(W H_m)]·H_mᵀ                     [Q(E_Y)ᵀ·Q(X H_m)]·H_mᵀ
+2        as 1                          H_T·[Q(H_Tᵀ E_Y)·Q(W H_m)]·H_mᵀ            as 1
+=======  ============================  =========================================  ==============================
+
+Memory: the forward saves the rotated, quantized X in the transposed 8-bit layout the weight-gradient GEMM reads
+(``[K, M]``, 1 byte/element) plus a 4-byte scale, instead of the bf16 X (2 bytes/element): M·K bytes saved per
+layer (half of nn.Linear's activation memory for this layer; 3/4 for an fp32 X). Nothing of X is saved when the
+weight is frozen (LoRA base). The 8-bit weight (and its transposed copy for E_X) is saved too: N·K bytes, or
+nothing extra when it comes cached (frozen weight) or from ``halo_qweight`` (FSDP).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import _C
+
+__all__ = ["HaloLinear", "HaloLoraLinear", "QuantizedWeight", "convert", "prepare_peft", "halo_linear",
+           "quantize_weight", "linear_supported", "rotation_block"]
+
+log = logging.getLogger("halo_ext.linear")
+
+_hq = torch.ops.halo.hadamard_quantize
+_quant = torch.ops.halo.quantize
+_mm = torch.ops.halo.qgemm
+_had = torch.ops.halo.hadamard
+
+_PRECISIONS = {"int8": torch.int8, "fp8": torch.float8_e4m3fn, "bf16": None}
+_GRAD = {"int8": torch.int8, "e4m3": torch.float8_e4m3fn, "fp8": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+_ALIGN = 16  # the sm90 8-bit GEMMs need K-major rows of 16 bytes: every reduction dim (K, N and tokens) % 16 == 0
+
+
+class QuantizedWeight(NamedTuple):
+    """A weight already quantized for a HALO level (what an FSDP all-gather of 8-bit shards can hand the layer).
+
+    q: 8-bit ``[N, K]``, rotated along K (``W H_m``) for levels 1/2, unrotated for level 0;
+    scale: fp32 ``[1]`` device tensor with ``W (H_m) ~= q * scale``;
+    qt: optional 8-bit ``[K, N]`` contiguous transpose of q (for the input-gradient GEMM), or None (then the layer
+    transposes q when it needs it)."""
+    q: torch.Tensor
+    scale: torch.Tensor
+    qt: Optional[torch.Tensor] = None
+
+
+def _check_config(level, precision, grad_precision):
+    if level not in (0, 1, 2):
+        raise ValueError(f"HaloLinear: level must be 0, 1 or 2, got {level!r}")
+    if precision not in _PRECISIONS:
+        raise ValueError(f"HaloLinear: precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+    qd = _PRECISIONS[precision]
+    if qd is None:
+        return None, None
+    if grad_precision is None:
+        gd = qd
+    else:
+        if grad_precision not in _GRAD:
+            raise ValueError(f"HaloLinear: grad_precision must be None or one of {sorted(_GRAD)}, got "
+                             f"{grad_precision!r}")
+        gd = _GRAD[grad_precision]
+        if (qd == torch.int8) != (gd == torch.int8):
+            raise ValueError(f"HaloLinear: grad_precision {grad_precision!r} does not match precision {precision!r} "
+                             "(int8 pairs with int8; fp8 with e4m3 or e5m2)")
+    return qd, gd
+
+
+def linear_supported(in_features: int, out_features: int, level: int = 2,
+                     rotation_block: Optional[int] = None) -> Optional[str]:
+    """None if a HALO layer of these dims is supported, else the reason (a string)."""
+    if in_features % _ALIGN or out_features % _ALIGN:
+        return (f"in_features={in_features} and out_features={out_features} must be multiples of {_ALIGN} "
+                "(8-bit GEMM alignment)")
+    if level >= 1:
+        rb = _rotation_block(in_features, rotation_block)
+        if rb and (rb < 2 or in_features % rb):
+            return f"rotation_block={rb} must be 0 or a divisor >= 2 of in_features={in_features}"
+        if _C.hadamard_factor(rb or in_features) is None:
+            return (f"in_features={in_features} (rotation block {rb or in_features}) is not a supported Hadamard size "
+                    "(halo_ext.hadamard_supported)")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------------------
+
+def rotation_block(k: int) -> int:
+    """The H_m HaloLinear uses by default for in_features k: 0 (full length) when k is a power of two; else the
+    largest power-of-two divisor of k if it is >= 256 (block-diagonal H_m = I ⊗ H_b: still orthogonal, spreads each
+    outlier over b channels, and runs at the fast power-of-two speed: the dense m-factor stage of the Hadamard
+    kernels is 15-40x slower today, see notes/halo_linear.md); else 0."""
+    if k & (k - 1) == 0:
+        return 0
+    b = k & -k
+    return b if b >= 256 else 0
+
+
+def quantize_weight(weight: torch.Tensor, level: int, qdtype: torch.dtype, want_qt: bool = True,
+                    block: Optional[int] = None) -> QuantizedWeight:
+    """Quantize ``weight [N, K]`` as ``level`` needs (rotated along K for levels 1/2 with the H_m of block
+    ``block``, default :func:`rotation_block` (K)), with the transposed copy."""
+    w = weight.detach()
+    if level == 0:
+        q, s = _quant(w, qdtype, "tensor", 0)
+        return QuantizedWeight(q, s, q.t().contiguous() if want_qt else None)
+    if block is None:
+        block = rotation_block(w.shape[1])
+    q, qt, s = _hq(w, qdtype, None, block, None, False, True, want_qt, None)
+    return QuantizedWeight(q, s, qt if want_qt else None)
+
+
+_HB_CACHE: dict = {}
+
+
+def _token_hadamard(b: int, device, dtype) -> torch.Tensor:
+    """Orthonormal Sylvester H_b (symmetric, H_b H_b = I) as a dense [b, b] matrix for the token rotation."""
+    key = (b, device, dtype)
+    h = _HB_CACHE.get(key)
+    if h is None:
+        h = _had(torch.eye(b, dtype=torch.float32, device=device), None, 0, None, False).to(dtype)
+        _HB_CACHE[key] = h
+    return h
+
+
+def _rotate_tokens(y: torch.Tensor, hb: torch.Tensor) -> torch.Tensor:
+    """``(I ⊗ H_b) y`` for ``y [Mp, C]`` (Mp % b == 0): one batched GEMM, no transposes (H_b is symmetric, so this is
+    also its own inverse)."""
+    b = hb.shape[0]
+    yb = y.view(-1, b, y.shape[-1])
+    return torch.bmm(hb.expand(yb.shape[0], b, b), yb).view(y.shape)
+
+
+def _pad_rows(x2: torch.Tensor, mp: int) -> torch.Tensor:
+    m = x2.shape[0]
+    return x2 if mp == m else F.pad(x2, (0, 0, 0, mp - m))
+
+
+def _token_block(m: int, token_block: int) -> int:
+    # smallest power of two >= max(m, 16), capped at token_block: small batches are not padded to a big block
+    b = _ALIGN
+    while b < m and b < token_block:
+        b *= 2
+    return b
+
+
+def _rotation_block(k, rb):
+    return rotation_block(k) if rb is None else rb
+
+
+class _HaloLinearFn(torch.autograd.Function):
+    """One autograd node per layer call. Inputs: x2 [M, K] (2-D), weight [N, K] (values unread when wq is given),
+    bias or None, wq/ws/wqt (pre-quantized weight or None), cfg = (level, qdtype, gdtype, token_block, kb),
+    kb = block of H_m (0 = full length)."""
+
+    @staticmethod
+    def forward(ctx, x2, weight, bias, wq, ws, wqt, cfg):
+        level, qd, gd, tb, kb = cfg
+        m, k = x2.shape
+        need_gw = ctx.needs_input_grad[1]
+        need_gx = ctx.needs_input_grad[0]
+        # tokens: a multiple of 16 (reduction dim of the weight-gradient GEMM); HALO-2: of the token block b too
+        if level == 2:
+            b = _token_block(m, tb)
+            mp = -(-m // b) * b
+        else:
+            b = 0
+            mp = -(-m // _ALIGN) * _ALIGN if need_gw else m
+        xp = _pad_rows(x2, mp)
+        if wq is None:
+            wq, ws, wqt = quantize_weight(weight, level, qd, want_qt=need_gx, block=kb)
+        if level == 0:
+            qx, sx = _quant(xp, qd, "tensor", 0)
+            qxt = qx.t().contiguous() if need_gw else None
+        else:
+            qx, qxt, sx = _hq(xp, qd, None, kb, None, False, True, need_gw, None)
+        out_dtype = x2.dtype
+        y = _mm(qx, wq, sx, ws, out_dtype, None if bias is None else bias.to(out_dtype))
+        if mp != m:
+            y = y[:m]
+        ctx.cfg = (level, gd, b, m, mp, kb)
+        ctx.w_meta = (weight.shape, weight.dtype)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.save_for_backward(qxt if need_gw else None, sx if need_gw else None, wq if need_gx and wqt is None
+                              else None, wqt if need_gx else None, ws if need_gx else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, ey):
+        level, gd, b, m, mp, kb = ctx.cfg
+        qxt, sx, wq, wqt, ws = ctx.saved_tensors
+        need_gx, need_gw, need_gb = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        if not ey.is_contiguous():  # e.g. the expanded gradient of a .sum()
+            ey = ey.contiguous()
+        eyp = _pad_rows(ey, mp)
+        gx = gw = gb = None
+        qe = se = None
+        if need_gx:
+            if wqt is None:
+                wqt = wq.t().contiguous()
+            if level == 2:
+                hb = _token_hadamard(b, eyp.device, eyp.dtype)
+                qr, sr = _quant(_rotate_tokens(eyp, hb), gd, "tensor", 0)       # Q(H_Tᵀ E_Y) [Mp, N]
+                z = _mm(qr, wqt, sr, ws, ey.dtype, None)                         # Q(H_Tᵀ E_Y)·Q(W H_m)  [Mp, K]
+                z = _rotate_tokens(z, hb)                                        # H_T · (...)
+                gx = _had(z, None, kb, None, True)[:m]                            # ... · H_mᵀ
+            else:
+                qe, se = _quant(eyp, gd, "tensor", 0)
+                z = _mm(qe, wqt, se, ws, ey.dtype, None)                         # [Mp, K]
+                gx = (z if level == 0 else _had(z, None, kb, None, True))
+                if mp != m:
+                    gx = gx[:m]
+        if need_gw:
+            if qe is None:
+                qe, se = _quant(eyp, gd, "tensor", 0)
+            qet = qe.t().contiguous()                                            # Q(E_Y)ᵀ [N, Mp]
+            wshape, wdtype = ctx.w_meta
+            out_t = wdtype if wdtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32
+            g = _mm(qet, qxt, se, sx, out_t, None)                               # [N, K]
+            if level != 0:
+                g = _had(g, None, kb, None, True)                                 # ... · H_mᵀ
+            gw = g if g.dtype == wdtype else g.to(wdtype)
+        if need_gb and ctx.bias_dtype is not None:
+            gb = ey.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+        return gx, gw, gb, None, None, None, None
+
+
+def _bf16_linear(x, weight, bias, wq):
+    if wq is not None:
+        raise RuntimeError("HaloLinear(precision='bf16') cannot use a pre-quantized (halo_qweight) weight")
+    return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+def halo_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, level: int = 2,
+                qdtype: Optional[torch.dtype] = torch.int8, gdtype: Optional[torch.dtype] = None,
+                token_block: int = 256, qweight: Optional[QuantizedWeight] = None,
+                rotation_block: Optional[int] = None) -> torch.Tensor:
+    """Functional HALO linear ``x [..., K] @ weight[N, K]ᵀ + bias``. ``qweight`` (or ``weight.halo_qweight(level,
+    precision)``) replaces the quantization of the weight; the weight's values are then never read."""
+    if qdtype is None:
+        return _bf16_linear(x, weight, bias, qweight)
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    if qweight is None:
+        wq = ws = wqt = None
+    else:
+        wq, ws, wqt = qweight
+    y = _HaloLinearFn.apply(x2, weight, bias, wq, ws, wqt, (level, qdtype, gdtype or qdtype, token_block,
+                                                       _rotation_block(x.shape[-1], rotation_block)))
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------------------------
+
+class HaloLinear(nn.Linear):
+    """Drop-in :class:`torch.nn.Linear` whose three GEMMs run in 8 bits with HALO Hadamard rotations.
+
+    Same parameters and state_dict keys as nn.Linear (checkpoints load both ways). ``level`` 0/1/2 (see the module
+    docstring), ``precision`` "int8" | "fp8" (e4m3) | "bf16" (plain nn.Linear math), ``grad_precision`` for E_Y:
+    None (= precision) or "e4m3" / "e5m2" with fp8. ``token_block``: order of the block-diagonal token Hadamard
+    H_T of level 2 (tokens are zero-padded internally to a multiple of it, capped to the next power of two of the
+    token count). A frozen weight (``requires_grad=False``) is quantized once and cached (re-quantized when its
+    ``_version``, device or dtype changes). Memory: saves M·K bytes of activations per call vs nn.Linear (bf16)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, level: int = 2,
+                 precision: str = "int8", grad_precision: Optional[str] = None, device=None, dtype=None,
+                 token_block: int = 256, rotation_block: Optional[int] = None):
+        self._qd, self._gd = _check_config(level, precision, grad_precision)
+        rotation_block = _rotation_block(in_features, rotation_block)
+        if self._qd is not None:
+            why = linear_supported(in_features, out_features, level, rotation_block)
+            if why is not None:
+                raise ValueError(f"HaloLinear(level={level}, precision={precision!r}): {why}")
+        if token_block < _ALIGN or token_block & (token_block - 1):
+            raise ValueError(f"HaloLinear: token_block must be a power of two >= {_ALIGN}, got {token_block}")
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.level, self.precision, self.grad_precision, self.token_block = level, precision, grad_precision, token_block
+        self.rotation_block = rotation_block
+        self._cfg = (level, self._qd, self._gd, token_block, rotation_block)
+        self._wcache = None  # (key, QuantizedWeight)
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, level: int = 2, precision: str = "int8",
+                    grad_precision: Optional[str] = None, token_block: int = 256,
+                    rotation_block: Optional[int] = None) -> "HaloLinear":
+        """A HaloLinear sharing ``lin``'s parameters (no copy)."""
+        new = cls.__new__(cls)
+        new._qd, new._gd = _check_config(level, precision, grad_precision)
+        rotation_block = _rotation_block(lin.in_features, rotation_block)
+        if new._qd is not None:
+            why = linear_supported(lin.in_features, lin.out_features, level, rotation_block)
+            if why is not None:
+                raise ValueError(f"HaloLinear.from_linear(level={level}, precision={precision!r}): {why}")
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = lin.in_features, lin.out_features
+        new.weight = lin.weight
+        new.bias = lin.bias
+        new.level, new.precision, new.grad_precision, new.token_block = level, precision, grad_precision, token_block
+        new.rotation_block = rotation_block
+        new._cfg = (level, new._qd, new._gd, token_block, rotation_block)
+        new._wcache = None
+        new.train(lin.training)
+        return new
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, level={self.level}, precision={self.precision}"
+                + (f", grad_precision={self.grad_precision}" if self.grad_precision else ""))
+
+    def _frozen_qweight(self) -> QuantizedWeight:
+        w = self.weight
+        key = (w._version, w.device, w.dtype, w.data_ptr())
+        c = self._wcache
+        if c is None or c[0] != key:
+            c = (key, quantize_weight(w, self.level, self._qd, want_qt=True, block=self.rotation_block))
+            self._wcache = c
+        return c[1]
+
+    def qweight(self) -> Optional[QuantizedWeight]:
+        """The QuantizedWeight this call uses: from ``weight.halo_qweight`` if present, else the cache of a frozen
+        weight, else None (quantized inside the autograd function)."""
+        w = self.weight
+        hook = getattr(w, "halo_qweight", None)
+        if hook is not None and callable(hook):
+            return hook(self.level, self.precision)
+        if not w.requires_grad and not torch.compiler.is_compiling():
+            return self._frozen_qweight()
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._qd is None:
+            return F.linear(x, self.weight, self.bias)
+        if torch.is_autocast_enabled(x.device.type):  # like F.linear under autocast: compute in the autocast dtype
+            dt = torch.get_autocast_dtype(x.device.type)
+            if x.dtype != dt:
+                x = x.to(dt)
+        qw = self.qweight()
+        k = x.shape[-1]
+        x2 = x.reshape(-1, k)
+        if qw is None:
+            y = _HaloLinearFn.apply(x2, self.weight, self.bias, None, None, None, self._cfg)
+        else:
+            y = _HaloLinearFn.apply(x2, self.weight, self.bias, qw.q, qw.scale, qw.qt, self._cfg)
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+class HaloLoraLinear(HaloLinear):
+    """LoRA on a frozen HALO base: ``y = HALO(x, W) + scaling · B(A(dropout(x)))``.
+
+    The base weight is frozen, kept pre-rotated and pre-quantized (cached, see HaloLinear), its forward and
+    input-gradient GEMMs run in 8 bits and nothing of x is saved for it; the adapters ``lora_A [r, K]``,
+    ``lora_B [N, r]`` are ordinary (bf16) nn.Linear modules, ``lora_B`` zero-initialised."""
+
+    def __init__(self, in_features: int, out_features: int, r: int = 8, lora_alpha: float = 16.0,
+                 lora_dropout: float = 0.0, bias: bool = True, level: int = 2, precision: str = "int8",
+                 grad_precision: Optional[str] = None, device=None, dtype=None, token_block: int = 256):
+        super().__init__(in_features, out_features, bias=bias, level=level, precision=precision,
+                         grad_precision=grad_precision, device=device, dtype=dtype, token_block=token_block)
+        self._init_lora(r, lora_alpha, lora_dropout, device, dtype)
+
+    def _init_lora(self, r, lora_alpha, lora_dropout, device, dtype):
+        if r <= 0:
+            raise ValueError(f"HaloLoraLinear: r must be > 0, got {r}")
+        self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
+        self.r, self.scaling = r, lora_alpha / r
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device, dtype=dtype)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device, dtype=dtype)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+
+    @classmethod
+    def from_linear(cls, lin: nn.Linear, r: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.0,
+                    level: int = 2, precision: str = "int8", grad_precision: Optional[str] = None,
+                    token_block: int = 256) -> "HaloLoraLinear":
+        new = HaloLinear.from_linear.__func__(cls, lin, level=level, precision=precision,
+                                              grad_precision=grad_precision, token_block=token_block)
+        new._init_lora(r, lora_alpha, lora_dropout, lin.weight.device, lin.weight.dtype)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        return y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model conversion
+# ----------------------------------------------------------------------------------------------------------------
+
+def _default_skip(name: str, mod: nn.Module) -> bool:
+    return False
+
+
+def _is_adapter(name: str) -> bool:
+    parts = name.split(".")
+    return any(p.startswith(("lora_", "lokr_", "hada_", "oft_", "ia3_")) for p in parts)
+
+
+def convert(model: nn.Module, level: int = 2, precision: str = "int8", grad_precision: Optional[str] = None,
+            skip: Callable[[str, nn.Module], bool] = _default_skip, token_block: int = 256) -> nn.Module:
+    """Swap every eligible ``nn.Linear`` of ``model`` for a :class:`HaloLinear` sharing its parameters, in place.
+
+    Skipped (one ``logging`` line each on logger ``halo_ext.linear``): ``lm_head``, layers ``skip(name, module)``
+    selects, layers with unsupported dims (:func:`linear_supported`). PEFT models work: the frozen ``base_layer`` of
+    each peft LoRA layer is converted (8-bit base GEMMs, cached quantized weight), the adapters stay in bf16.
+    Returns ``model``."""
+    qd, _ = _check_config(level, precision, grad_precision)
+    todo = []
+    for name, mod in model.named_modules():
+        if type(mod) is not nn.Linear:
+            continue
+        if _is_adapter(name):
+            continue  # peft adapter matrices (rank r): left in bf16
+        if name.split(".")[-1] == "lm_head" or name.endswith("lm_head.base_layer"):
+            log.info("halo_ext.convert: skipping %s (lm_head)", name)
+            continue
+        if skip(name, mod):
+            log.info("halo_ext.convert: skipping %s (skip() said so)", name)
+            continue
+        if qd is not None:
+            why = linear_supported(mod.in_features, mod.out_features, level)
+            if why is not None:
+                log.info("halo_ext.convert: skipping %s: %s", name, why)
+                continue
+        todo.append(name)
+    for name in todo:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, HaloLinear.from_linear(getattr(parent, child), level=level, precision=precision,
+                                                      grad_precision=grad_precision, token_block=token_block))
+    log.info("halo_ext.convert: %d linear layers converted to HALO-%d %s", len(todo), level, precision)
+    return model
+
+
+def prepare_peft(model: nn.Module, level: int = 2, precision: str = "int8", grad_precision: Optional[str] = None,
+                 skip: Callable[[str, nn.Module], bool] = _default_skip, token_block: int = 256) -> nn.Module:
+    """For a model returned by ``peft.get_peft_model``: converts the frozen base layers of the LoRA layers (and any
+    other eligible frozen or trainable nn.Linear, as :func:`convert`). Call it after ``get_peft_model``."""
+    return convert(model, level=level, precision=precision, grad_precision=grad_precision, skip=skip,
+                   token_block=token_block)
