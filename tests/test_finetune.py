@@ -78,7 +78,7 @@ def test_default_job_end_to_end(tmp_path, capsys):
     assert doc["rows"][0]["variant"] == "bf16" and "eval_loss_rel_diff_halo2_int8" in doc
     assert "speedup_halo2_int8_vs_bf16" in doc
     # the pre-trained weights are cached in --out: a second run reuses them
-    rc, stdout, _ = _run(SMALL + ["--variants", "bf16", "--steps", "2", "--pretrain-steps", "3", "--out", out],
+    rc, stdout, _ = _run(SMALL + ["--variants", "bf16", "--steps", "1", "--pretrain-steps", "3", "--out", out],
                          capsys)
     assert rc == 0 and "pre-trained weights loaded" in stdout
 
