@@ -68,5 +68,6 @@ setup(
     python_requires=">=3.9",
     install_requires=["torch", "numpy"],
     extras_require={"test": ["pytest", "hypothesis"]},
+    entry_points={"console_scripts": ["halo-finetune=halo_ext.finetune.cli:main"]},
     zip_safe=False,
 )
