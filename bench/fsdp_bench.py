@@ -38,7 +38,7 @@ DEV = "cuda"  # --device cpu: a Gloo smoke run of the script's logic (tiny shape
 
 def _sync():
     if DEV == "cuda":
-        _sync()
+        torch.cuda.synchronize()
 
 
 def log(*a):
