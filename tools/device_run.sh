@@ -5,7 +5,8 @@
 # Usage (repo root, with the wheels of ../shared/tools/gpu-wheels.sh in .whl/):  bash tools/device_run.sh [steps]
 # Single-GPU steps: build test sanitize bench-hadamard bench-quant bench-gemm bench-linear finetune-bench
 #                   finetune-acc
-# Multi-GPU steps (torchrun over all visible GPUs): dist-test bench-allreduce bench-fsdp
+# Multi-GPU steps (torchrun over all visible GPUs): dist-test bench-allreduce bench-fsdp bench-fsdp-perf (no loss
+#                   curves) ar-trace (all-reduce time breakdown and kernel timelines, tools/ar_trace.py)
 # Default: build test sanitize bench-hadamard bench-quant bench-gemm.
 # Each step's log is $LOGS/<step>.log; a failing step is reported and the next one still runs.
 set -uo pipefail
@@ -62,6 +63,8 @@ for step in $steps; do
       run_step dist-test 40 torchrun --nproc_per_node="$NGPU" tests/dist/allreduce_gpu_check.py ;;
     bench-allreduce) run_step bench-allreduce 50 torchrun --nproc_per_node="$NGPU" bench/allreduce_bench.py ;;
     bench-fsdp) run_step bench-fsdp 40 torchrun --nproc_per_node="$NGPU" bench/fsdp_bench.py ;;
+    bench-fsdp-perf) run_step bench-fsdp-perf 20 torchrun --nproc_per_node="$NGPU" bench/fsdp_bench.py --loss-steps 0 ;;
+    ar-trace) run_step ar-trace 200 torchrun --nproc_per_node="$NGPU" tools/ar_trace.py --out "$OUT" ;;
     *) summary "unknown step $step" ;;
   esac
   tar czf "$OUT/results.tgz" bench/results 2>/dev/null; tar czf "$OUT/logs.tgz" -C "$LOGS" . 2>/dev/null
