@@ -26,22 +26,23 @@ void hadamard_quantize(const HadamardQuantArgs& args);
 /*! \brief D = (scale_a o A)(scale_b o B)^T (+ bias); int8 accumulates exactly in int32, float8 in float64. */
 void qgemm(const QGemmArgs& args);
 
-/*! \brief Packs the world chunks of x (n elements) into out, as qcomm_pack of kernels/qcomm.h. */
-void qcomm_pack(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt, uint8_t* out);
+/*! \brief Packs the world chunks of x (n elements) but chunk skip (-1: none), as qcomm_pack of kernels/qcomm.h. */
+void qcomm_pack(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt, uint8_t* out,
+                int skip);
 
-/*! \brief Dequantize-sum-(requantize) of packed chunks, as qcomm_reduce of kernels/qcomm.h. */
+/*! \brief Dequantize-sum-(requantize) of packed chunks (+ own, unquantized), as qcomm_reduce of kernels/qcomm.h. */
 void qcomm_reduce(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale, void* out, DType out_t,
-                  int64_t out_n);
+                  int64_t out_n, const QCommOwn& own);
 
 /*! \brief Dequantizes packed chunks into a flat output, as qcomm_unpack of kernels/qcomm.h. */
 void qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DType qt, void* out, DType out_t, int64_t n);
 
-/*! \brief qcomm_pack storing chunk c at outs.ptrs[c]. */
+/*! \brief qcomm_pack storing chunk c (c != skip) at outs.ptrs[c]. */
 void qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
-                        const QCommOuts& outs);
+                        const QCommOuts& outs, int skip);
 
 /*! \brief Packed qcomm_reduce stored to every outs.ptrs[i]. */
 void qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
-                            const QCommOuts& outs);
+                            const QCommOuts& outs, const QCommOwn& own);
 
 }  // namespace halo::cpu

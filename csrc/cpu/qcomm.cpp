@@ -2,7 +2,8 @@
  * \file qcomm.cpp
  * \brief CPU reference of the block-quantized two-shot collectives (kernels/qcomm.h): the same packed format,
  * quantization rule and float32 arithmetic order as the CUDA kernels (acc = acc + code * scale in chunk order,
- * separately rounded), so CPU and CUDA results agree bit for bit.
+ * separately rounded; the owner's own contribution, when given, added unquantized at its position), so CPU and
+ * CUDA results agree bit for bit.
  */
 #include <algorithm>
 #include <cmath>
@@ -32,10 +33,12 @@ float scale_of(const uint8_t* chunk, int64_t nb, int64_t block, int64_t b) {
 
 }  // namespace
 
-void qcomm_pack(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt, uint8_t* out) {
+void qcomm_pack(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt, uint8_t* out,
+                int skip) {
   const int64_t nb = qcomm_blocks(chunk, block), cb = nb * (block + 4);
   std::vector<float> v(block);
   for (int c = 0; c < world; ++c) {
+    if (c == skip) continue;  // the own chunk: its bytes stay untouched
     const int64_t valid = std::min(chunk, std::max<int64_t>(n - c * chunk, 0));
     for (int64_t b = 0; b < nb; ++b) {
       for (int64_t i = 0; i < block; ++i) {
@@ -49,11 +52,18 @@ void qcomm_pack(const void* x, DType xt, int64_t n, int world, int64_t chunk, in
 }
 
 void qcomm_reduce(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale, void* out, DType out_t,
-                  int64_t out_n) {
+                  int64_t out_n, const QCommOwn& own) {
   std::vector<float> acc(block);
   for (int64_t b = 0; b < nb; ++b) {
     std::fill(acc.begin(), acc.end(), 0.f);
     for (int r = 0; r < in.count; ++r) {
+      if (r == own.index) {  // the owner's input, unquantized (exact float32 conversion; zeros past own.n)
+        for (int64_t i = 0; i < block; ++i) {
+          const int64_t j = b * block + i;
+          acc[i] = acc[i] + (j < own.n ? load_float(own.x, own.t, j) : 0.f);
+        }
+        continue;
+      }
       const uint8_t* p = in.at(r);
       const float s = scale_of(p, nb, block, b);
       for (int64_t i = 0; i < block; ++i) {
@@ -86,19 +96,19 @@ void qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DType qt,
 }
 
 void qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
-                        const QCommOuts& outs) {
+                        const QCommOuts& outs, int skip) {
   const int64_t cb = qcomm_chunk_bytes(chunk, block);
   std::vector<uint8_t> tmp(static_cast<size_t>(world * cb));
-  qcomm_pack(x, xt, n, world, chunk, block, qt, tmp.data());
+  qcomm_pack(x, xt, n, world, chunk, block, qt, tmp.data(), skip);
   for (int c = 0; c < world; ++c)
-    if (cb) std::memcpy(outs.ptrs[c], tmp.data() + c * cb, static_cast<size_t>(cb));
+    if (cb && c != skip) std::memcpy(outs.ptrs[c], tmp.data() + c * cb, static_cast<size_t>(cb));
 }
 
 void qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
-                            const QCommOuts& outs) {
+                            const QCommOuts& outs, const QCommOwn& own) {
   const int64_t cb = nb * (block + 4);
   std::vector<uint8_t> tmp(static_cast<size_t>(cb));
-  qcomm_reduce(in, nb, block, qt, post_scale, tmp.data(), qt, 0);
+  qcomm_reduce(in, nb, block, qt, post_scale, tmp.data(), qt, 0, own);
   for (int o = 0; o < outs.count; ++o)
     if (cb) std::memcpy(outs.ptrs[o], tmp.data(), static_cast<size_t>(cb));
 }

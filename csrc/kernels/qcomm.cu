@@ -8,7 +8,9 @@
  * 16-byte packets when the layout allows it (chunk * sizeof(T) a multiple of 16, E * sizeof(T) >= 16), element by
  * element otherwise (ragged tails, odd chunk sizes). The reduction adds the dequantized chunks in chunk order with
  * explicit round-to-nearest multiply and add (no FMA contraction), so the result does not depend on the grid and
- * matches the CPU reference (csrc/cpu/qcomm.cpp) bit for bit.
+ * matches the CPU reference (csrc/cpu/qcomm.cpp) bit for bit. The owner's own contribution (QCommOwn) enters the
+ * same ordered sum unquantized, read from its input like the pack kernel reads x (packets where aligned, zeros
+ * past its length); the pack kernels skip the own chunk (warps are mapped onto the other world - 1 chunks only).
  */
 #include <type_traits>
 
@@ -36,6 +38,35 @@ __device__ __forceinline__ void load_elems(const T* p, bool vec, float* v) {
   }
 #pragma unroll
   for (int e = 0; e < E; ++e) v[e] = Vec<T>::load1(p, e);
+}
+
+/*!
+ * \brief Loads the E elements [j0, j0 + E) of a slice of `valid` elements at x (zeros past valid; packets when vec
+ * and the whole group is valid). x is only dereferenced below valid (it may be null when valid == 0).
+ */
+template <typename T, int E>
+__device__ __forceinline__ void load_part(const T* x, int64_t j0, int64_t valid, bool vec, float* v) {
+  if (j0 + E <= valid) {
+    load_elems<T, E>(x + j0, vec, v);
+  } else if (j0 >= valid) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) v[e] = 0.f;
+  } else {
+    const T* src = x + j0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) v[e] = j0 + e < valid ? Vec<T>::load1(src, e) : 0.f;
+  }
+}
+
+/*! \brief load_part of the own contribution (dtype chosen at run time: a warp-uniform branch). */
+template <int E>
+__device__ __forceinline__ void load_own(const QCommOwn& own, int64_t j0, bool vec, float* v) {
+  if (own.t == DType::kFloat32)
+    load_part<float, E>(static_cast<const float*>(own.x), j0, own.n, vec, v);
+  else if (own.t == DType::kBFloat16)
+    load_part<__nv_bfloat16, E>(static_cast<const __nv_bfloat16*>(own.x), j0, own.n, vec, v);
+  else
+    load_part<__half, E>(static_cast<const __half*>(own.x), j0, own.n, vec, v);
 }
 
 /*! \brief Stores E 8-bit codes of v * inv at q (E bytes, aligned to min(E, 16)). */
@@ -104,23 +135,19 @@ __device__ __forceinline__ void store_any(void* p, DType t, int64_t i, float v) 
 
 template <typename T, DType Q, int E>
 __global__ void __launch_bounds__(kThreadsQ)
-    pack_kernel(const T* __restrict__ x, int64_t n, int64_t chunk, int64_t nb, int world, uint8_t* out,
+    pack_kernel(const T* __restrict__ x, int64_t n, int64_t chunk, int64_t nb, int world, int skip, uint8_t* out,
                 const QCommOuts outs, bool vec) {
   constexpr int B = 32 * E;
   const int lane = threadIdx.x & 31;
-  const int64_t cb = nb * (B + 4), total = int64_t(world) * nb;  // out == nullptr: chunk c goes to outs.ptrs[c]
+  // warps cover the chunks other than `skip` (skip < 0: all); out == nullptr: chunk c goes to outs.ptrs[c]
+  const int64_t cb = nb * (B + 4), total = int64_t(skip >= 0 ? world - 1 : world) * nb;
   for (int64_t w = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; w < total; w += int64_t(gridDim.x) * kWarps) {
-    const int64_t c = w / nb, b = w - c * nb;
+    const int64_t cw = w / nb, b = w - cw * nb;
+    const int64_t c = skip >= 0 && cw >= skip ? cw + 1 : cw;
     const int64_t j0 = b * B + int64_t(lane) * E;             // offset inside the chunk
     const int64_t valid = min(chunk, max(n - c * chunk, int64_t(0)));  // real elements of this chunk
     float v[E];
-    const T* src = x + c * chunk + j0;
-    if (j0 + E <= valid) {
-      load_elems<T, E>(src, vec, v);
-    } else {
-#pragma unroll
-      for (int e = 0; e < E; ++e) v[e] = j0 + e < valid ? Vec<T>::load1(src, e) : 0.f;
-    }
+    load_part<T, E>(x + c * chunk, j0, valid, vec, v);
     const QuantScale qs(warp_absmax<E>(v), qmax_dev(Q));
     uint8_t* dst = out != nullptr ? out + c * cb : outs.ptrs[c];
     store_codes<Q, E>(dst + b * B + lane * E, v, qs.inv);
@@ -131,7 +158,7 @@ __global__ void __launch_bounds__(kThreadsQ)
 template <DType Q, int E>
 __global__ void __launch_bounds__(kThreadsQ)
     reduce_kernel(const QCommChunks in, int64_t nb, float post_scale, void* out, DType out_t, int64_t out_n,
-                  const QCommOuts outs) {
+                  const QCommOuts outs, const QCommOwn own, bool own_vec) {
   constexpr int B = 32 * E;
   const int lane = threadIdx.x & 31;
   for (int64_t b = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; b < nb; b += int64_t(gridDim.x) * kWarps) {
@@ -140,6 +167,13 @@ __global__ void __launch_bounds__(kThreadsQ)
     for (int e = 0; e < E; ++e) acc[e] = 0.f;
 #pragma unroll 4
     for (int r = 0; r < in.count; ++r) {  // fixed rank order: the sum does not depend on timing
+      if (r == own.index) {  // the owner's contribution, unquantized (warp-uniform branch)
+        float v[E];
+        load_own<E>(own, b * B + int64_t(lane) * E, own_vec, v);
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[e] = __fadd_rn(acc[e], v[e]);
+        continue;
+      }
       const uint8_t* p = in.at(r);
       const float s = __ldg(reinterpret_cast<const float*>(p + nb * B) + b);
       float v[E];
@@ -239,11 +273,12 @@ bool dispatch_t(DType t, F&& f) {
 
 namespace {
 cudaError_t pack_impl(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
-                      uint8_t* out, const QCommOuts& outs, cudaStream_t stream) {
+                      uint8_t* out, const QCommOuts& outs, int skip, cudaStream_t stream) {
   using namespace detail;
   const int64_t nb = qcomm_blocks(chunk, block);
-  if (world < 1 || n < 0 || n > int64_t(world) * chunk) return cudaErrorInvalidValue;
-  if (nb == 0) return cudaSuccess;
+  if (world < 1 || n < 0 || n > int64_t(world) * chunk || skip < -1 || skip >= world) return cudaErrorInvalidValue;
+  const int64_t warps = int64_t(skip >= 0 ? world - 1 : world) * nb;
+  if (warps == 0) return cudaSuccess;
   if (out == nullptr && outs.count != world) return cudaErrorInvalidValue;
   bool ok_q = true, ok_e = true;
   const bool ok_t = dispatch_t(xt, [&](auto tv) {
@@ -251,8 +286,8 @@ cudaError_t pack_impl(const void* x, DType xt, int64_t n, int world, int64_t chu
     const bool vec = aligned(x, 16) && (chunk * int64_t(sizeof(T))) % 16 == 0;
     ok_q = dispatch_q(qt, [&](auto qv) {
       ok_e = dispatch_e(block, [&](auto ev) {
-        pack_kernel<T, decltype(qv)::value, decltype(ev)::value><<<grid_for(world * nb), kThreadsQ, 0, stream>>>(
-            static_cast<const T*>(x), n, chunk, nb, world, out, outs, vec);
+        pack_kernel<T, decltype(qv)::value, decltype(ev)::value><<<grid_for(warps), kThreadsQ, 0, stream>>>(
+            static_cast<const T*>(x), n, chunk, nb, world, skip, out, outs, vec);
       });
     });
   });
@@ -262,18 +297,23 @@ cudaError_t pack_impl(const void* x, DType xt, int64_t n, int world, int64_t chu
 }
 
 cudaError_t reduce_impl(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale, void* out,
-                        DType out_t, int64_t out_n, const QCommOuts& outs, cudaStream_t stream) {
+                        DType out_t, int64_t out_n, const QCommOuts& outs, const QCommOwn& own, cudaStream_t stream) {
   using namespace detail;
   if (in.count < 1 || nb < 0) return cudaErrorInvalidValue;
+  if (own.index >= in.count) return cudaErrorInvalidValue;
+  if (own.index >= 0 && (own.n < 0 || own.n > nb * block || (own.n > 0 && own.x == nullptr) ||
+                         (own.t != DType::kFloat32 && own.t != DType::kBFloat16 && own.t != DType::kFloat16)))
+    return cudaErrorInvalidValue;
   if (nb == 0) return cudaSuccess;
   if (out == nullptr && (out_t != qt || outs.count < 1)) return cudaErrorInvalidValue;
   if (out_t != qt && out_t != DType::kFloat32 && out_t != DType::kBFloat16 && out_t != DType::kFloat16)
     return cudaErrorInvalidValue;
+  const bool own_vec = own.index >= 0 && aligned(own.x, 16);
   bool ok_e = true;
   const bool ok_q = dispatch_q(qt, [&](auto qv) {
     ok_e = dispatch_e(block, [&](auto ev) {
       reduce_kernel<decltype(qv)::value, decltype(ev)::value><<<grid_for(nb), kThreadsQ, 0, stream>>>(
-          in, nb, post_scale, out, out_t, out_n, outs);
+          in, nb, post_scale, out, out_t, out_n, outs, own, own_vec);
     });
   });
   const bool ok = ok_q && ok_e;
@@ -284,25 +324,25 @@ cudaError_t reduce_impl(const QCommChunks& in, int64_t nb, int64_t block, DType 
 }  // namespace
 
 cudaError_t qcomm_pack(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
-                       uint8_t* out, cudaStream_t stream) {
+                       uint8_t* out, int skip, cudaStream_t stream) {
   if (out == nullptr && qcomm_blocks(chunk, block) > 0) return cudaErrorInvalidValue;
-  return pack_impl(x, xt, n, world, chunk, block, qt, out, QCommOuts{}, stream);
+  return pack_impl(x, xt, n, world, chunk, block, qt, out, QCommOuts{}, skip, stream);
 }
 
 cudaError_t qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
-                               const QCommOuts& outs, cudaStream_t stream) {
-  return pack_impl(x, xt, n, world, chunk, block, qt, nullptr, outs, stream);
+                               const QCommOuts& outs, int skip, cudaStream_t stream) {
+  return pack_impl(x, xt, n, world, chunk, block, qt, nullptr, outs, skip, stream);
 }
 
 cudaError_t qcomm_reduce(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale, void* out,
-                         DType out_t, int64_t out_n, cudaStream_t stream) {
+                         DType out_t, int64_t out_n, const QCommOwn& own, cudaStream_t stream) {
   if (out == nullptr && nb > 0) return cudaErrorInvalidValue;
-  return reduce_impl(in, nb, block, qt, post_scale, out, out_t, out_n, QCommOuts{}, stream);
+  return reduce_impl(in, nb, block, qt, post_scale, out, out_t, out_n, QCommOuts{}, own, stream);
 }
 
 cudaError_t qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
-                                   const QCommOuts& outs, cudaStream_t stream) {
-  return reduce_impl(in, nb, block, qt, post_scale, nullptr, qt, 0, outs, stream);
+                                   const QCommOuts& outs, const QCommOwn& own, cudaStream_t stream) {
+  return reduce_impl(in, nb, block, qt, post_scale, nullptr, qt, 0, outs, own, stream);
 }
 
 cudaError_t qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DType qt, void* out, DType out_t,

@@ -12,6 +12,10 @@
  *
  * Chunk c of a flat tensor x of n elements is x[c*chunk, min((c+1)*chunk, n)); elements past n are zeros.
  * All launchers take raw pointers, never allocate or synchronize, and take the stream last.
+ *
+ * Own chunk: the owner of chunk r need not quantize its own contribution. The pack launchers take `skip` (chunk
+ * index not quantized nor stored, -1 = none) and the reduce launchers a QCommOwn (the owner's input slice, added
+ * in float32 exactly as read at its position of the fixed rank order instead of dequantizing in.at(index)).
  */
 #pragma once
 #include "common.h"
@@ -52,6 +56,19 @@ struct QCommChunks {
   const uint8_t* at(int i) const { return ptrs_used ? ptrs[i] : base + static_cast<int64_t>(i) * stride; }
 };
 
+/*!
+ * \brief The owner's own contribution to a reduce: x holds n elements of dtype t (float32/float16/bfloat16; the
+ * slice of its input that forms the reduced chunk, n <= nb * block, elements past n count as zeros), converted to
+ * float32 (exactly) and added unquantized at position `index` of the rank order; in.at(index) is then never read.
+ * index < 0: no own contribution (every chunk of `in` is dequantized).
+ */
+struct QCommOwn {
+  const void* x = nullptr;
+  DType t = DType::kFloat32;
+  int64_t n = 0;
+  int index = -1;
+};
+
 /*! \brief Output chunk pointers (peer buffers of the peer-memory path): chunk i goes to ptrs[i]. */
 struct QCommOuts {
   int count = 0;
@@ -62,32 +79,33 @@ struct QCommOuts {
 
 /*!
  * \brief Quantizes the `world` chunks of x (n elements of dtype xt, 16-byte aligned) into out
- * ([world, qcomm_chunk_bytes(chunk, block)] bytes).
+ * ([world, qcomm_chunk_bytes(chunk, block)] bytes), except chunk `skip` (-1: none), whose bytes stay untouched.
  * \param qt kInt8 or kFloat8E4M3
  */
 cudaError_t qcomm_pack(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
-                       uint8_t* out, cudaStream_t stream);
+                       uint8_t* out, int skip, cudaStream_t stream);
 
 /*!
  * \brief qcomm_pack that stores chunk c at outs.ptrs[c] (outs.count == world; e.g. the owners' peer buffers, so
- * the quantized chunks travel over NVLink as stores straight from the kernel).
+ * the quantized chunks travel over NVLink as stores straight from the kernel); outs.ptrs[skip] is not written.
  */
 cudaError_t qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
-                               const QCommOuts& outs, cudaStream_t stream);
+                               const QCommOuts& outs, int skip, cudaStream_t stream);
 
 /*!
  * \brief qcomm_reduce with a packed result stored to every pointer of outs (e.g. every peer's gather slot).
  */
 cudaError_t qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
-                                   const QCommOuts& outs, cudaStream_t stream);
+                                   const QCommOuts& outs, const QCommOwn& own, cudaStream_t stream);
 
 /*!
  * \brief Dequantizes in.count packed chunks of nb blocks each, sums them in float32 in chunk order (acc = acc +
- * code * scale, no FMA), multiplies by post_scale, and either requantizes into a packed chunk (out_t == qt; out
- * holds qcomm_chunk_bytes bytes) or stores the first out_n sums as float32/float16/bfloat16 (out_t).
+ * code * scale, no FMA; at position own.index the own elements are added instead: acc = acc + own), multiplies by
+ * post_scale, and either requantizes into a packed chunk (out_t == qt; out holds qcomm_chunk_bytes bytes) or
+ * stores the first out_n sums as float32/float16/bfloat16 (out_t).
  */
 cudaError_t qcomm_reduce(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale, void* out,
-                         DType out_t, int64_t out_n, cudaStream_t stream);
+                         DType out_t, int64_t out_n, const QCommOwn& own, cudaStream_t stream);
 
 /*!
  * \brief Dequantizes in.count packed chunks (each of `chunk` logical elements, nb = qcomm_blocks(chunk, block)) into

@@ -58,20 +58,21 @@ at::Tensor qgemm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor&
 }
 
 void qcomm_pack_into_cpu(const at::Tensor& x, const at::Tensor& out, int64_t world, int64_t chunk, int64_t block,
-                         at::ScalarType dtype) {
-  qcomm_check_pack(x, out, world, chunk, block, dtype);
+                         at::ScalarType dtype, int64_t skip) {
+  qcomm_check_pack(x, out, world, chunk, block, dtype, skip);
   TORCH_CHECK_VALUE(x.device().is_cpu() && out.device().is_cpu(), "halo.qcomm_pack: tensors must be on the CPU");
   cpu::qcomm_pack(x.data_ptr(), to_dtype(x.scalar_type()), x.numel(), static_cast<int>(world), chunk, block,
-                  to_dtype(dtype), static_cast<uint8_t*>(out.data_ptr()));
+                  to_dtype(dtype), static_cast<uint8_t*>(out.data_ptr()), static_cast<int>(skip));
 }
 
 void qcomm_reduce_into_cpu(at::TensorList chunks, const at::Tensor& out, int64_t block, at::ScalarType dtype,
-                           double post_scale) {
+                           double post_scale, const std::optional<at::Tensor>& own, int64_t own_index) {
   int64_t nb = 0;
   const QCommChunks in = qcomm_check_reduce(chunks.vec(), out, block, dtype, &nb);
+  const QCommOwn o = qcomm_check_own(own, own_index, in.count, nb, block, out.device(), "qcomm_reduce");
   const DType out_t = out.scalar_type() == at::kByte ? to_dtype(dtype) : to_dtype(out.scalar_type());
   cpu::qcomm_reduce(in, nb, block, to_dtype(dtype), static_cast<float>(post_scale), out.data_ptr(), out_t,
-                    out.numel());
+                    out.numel(), o);
 }
 
 void qcomm_unpack_into_cpu(at::TensorList chunks, const at::Tensor& out, int64_t chunk, int64_t block,
@@ -81,20 +82,21 @@ void qcomm_unpack_into_cpu(at::TensorList chunks, const at::Tensor& out, int64_t
 }
 
 void qcomm_pack_scatter_cpu(const at::Tensor& x, at::TensorList outs, int64_t chunk, int64_t block,
-                            at::ScalarType dtype) {
-  const QCommOuts o = qcomm_check_pack_scatter(x, outs.vec(), chunk, block, dtype);
+                            at::ScalarType dtype, int64_t skip) {
+  const QCommOuts o = qcomm_check_pack_scatter(x, outs.vec(), chunk, block, dtype, skip);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "halo.qcomm_pack_scatter: tensors must be on the CPU");
   cpu::qcomm_pack_scatter(x.data_ptr(), to_dtype(x.scalar_type()), x.numel(), o.count, chunk, block, to_dtype(dtype),
-                          o);
+                          o, static_cast<int>(skip));
 }
 
 void qcomm_reduce_broadcast_cpu(at::TensorList chunks, at::TensorList outs, int64_t block, at::ScalarType dtype,
-                                double post_scale) {
+                                double post_scale, const std::optional<at::Tensor>& own, int64_t own_index) {
   TORCH_CHECK_VALUE(!outs.empty(), "halo.qcomm_reduce_broadcast: needs at least one output chunk");
   int64_t nb = 0;
   const QCommChunks in = qcomm_check_reduce(chunks.vec(), outs[0], block, dtype, &nb);
   const QCommOuts o = qcomm_check_outs(outs.vec(), nb * (block + 4), outs[0].device(), "qcomm_reduce_broadcast");
-  cpu::qcomm_reduce_broadcast(in, nb, block, to_dtype(dtype), static_cast<float>(post_scale), o);
+  const QCommOwn w = qcomm_check_own(own, own_index, in.count, nb, block, outs[0].device(), "qcomm_reduce_broadcast");
+  cpu::qcomm_reduce_broadcast(in, nb, block, to_dtype(dtype), static_cast<float>(post_scale), o, w);
 }
 
 }  // namespace

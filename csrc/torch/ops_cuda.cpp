@@ -170,27 +170,30 @@ at::Tensor qgemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor
 }
 
 void qcomm_pack_into_cuda(const at::Tensor& x, const at::Tensor& out, int64_t world, int64_t chunk, int64_t block,
-                          at::ScalarType dtype) {
+                          at::ScalarType dtype, int64_t skip) {
   check_on_cuda(x, "x");
   const c10::cuda::CUDAGuard guard(x.device());
-  qcomm_check_pack(x, out, world, chunk, block, dtype);
+  qcomm_check_pack(x, out, world, chunk, block, dtype, skip);
   check_aligned(out.data_ptr(), "out");
   check_cuda(qcomm_pack(x.data_ptr(), to_dtype(x.scalar_type()), x.numel(), static_cast<int>(world), chunk, block,
-                        to_dtype(dtype), static_cast<uint8_t*>(out.data_ptr()), c10::cuda::getCurrentCUDAStream()),
+                        to_dtype(dtype), static_cast<uint8_t*>(out.data_ptr()), static_cast<int>(skip),
+                        c10::cuda::getCurrentCUDAStream()),
              "qcomm_pack");
 }
 
 void qcomm_reduce_into_cuda(at::TensorList chunks, const at::Tensor& out, int64_t block, at::ScalarType dtype,
-                            double post_scale) {
+                            double post_scale, const std::optional<at::Tensor>& own, int64_t own_index) {
   check_on_cuda(out, "out");
   const c10::cuda::CUDAGuard guard(out.device());
   int64_t nb = 0;
   const QCommChunks in = qcomm_check_reduce(chunks.vec(), out, block, dtype, &nb);
-  for (int i = 0; i < in.count; ++i) check_aligned(in.ptrs[i], "every chunk");
+  const QCommOwn o = qcomm_check_own(own, own_index, in.count, nb, block, out.device(), "qcomm_reduce");
+  for (int i = 0; i < in.count; ++i)
+    if (i != o.index) check_aligned(in.ptrs[i], "every chunk");
   check_aligned(out.data_ptr(), "out");
   const DType out_t = out.scalar_type() == at::kByte ? to_dtype(dtype) : to_dtype(out.scalar_type());
   check_cuda(qcomm_reduce(in, nb, block, to_dtype(dtype), static_cast<float>(post_scale), out.data_ptr(), out_t,
-                          out.numel(), c10::cuda::getCurrentCUDAStream()),
+                          out.numel(), o, c10::cuda::getCurrentCUDAStream()),
              "qcomm_reduce");
 }
 
@@ -206,27 +209,30 @@ void qcomm_unpack_into_cuda(at::TensorList chunks, const at::Tensor& out, int64_
 }
 
 void qcomm_pack_scatter_cuda(const at::Tensor& x, at::TensorList outs, int64_t chunk, int64_t block,
-                             at::ScalarType dtype) {
+                             at::ScalarType dtype, int64_t skip) {
   check_on_cuda(x, "x");
   const c10::cuda::CUDAGuard guard(x.device());
-  const QCommOuts o = qcomm_check_pack_scatter(x, outs.vec(), chunk, block, dtype);
-  for (int i = 0; i < o.count; ++i) check_aligned(o.ptrs[i], "every output chunk");
+  const QCommOuts o = qcomm_check_pack_scatter(x, outs.vec(), chunk, block, dtype, skip);
+  for (int i = 0; i < o.count; ++i)
+    if (i != skip) check_aligned(o.ptrs[i], "every output chunk");
   check_cuda(qcomm_pack_scatter(x.data_ptr(), to_dtype(x.scalar_type()), x.numel(), o.count, chunk, block,
-                                to_dtype(dtype), o, c10::cuda::getCurrentCUDAStream()),
+                                to_dtype(dtype), o, static_cast<int>(skip), c10::cuda::getCurrentCUDAStream()),
              "qcomm_pack_scatter");
 }
 
 void qcomm_reduce_broadcast_cuda(at::TensorList chunks, at::TensorList outs, int64_t block, at::ScalarType dtype,
-                                 double post_scale) {
+                                 double post_scale, const std::optional<at::Tensor>& own, int64_t own_index) {
   TORCH_CHECK_VALUE(!outs.empty(), "halo.qcomm_reduce_broadcast: needs at least one output chunk");
   check_on_cuda(outs[0], "outs");
   const c10::cuda::CUDAGuard guard(outs[0].device());
   int64_t nb = 0;
   const QCommChunks in = qcomm_check_reduce(chunks.vec(), outs[0], block, dtype, &nb);
   const QCommOuts o = qcomm_check_outs(outs.vec(), nb * (block + 4), outs[0].device(), "qcomm_reduce_broadcast");
-  for (int i = 0; i < in.count; ++i) check_aligned(in.ptrs[i], "every chunk");
+  const QCommOwn w = qcomm_check_own(own, own_index, in.count, nb, block, outs[0].device(), "qcomm_reduce_broadcast");
+  for (int i = 0; i < in.count; ++i)
+    if (i != w.index) check_aligned(in.ptrs[i], "every chunk");
   for (int i = 0; i < o.count; ++i) check_aligned(o.ptrs[i], "every output chunk");
-  check_cuda(qcomm_reduce_broadcast(in, nb, block, to_dtype(dtype), static_cast<float>(post_scale), o,
+  check_cuda(qcomm_reduce_broadcast(in, nb, block, to_dtype(dtype), static_cast<float>(post_scale), o, w,
                                     c10::cuda::getCurrentCUDAStream()),
              "qcomm_reduce_broadcast");
 }

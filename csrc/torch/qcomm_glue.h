@@ -5,6 +5,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <vector>
 
 #include "kernels/qcomm.h"
@@ -37,13 +38,47 @@ inline void qcomm_check_float(const at::Tensor& t, const char* what, const char*
   TORCH_CHECK_VALUE(t.is_contiguous(), "halo.", op, ": ", what, " must be contiguous");
 }
 
+/*! \brief Checks the skipped chunk index of a pack op: -1 (none) or a chunk in [0, world). */
+inline void qcomm_check_skip(int64_t skip, int64_t world, const char* op) {
+  TORCH_CHECK_VALUE(skip >= -1 && skip < world, "halo.", op, ": skip must be -1 (none) or a chunk index in [0, ",
+                    S(world), "), got ", S(skip));
+}
+
+/*!
+ * \brief Validates the own contribution of a reduce op (own: the owner's flat input slice, float32/float16/bfloat16,
+ * contiguous, on `device`, at most nb * block elements; own_index: its position among `count` chunks) and describes
+ * it. No own: own_index must stay -1.
+ */
+inline QCommOwn qcomm_check_own(const std::optional<at::Tensor>& own, int64_t own_index, int count, int64_t nb,
+                                int64_t block, const at::Device& device, const char* op) {
+  QCommOwn o;
+  if (!own.has_value()) {
+    TORCH_CHECK_VALUE(own_index == -1, "halo.", op, ": own_index = ", S(own_index),
+                      " given without own (pass the owner's input slice as own, or own_index = -1)");
+    return o;
+  }
+  TORCH_CHECK_VALUE(own_index >= 0 && own_index < count, "halo.", op, ": own_index must be in [0, ", S(int64_t(count)),
+                    ") (the position of the own contribution among the chunks), got ", S(own_index));
+  qcomm_check_float(*own, "own", op);
+  TORCH_CHECK_VALUE(own->device() == device, "halo.", op, ": own must be on the device of the chunks and out (",
+                    device.str(), "), got ", own->device().str());
+  TORCH_CHECK_VALUE(own->numel() <= nb * block, "halo.", op, ": own has ", S(own->numel()),
+                    " elements, more than a chunk holds (", S(nb * block), ")");
+  o.x = own->numel() > 0 ? own->data_ptr() : nullptr;
+  o.t = to_dtype(own->scalar_type());
+  o.n = own->numel();
+  o.index = static_cast<int>(own_index);
+  return o;
+}
+
 /*! \brief Validates qcomm_pack_into arguments. */
 inline void qcomm_check_pack(const at::Tensor& x, const at::Tensor& out, int64_t world, int64_t chunk, int64_t block,
-                             at::ScalarType qdtype) {
+                             at::ScalarType qdtype, int64_t skip) {
   qcomm_check_block_dtype(block, qdtype, "qcomm_pack");
   qcomm_check_float(x, "x", "qcomm_pack");
   TORCH_CHECK_VALUE(world >= 1, "halo.qcomm_pack: world must be >= 1, got ", S(world));
   TORCH_CHECK_VALUE(chunk >= 0, "halo.qcomm_pack: chunk must be >= 0, got ", S(chunk));
+  qcomm_check_skip(skip, world, "qcomm_pack");
   TORCH_CHECK_VALUE(x.numel() <= world * chunk, "halo.qcomm_pack: x has ", S(x.numel()),
                     " elements, more than world * chunk = ", S(world * chunk));
   qcomm_check_bytes(out, world * qcomm_chunk_bytes(chunk, block), "out", "qcomm_pack");
@@ -116,13 +151,14 @@ inline QCommOuts qcomm_check_outs(const std::vector<at::Tensor>& outs, int64_t b
 
 /*! \brief Validates qcomm_pack_scatter arguments (world = outs.size()). */
 inline QCommOuts qcomm_check_pack_scatter(const at::Tensor& x, const std::vector<at::Tensor>& outs, int64_t chunk,
-                                          int64_t block, at::ScalarType qdtype) {
+                                          int64_t block, at::ScalarType qdtype, int64_t skip) {
   qcomm_check_block_dtype(block, qdtype, "qcomm_pack_scatter");
   qcomm_check_float(x, "x", "qcomm_pack_scatter");
   TORCH_CHECK_VALUE(chunk >= 0, "halo.qcomm_pack_scatter: chunk must be >= 0, got ", S(chunk));
   const int64_t world = static_cast<int64_t>(outs.size());
   TORCH_CHECK_VALUE(x.numel() <= world * chunk, "halo.qcomm_pack_scatter: x has ", S(x.numel()),
                     " elements, more than len(outs) * chunk = ", S(world * chunk));
+  qcomm_check_skip(skip, world, "qcomm_pack_scatter");
   return qcomm_check_outs(outs, qcomm_chunk_bytes(chunk, block), x.device(), "qcomm_pack_scatter");
 }
 

@@ -22,16 +22,23 @@ TORCH_LIBRARY(halo, m) {
   m.def("hadamard_qgemm(Tensor x, Tensor w, ScalarType dtype, Tensor? w_scale=None, Tensor? bias=None, "
         "ScalarType? out_dtype=None, int block=0, Tensor? signs=None) -> Tensor");
   // Block-quantized two-shot collectives (kernels/qcomm.h): quantize the `world` chunks of flat x (chunk c =
-  // x[c*chunk, (c+1)*chunk), zero padded) into out = [world * chunk_bytes] uint8 (codes + fp32 block scales).
-  m.def("qcomm_pack_into(Tensor x, Tensor(a!) out, int world, int chunk, int block, ScalarType dtype) -> ()");
+  // x[c*chunk, (c+1)*chunk), zero padded) into out = [world * chunk_bytes] uint8 (codes + fp32 block scales);
+  // chunk `skip` (the caller's own chunk, -1 = none) is neither quantized nor written.
+  m.def("qcomm_pack_into(Tensor x, Tensor(a!) out, int world, int chunk, int block, ScalarType dtype, "
+        "int skip=-1) -> ()");
   // Dequantize the packed chunks, sum in float32 in list order, times post_scale; out = the requantized packed chunk
-  // (uint8) or the first out.numel() sums (float32/float16/bfloat16).
-  m.def("qcomm_reduce_into(Tensor[] chunks, Tensor(a!) out, int block, ScalarType dtype, float post_scale=1.0) -> ()");
+  // (uint8) or the first out.numel() sums (float32/float16/bfloat16). With own (the owner's flat float input slice,
+  // <= one chunk of elements, zeros past its end) the sum takes own unquantized at position own_index of the list
+  // instead of dequantizing chunks[own_index] (which is not read).
+  m.def("qcomm_reduce_into(Tensor[] chunks, Tensor(a!) out, int block, ScalarType dtype, float post_scale=1.0, "
+        "Tensor? own=None, int own_index=-1) -> ()");
   // Dequantize the packed chunks (chunk logical elements each) into the flat float out (out.numel() <= n * chunk).
   m.def("qcomm_unpack_into(Tensor[] chunks, Tensor(a!) out, int chunk, int block, ScalarType dtype) -> ()");
-  // qcomm_pack_into storing chunk c into outs[c] (the peer-memory path passes the owners' buffers: NVLink stores).
-  m.def("qcomm_pack_scatter(Tensor x, Tensor(a!)[] outs, int chunk, int block, ScalarType dtype) -> ()");
-  // qcomm_reduce_into with the requantized packed chunk stored into every tensor of outs (every peer's gather slot).
+  // qcomm_pack_into storing chunk c into outs[c] (the peer-memory path passes the owners' buffers: NVLink stores);
+  // outs[skip] is not written (-1 = none).
+  m.def("qcomm_pack_scatter(Tensor x, Tensor(a!)[] outs, int chunk, int block, ScalarType dtype, int skip=-1) -> ()");
+  // qcomm_reduce_into with the requantized packed chunk stored into every tensor of outs (every peer's gather slot);
+  // own / own_index as in qcomm_reduce_into.
   m.def("qcomm_reduce_broadcast(Tensor[] chunks, Tensor(a!)[] outs, int block, ScalarType dtype, "
-        "float post_scale=1.0) -> ()");
+        "float post_scale=1.0, Tensor? own=None, int own_index=-1) -> ()");
 }

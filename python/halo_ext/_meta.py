@@ -57,12 +57,12 @@ def _hadamard_qgemm_fake(x, w, dtype, w_scale=None, bias=None, out_dtype: Option
 
 
 @register_fake("halo::qcomm_pack_into")
-def _qcomm_pack_into_fake(x, out, world, chunk, block, dtype):
+def _qcomm_pack_into_fake(x, out, world, chunk, block, dtype, skip=-1):
     return None
 
 
 @register_fake("halo::qcomm_reduce_into")
-def _qcomm_reduce_into_fake(chunks, out, block, dtype, post_scale=1.0):
+def _qcomm_reduce_into_fake(chunks, out, block, dtype, post_scale=1.0, own=None, own_index=-1):
     return None
 
 
@@ -72,10 +72,10 @@ def _qcomm_unpack_into_fake(chunks, out, chunk, block, dtype):
 
 
 @register_fake("halo::qcomm_pack_scatter")
-def _qcomm_pack_scatter_fake(x, outs, chunk, block, dtype):
+def _qcomm_pack_scatter_fake(x, outs, chunk, block, dtype, skip=-1):
     return None
 
 
 @register_fake("halo::qcomm_reduce_broadcast")
-def _qcomm_reduce_broadcast_fake(chunks, outs, block, dtype, post_scale=1.0):
+def _qcomm_reduce_broadcast_fake(chunks, outs, block, dtype, post_scale=1.0, own=None, own_index=-1):
     return None

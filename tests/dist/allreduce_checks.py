@@ -10,8 +10,8 @@ from typing import List
 import torch
 import torch.distributed as dist
 
-from halo_ext.distributed import (all_reduce, chunk_elems, ddp_quantized_hook, error_bound, last_path,
-                                  reduce_scatter, QuantizedHookState)
+from halo_ext.distributed import (all_reduce, chunk_elems, ddp_quantized_hook, error_bound, last_path, pack,
+                                  reduce_scatter, unpack, QuantizedHookState)
 
 EPS = {torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 
@@ -37,7 +37,8 @@ def _same_on_all_ranks(t: torch.Tensor, group=None) -> bool:
 
 def _fp8_bound(xs, y, world, block, avg):
     """e4m3: per quantization |err| <= |v|/16 + scale * 2^-10 (normal: half spacing 2^-4 |v|; subnormal step
-    2^-9 in code units) with scale = absmax/448 per block; two quantizations."""
+    2^-9 in code units) with scale = absmax/448 per block; the first quantization of every rank but the chunk's
+    owner (its own contribution is exact), then the requantization."""
     n = y.numel()
     chunk = chunk_elems(n, world, block)
 
@@ -47,7 +48,9 @@ def _fp8_bound(xs, y, world, block, avg):
         return p.view(-1, block).amax(1, keepdim=True).expand(-1, block).reshape(-1)[:n]
 
     f = 1.0 / world if avg else 1.0
-    e1 = sum(x.double().abs().cpu() / 16 + bmax(x) / 448 * 2 ** -10 for x in xs) * f
+    owner = torch.arange(n) // max(chunk, 1)
+    terms = torch.stack([x.double().abs().cpu() / 16 + bmax(x) / 448 * 2 ** -10 for x in xs])
+    e1 = (terms.sum(0) - terms.gather(0, owner.view(1, -1)).view(-1)) * f
     yy = y.double().abs().cpu()
     return e1 + (yy + e1) / 16 + (bmax(y) + bmax(e1)) / 448 * 2 ** -10 + 1e-30
 
@@ -91,22 +94,38 @@ def check_all_reduce(device, group=None, paths=("nccl",), quick=False) -> List[s
                     fails.append(f"{tag} error {float(err[i]):.3e} > bound {float(bound[i]):.3e} at {i}")
                 if n >= 1000 and qd == "int8" and float(err.max()) == 0.0:
                     fails.append(f"{tag} exact result: the quantized path did not run")
+        # the owner's chunk is not quantized: inputs nonzero only in each rank's own chunk -> the result is ONE
+        # quantization (the requantization) of the exact sum, bit for bit, on every rank (ragged last chunk)
+        for n, block in [(5003, 256), (1000, 64)]:
+            chunk = chunk_elems(n, world, block)
+            xs = _inputs(4000 + n, world, n, torch.float32, device)
+            for r in range(world):
+                xs[r][:min(r * chunk, n)] = 0
+                xs[r][min((r + 1) * chunk, n):] = 0
+            res = all_reduce(xs[rank].clone(), group=group, block=block, path=path)
+            y = sum(xs)  # disjoint supports: exact in float32
+            expect = unpack(list(pack(y, world, chunk, block).unbind(0)), torch.empty_like(y), chunk, block)
+            if not torch.equal(res, expect):
+                fails.append(f"[{path} n={n} B={block}] own-chunk-only inputs: not a single quantization of the sum")
         # determinism: the same call twice gives the same bits
         xs = _inputs(999, world, 4099, torch.bfloat16, device)
         a = all_reduce(xs[rank].clone(), group=group, path=path)
         b = all_reduce(xs[rank].clone(), group=group, path=path)
         if not torch.equal(a, b):
             fails.append(f"[{path}] repeated runs differ")
-        # pipelined pieces (tiny piece size): same bits as unpipelined when pieces are whole chunks... only bound
-        os.environ["HALO_AR_PIECE_BYTES"] = str(world * 256 * 4 * 4 * 2)
+        # pipelined pieces (tiny piece size): each piece is chunked on its own (its own owners), so the bound is
+        # evaluated per piece; piece = HALO_AR_PIECE_BYTES / 4 float32 elements = 2 units of world * 4 blocks
+        piece = world * 256 * 4 * 2
+        os.environ["HALO_AR_PIECE_BYTES"] = str(piece * 4)
         try:
             xs = _inputs(1001, world, 20000, torch.float32, device)
             r1 = all_reduce(xs[rank].clone(), group=group, path=path)
         finally:
             del os.environ["HALO_AR_PIECE_BYTES"]
         y = sum(v.double().cpu() for v in xs)
-        if not bool(((r1.double().cpu() - y).abs() <= error_bound([v.cpu() for v in xs], y, world, 256) * 1.0).all()) \
-                and path == "nccl":
+        bound = torch.cat([error_bound([v.cpu()[s:s + piece] for v in xs], y[s:s + piece], world, 256)
+                           for s in range(0, y.numel(), piece)])
+        if not bool(((r1.double().cpu() - y).abs() <= bound).all()) and path == "nccl":
             fails.append(f"[{path}] pipelined pieces exceed the bound")
         if not _same_on_all_ranks(r1, group):
             fails.append(f"[{path}] pipelined results differ across ranks")
@@ -172,18 +191,39 @@ def check_reduce_scatter(device, group=None, paths=("nccl",)) -> List[str]:
             y = sum(v.double().cpu() for v in xs)[rank * S:(rank + 1) * S]
             if op == "avg":
                 y = y / world
-            # one quantization per element: sum_r absmax_r / 254 per block of the rank's slice
+            # one quantization per element of the other ranks' slices: sum_{r != rank} absmax_r / 254 per block of
+            # the rank's slice (the own slice is added unquantized), written out here and via error_bound
             B = 256
             nb = -(-S // B)
             bound = torch.zeros(S, dtype=torch.float64)
-            for v in xs:
+            for r, v in enumerate(xs):
+                if r == rank:
+                    continue
                 sl = torch.zeros(nb * B, dtype=torch.float64)
                 sl[:S] = v.double().cpu()[rank * S:(rank + 1) * S].abs()
                 bound += sl.view(nb, B).amax(1, keepdim=True).expand(nb, B).reshape(-1)[:S]
-            bound = bound / 254 * (1 / world if op == "avg" else 1) * (1 + 1e-5) + y.abs() * EPS[out_dtype] * 1.01
+            s_all = sum(v.double().cpu()[rank * S:(rank + 1) * S].abs().max() for v in xs)
+            f = 1 / world if op == "avg" else 1
+            bound = bound / 254 * f * (1 + 1e-5) + world * 2.0 ** -23 * s_all * f + 1e-30
+            yfull = sum(v.double().cpu() for v in xs) * f
+            eb = error_bound([v.cpu() for v in xs], yfull, world, B, avg=op == "avg", chunk=S, requantized=False)
+            eb = eb[rank * S:(rank + 1) * S]
+            if not bool((eb <= bound * (1 + 1e-9)).all()):
+                fails.append(f"[rs {path} S={S}] error_bound(requantized=False) is looser than the direct bound")
+            bound = eb + y.abs() * EPS[out_dtype] * 1.01
             err = (out.double().cpu() - y).abs()
             if not bool((err <= bound).all()):
                 fails.append(f"[rs {path} S={S} {dtype}->{out_dtype} {op}] error {float(err.max()):.3e} > bound")
+        # the own slice is added unquantized: inputs nonzero only in each rank's own slice -> exact float32 output
+        S = 1029
+        xs = _inputs(5100, world, world * S, torch.bfloat16, device)
+        for r in range(world):
+            xs[r][:r * S] = 0
+            xs[r][(r + 1) * S:] = 0
+        out = torch.empty(S, dtype=torch.float32, device=device)
+        reduce_scatter(out, xs[rank].clone(), group=group, path=path)
+        if not torch.equal(out, xs[rank][rank * S:(rank + 1) * S].float()):
+            fails.append(f"[rs {path}] own-slice-only inputs: output is not the owner's slice exactly")
     try:
         reduce_scatter(torch.empty(3, device=device), torch.empty(world * 3 + 1, device=device), group=group)
         fails.append("reduce_scatter with a wrong input size did not raise")

@@ -2,8 +2,9 @@
     torchrun --nproc_per_node=2 tests/dist/allreduce_gpu_check.py
 Asserts the properties tests/test_allreduce.py checks on Gloo (bitwise-identical results on all ranks, error within
 the stated bound vs float64, sizes 0/1/odd/ragged/multi-chunk, AVG, out-of-place, fp8, pipelined pieces, fallback,
-reduce_scatter, hierarchical with fake nodes, DDP hook vs plain DDP) plus: the CUDA pack/reduce/unpack kernels equal
-the CPU reference bit for bit. Prints one line per check group; exits 1 if anything failed."""
+reduce_scatter, hierarchical with fake nodes, DDP hook vs plain DDP, the owner's chunk added unquantized) plus: the
+CUDA pack/reduce/unpack kernels equal the CPU reference bit for bit (also with own / own_index and skip). Prints one
+line per check group; exits 1 if anything failed."""
 import os
 import sys
 import traceback
@@ -51,14 +52,69 @@ def check_kernels_vs_cpu(device) -> list:
                         reduce_chunks([p[r] for p in pg], fg, block, qd)
                         if not torch.equal(fc, fg.cpu()):
                             fails.append(f"{tag} reduce (float out) differs from the CPU reference")
+                    # own contribution: chunk r of rank r unquantized (ragged / empty at the end; a misaligned copy
+                    # takes the element path), pack with skip leaves the own row untouched
+                    for r in range(world):
+                        lo, hi = min(r * chunk, n), min((r + 1) * chunk, n)
+                        owns = [(xs[r][lo:hi], xs[r].to(device)[lo:hi])]
+                        if r == world - 1 and hi > lo:
+                            mis = torch.empty(hi - lo + 1, dtype=xdt, device=device)[1:]
+                            mis.copy_(owns[0][1])
+                            owns.append((owns[0][0], mis))
+                        chunks_c = [p[r] for p in pc]
+                        chunks_g = [p[r] for p in pg]
+                        chunks_g[r] = torch.full_like(chunks_g[r], 0xFF)  # must not be read
+                        for oc, og in owns:
+                            rc = torch.empty(cb, dtype=torch.uint8)
+                            rg = torch.empty(cb, dtype=torch.uint8, device=device)
+                            reduce_chunks(chunks_c, rc, block, qd, 0.5, own=oc, own_index=r)
+                            reduce_chunks(chunks_g, rg, block, qd, 0.5, own=og, own_index=r)
+                            if not torch.equal(rc, rg.cpu()):
+                                fails.append(f"{tag} reduce with own (packed) differs from the CPU reference")
+                            fc = torch.empty(min(chunk, 777), dtype=xdt)
+                            fg = torch.empty(min(chunk, 777), dtype=xdt, device=device)
+                            reduce_chunks(chunks_c, fc, block, qd, own=oc, own_index=r)
+                            reduce_chunks(chunks_g, fg, block, qd, own=og, own_index=r)
+                            if not torch.equal(fc, fg.cpu()):
+                                fails.append(f"{tag} reduce with own (float out) differs from the CPU reference")
+                        bo = [torch.zeros(cb, dtype=torch.uint8, device=device) for _ in range(2)]
+                        torch.ops.halo.qcomm_reduce_broadcast(chunks_g, bo, block, _QD[qd], 0.5, owns[0][1], r)
+                        rc = torch.empty(cb, dtype=torch.uint8)
+                        reduce_chunks(chunks_c, rc, block, qd, 0.5, own=owns[0][0], own_index=r)
+                        if not all(torch.equal(rc, o.cpu()) for o in bo):
+                            fails.append(f"{tag} reduce_broadcast with own differs from the CPU reference")
+                    skip = world - 1
+                    sg = torch.full((world, cb), 0xA5, dtype=torch.uint8, device=device)
+                    pack(xs[0].to(device), world, chunk, block, qd, out=sg, skip=skip)
+                    sg = sg.cpu()
+                    if not (all(torch.equal(sg[c], pc[0][c]) for c in range(world) if c != skip)
+                            and bool((sg[skip] == 0xA5).all())):
+                        fails.append(f"{tag} pack with skip wrong")
+                    so = [torch.full((cb,), 0x5A, dtype=torch.uint8, device=device) for _ in range(world)]
+                    torch.ops.halo.qcomm_pack_scatter(xs[0].to(device), so, chunk, block, _QD[qd], skip)
+                    if not (all(torch.equal(so[c].cpu(), pc[0][c]) for c in range(world) if c != skip)
+                            and bool((so[skip] == 0x5A).all())):
+                        fails.append(f"{tag} pack_scatter with skip wrong")
                     uc = torch.empty(n, dtype=xdt)
                     ug = torch.empty(n, dtype=xdt, device=device)
                     unpack(list(pc[0].unbind(0)), uc, chunk, block, qd)
                     unpack(list(pg[0].unbind(0)), ug, chunk, block, qd)
                     if not torch.equal(uc, ug.cpu()):
                         fails.append(f"{tag} unpack differs from the CPU reference")
+    # bad own: on another device than the chunks
+    p = pack(torch.randn(500, device=device), 2, 256, 64)
+    try:
+        reduce_chunks([p[0], p[1]], torch.empty(p.shape[1], dtype=torch.uint8, device=device), 64,
+                      own=torch.randn(256), own_index=0)
+        fails.append("own on the CPU with CUDA chunks did not raise")
+    except ValueError as e:
+        if "device" not in str(e):
+            fails.append(f"own on the wrong device: unclear error {e}")
     torch.cuda.synchronize()
     return fails
+
+
+_QD = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
 def main() -> int:

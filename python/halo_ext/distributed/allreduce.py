@@ -1,23 +1,31 @@
 """Block-quantized two-shot all-reduce and reduce-scatter (EQuARX-style) over torch.distributed.
 
-Algorithm (two quantizations per element, the second shared by every rank so all ranks get bitwise-identical
-results): the flat tensor is split into ``world`` chunks of whole blocks of ``block`` elements; every block is
-quantized to 8 bits with one float32 scale (``scale = max(absmax, 1e-30) / qmax``), codes and scales packed in one
-uint8 buffer per chunk (``torch.ops.halo.qcomm_pack_into``); an all-to-all sends chunk r to rank r; rank r
-dequantizes the ``world`` incoming copies of its chunk, sums them in float32 in rank order and requantizes
-(``qcomm_reduce_into``); an all-gather of the packed reduced chunks follows, and every rank dequantizes all of them
-(its own from the requantized copy too, ``qcomm_unpack_into``).
+Algorithm (at most two quantizations per element, the second shared by every rank so all ranks get
+bitwise-identical results): the flat tensor is split into ``world`` chunks of whole blocks of ``block`` elements;
+every block of the chunks a rank sends is quantized to 8 bits with one float32 scale (``scale = max(absmax, 1e-30)
+/ qmax``), codes and scales packed in one uint8 buffer per chunk (``torch.ops.halo.qcomm_pack_into``; rank r does
+not quantize its own chunk r, ``skip=r``); an all-to-all sends chunk c to rank c; rank r dequantizes the ``world -
+1`` incoming copies of its chunk, adds its own chunk r unquantized straight from its input (``own=``), sums in
+float32 in rank order and requantizes (``qcomm_reduce_into``); an all-gather of the packed reduced chunks follows,
+and every rank dequantizes all of them (its own from the requantized copy too, ``qcomm_unpack_into``, so all ranks
+hold the same bits). The bytes sent are those of quantizing every chunk (the own slot of the all-to-all buffer is
+sent unfilled to itself and never read).
 
 Error bound (int8, qmax = 127, round to nearest: each quantization errs by at most scale / 2 = absmax / 254): for
-every element of a block, with absmax_r the absmax of that block on rank r and absmax_out the absmax of the reduced
-block (after the 1/world of AVG),
+every element of a block of chunk c (owned by rank c), with absmax_r the absmax of that block on rank r and
+absmax_out the absmax of the reduced block (after the 1/world of AVG),
 
-    |y_hat - y| <= (sum_r absmax_r + absmax_out) / 254            (times 1/world on the first term for AVG)
+    |y_hat - y| <= (sum_{r != c} absmax_r + absmax_out) / 254     (times 1/world on the first term for AVG)
 
-plus float32 rounding of the sum (relative 2^-24 per addition, negligible). For float8_e4m3fn (3 mantissa bits,
-relative spacing 2^-3 of the value's binade, so half a spacing <= 2^-4 |v| for normal codes, and subnormal codes
-step by 2^-9 of qmax-scaled units) the analogue is |y_hat - y| <= sum_r (|x_r| / 16 + absmax_r * 2^-10 / 448)
-+ |y| / 16 + absmax_out * 2^-10 / 448, i.e. a relative error per element rather than per block.
+plus float32 rounding of the sum (relative 2^-24 per addition and for the post scale; :func:`error_bound` adds
+world * 2^-23 * sum_r absmax_r for it). The owner's term drops out of the sum: it enters unquantized. For Gaussian
+data (every rank's block absmax about a, quantization error uniform with standard deviation q = a / (127 sqrt 12)
+per quantization, the reduced block's absmax about sqrt(world) a) the relative L2 error is sqrt((2 world - 1) /
+world) q instead of sqrt(2) q when every contribution is quantized: x 0.87 at world 2, 0.94 at 4, 0.97 at 8.
+For float8_e4m3fn (3 mantissa bits, relative spacing 2^-3 of the value's binade, so half a spacing <= 2^-4 |v|
+for normal codes, and subnormal codes step by 2^-9 of qmax-scaled units) the analogue is |y_hat - y| <=
+sum_{r != c} (|x_r| / 16 + absmax_r * 2^-10 / 448) + |y| / 16 + absmax_out * 2^-10 / 448, i.e. a relative error per
+element rather than per block.
 
 Paths (``path=`` or the environment variable ``HALO_AR_PATH``: ``auto`` | ``nccl`` | ``peer`` | ``fallback``):
 
@@ -103,20 +111,26 @@ def chunk_elems(n: int, world: int, block: int = DEFAULT_BLOCK) -> int:
 
 
 def pack(x: torch.Tensor, world: int, chunk: int, block: int = DEFAULT_BLOCK, dtype="int8",
-         out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Packs the ``world`` chunks of flat x (chunk c = x[c*chunk:(c+1)*chunk]) into uint8 [world, chunk_bytes]."""
+         out: Optional[torch.Tensor] = None, skip: int = -1) -> torch.Tensor:
+    """Packs the ``world`` chunks of flat x (chunk c = x[c*chunk:(c+1)*chunk]) into uint8 [world, chunk_bytes];
+    row ``skip`` (the caller's own chunk, -1 = none) is neither quantized nor written (uninitialized if out is new)."""
     cb = packed_chunk_bytes(chunk, block)
     if out is None:
         out = torch.empty((world, cb), dtype=torch.uint8, device=x.device)
-    torch.ops.halo.qcomm_pack_into(x.reshape(-1), out.view(-1), world, chunk, block, _qdtype(dtype))
+    torch.ops.halo.qcomm_pack_into(x.reshape(-1), out.view(-1), world, chunk, block, _qdtype(dtype), int(skip))
     return out
 
 
 def reduce_chunks(chunks: List[torch.Tensor], out: torch.Tensor, block: int = DEFAULT_BLOCK, dtype="int8",
-                  post_scale: float = 1.0) -> torch.Tensor:
+                  post_scale: float = 1.0, own: Optional[torch.Tensor] = None, own_index: int = -1) -> torch.Tensor:
     """Dequantizes packed chunks, sums in fp32 in list order (times post_scale) into out: a packed uint8 chunk
-    (requantized) or a float tensor of at most nb*block elements (the sums themselves)."""
-    torch.ops.halo.qcomm_reduce_into(chunks, out.view(-1), block, _qdtype(dtype), float(post_scale))
+    (requantized) or a float tensor of at most nb*block elements (the sums themselves). ``own``: the owner's flat
+    float input slice (at most nb*block elements, zeros past its end), added unquantized at position ``own_index``
+    of the list instead of dequantizing ``chunks[own_index]`` (not read)."""
+    if own is not None:
+        own = own.reshape(-1)
+    torch.ops.halo.qcomm_reduce_into(chunks, out.view(-1), block, _qdtype(dtype), float(post_scale), own,
+                                     int(own_index))
     return out
 
 
@@ -128,25 +142,40 @@ def unpack(chunks: List[torch.Tensor], out: torch.Tensor, chunk: int, block: int
 
 
 def error_bound(xs: List[torch.Tensor], y: torch.Tensor, world: int, block: int = DEFAULT_BLOCK,
-                avg: bool = False) -> torch.Tensor:
-    """Per-element int8 bound (sum_r absmax_r [/world for AVG] + absmax_out) / 254 of the docstring, for flat
-    tensors laid out as the all-reduce chunks them (x_r: rank r's input, y: the exact result), in float64."""
+                avg: bool = False, chunk: Optional[int] = None, requantized: bool = True) -> torch.Tensor:
+    """Per-element int8 bound (sum_{r != c} absmax_r [/world for AVG] + absmax_out) / 254 of the module docstring
+    (c: the chunk of the element, i.e. its owner rank, whose own contribution is not quantized) plus the float32
+    rounding of the sum, in float64, for flat tensors laid out as the collective chunks them: x_r rank r's input,
+    y the exact result, ``chunk`` elements per rank chunk (default chunk_elems(n, world, block), the all-reduce's;
+    the reduce-scatter's is output.numel()), blocks of ``block`` elements from each chunk's start.
+    ``requantized=False``: no second quantization (the reduce-scatter's float output), no absmax_out term."""
     n = y.numel()
-    chunk = chunk_elems(n, world, block)
+    if n == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    if chunk is None:
+        chunk = chunk_elems(n, world, block)
+    nbc = -(-chunk // block)
 
     def blockmax(t):
-        t = t.reshape(-1).double().abs()
-        pad = torch.zeros(world * chunk, dtype=torch.float64)
-        pad[:n] = t
-        m = pad.view(-1, block).amax(1, keepdim=True).expand(-1, block).reshape(-1)
-        return m[:n]
+        flat = torch.zeros(world * chunk, dtype=torch.float64)
+        flat[:n] = t.reshape(-1).double().abs().cpu()
+        pad = torch.zeros(world, nbc * block, dtype=torch.float64)
+        pad[:, :chunk] = flat.view(world, chunk)
+        m = pad.view(world, nbc, block).amax(2, keepdim=True).expand(-1, -1, block).reshape(world, -1)
+        return m[:, :chunk].reshape(-1)[:n]
 
-    s = sum(blockmax(x) for x in xs)
+    maxes = torch.stack([blockmax(x) for x in xs])
+    owner = torch.arange(n) // chunk
+    s_all = maxes.sum(0)
+    s = s_all - maxes.gather(0, owner.view(1, -1)).view(-1)  # the owner's contribution is exact
     if avg:
-        s = s / world
-    # the reduced block's absmax is at most the exact one plus the first quantization's error
-    out_max = blockmax(y) + s / 254
-    return (s + out_max) / 254 * (1 + 1e-5) + 1e-30
+        s, s_all = s / world, s_all / world
+    fp32 = world * 2.0 ** -23 * s_all  # float32 rounding of the ordered sum and of the post scale
+    if not requantized:
+        return s / 254 * (1 + 1e-5) + fp32 + 1e-30
+    # the reduced block's absmax is at most the exact one plus the first quantization's error (and rounding)
+    out_max = blockmax(y) + s / 254 + fp32
+    return (s + out_max) / 254 * (1 + 1e-5) + fp32 + 1e-30
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,8 +276,11 @@ def _run_async(fn, tensors, result: torch.Tensor) -> "_Done":
 
 def _two_shot_pg(x: torch.Tensor, out: torch.Tensor, group, world: int, post_scale: float, qd, block: int,
                  piece_elems: int) -> None:
-    """x, out: flat contiguous (may alias). Pipelined over pieces of piece_elems elements."""
+    """x, out: flat contiguous (may alias: out is written only in phase 3, after every reduce has read x).
+    Pipelined over pieces of piece_elems elements. This rank's own chunk is not quantized: the pack skips it (its
+    slot of the all-to-all buffer is sent to itself unfilled, recv[rank] never read) and the reduce adds it from x."""
     n = x.numel()
+    rank = dist.get_rank(group)
     unit = world * block * 4
     piece = max(unit, piece_elems // unit * unit)
     starts = list(range(0, n, piece))
@@ -256,7 +288,7 @@ def _two_shot_pg(x: torch.Tensor, out: torch.Tensor, group, world: int, post_sca
     for s in starts:  # phase 1: pack + all-to-all, all pieces
         m = min(piece, n - s)
         chunk = chunk_elems(m, world, block)
-        send = pack(x[s:s + m], world, chunk, block, qd)
+        send = pack(x[s:s + m], world, chunk, block, qd, skip=rank)
         recv = torch.empty_like(send)
         w = dist.all_to_all_single(recv, send, group=group, async_op=True)
         staged.append((s, m, chunk, send, recv, w))
@@ -264,7 +296,8 @@ def _two_shot_pg(x: torch.Tensor, out: torch.Tensor, group, world: int, post_sca
     for s, m, chunk, send, recv, w in staged:  # phase 2: reduce own chunk + all-gather
         w.wait()
         red = torch.empty(recv.shape[1], dtype=torch.uint8, device=x.device)
-        reduce_chunks(list(recv.unbind(0)), red, block, qd, post_scale)
+        lo, hi = s + min(rank * chunk, m), s + min((rank + 1) * chunk, m)  # own chunk (ragged or empty at the end)
+        reduce_chunks(list(recv.unbind(0)), red, block, qd, post_scale, own=x[lo:hi], own_index=rank)
         allg = torch.empty_like(recv)
         w2 = _all_gather_flat(allg.view(-1), red, group, async_op=True)
         gathered.append((s, m, chunk, allg, w2, red, send))
@@ -364,17 +397,20 @@ def peer_path_available(tensor: torch.Tensor, group=None) -> bool:
 def _two_shot_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_scale: float, qd, block: int) -> None:
     """Push model over peer memory. Workspace of every rank: A = world slots of incoming chunks (slot s: the chunk
     rank s quantized for this rank), G = world slots of reduced chunks (slot s: rank s's reduced chunk). The pack
-    kernel stores chunk c straight into rank c's A[rank] (NVLink stores), the reduce kernel reads its A locally and
-    stores the requantized chunk into every rank's G[rank]; the unpack kernel reads G locally."""
+    kernel stores chunk c != rank straight into rank c's A[rank] (NVLink stores; the own chunk is not quantized and
+    A[rank] stays unused), the reduce kernel reads its A locally plus its own chunk from x (unquantized) and stores
+    the requantized chunk into every rank's G[rank]; the unpack kernel reads G locally."""
     n = x.numel()
     chunk = chunk_elems(n, world, block)
     cb = packed_chunk_bytes(chunk, block)
     ws = _peer_workspace(group, 2 * world * cb, x.device)
+    rank = ws.rank
     scatter_to, a_slots, bcast_to, g_slots = ws.views("ar", cb)
     ws.barrier()  # every rank is done with the previous use of its workspace
-    torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd)
+    torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd, rank)
     ws.barrier()  # all chunks arrived
-    torch.ops.halo.qcomm_reduce_broadcast(a_slots, bcast_to, block, qd, float(post_scale))
+    own = x[min(rank * chunk, n):min((rank + 1) * chunk, n)]  # ragged or empty at the end
+    torch.ops.halo.qcomm_reduce_broadcast(a_slots, bcast_to, block, qd, float(post_scale), own, rank)
     ws.barrier()  # all reduced chunks arrived
     unpack(g_slots, out, chunk, block, qd)
 
@@ -384,11 +420,12 @@ def _reduce_scatter_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, 
     chunk = out.numel()
     cb = packed_chunk_bytes(chunk, block)
     ws = _peer_workspace(group, world * cb, x.device)
+    rank = ws.rank
     scatter_to, a_slots, _, _ = ws.views("rs", cb)
     ws.barrier()
-    torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd)
+    torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd, rank)  # the own slice stays unquantized
     ws.barrier()
-    reduce_chunks(a_slots, out, block, qd, post_scale)
+    reduce_chunks(a_slots, out, block, qd, post_scale, own=x[rank * chunk:(rank + 1) * chunk], own_index=rank)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -499,9 +536,10 @@ def all_reduce(tensor: torch.Tensor, op="sum", group=None, dtype="int8", block: 
         hierarchical: k ranks per node: intra-node reduce-scatter, quantized all-reduce across nodes, intra-node
             all-gather (default world group only; world divisible by k).
 
-    Error (int8): per element of a block, |y_hat - y| <= (sum_r absmax_r + absmax_out) / 254, absmax_r the
-    block's absmax on rank r (divided by world for AVG) and absmax_out that of the reduced block; float8_e4m3fn:
-    a relative 2^-4 per quantization (see the module docstring). All ranks get bitwise-identical results.
+    Error (int8): per element of a block of chunk c, |y_hat - y| <= (sum_{r != c} absmax_r + absmax_out) / 254,
+    absmax_r the block's absmax on rank r (divided by world for AVG; the owner c adds its chunk unquantized) and
+    absmax_out that of the reduced block (:func:`error_bound`); float8_e4m3fn: a relative 2^-4 per quantization
+    (see the module docstring). All ranks get bitwise-identical results.
 
     Returns: the result tensor (``out`` or ``tensor``), or a handle when async_op.
     """
@@ -571,11 +609,13 @@ def reduce_scatter(output: torch.Tensor, input: torch.Tensor, op="sum", group=No
     ``dist.reduce_scatter_tensor``: ``input`` is flat-viewable with world * output.numel() elements; rank r gets
     the sum (or mean) of every rank's slice input[r*S:(r+1)*S], S = output.numel().
 
-    One quantization per element: each rank quantizes its input per block of ``block`` elements of each rank
-    slice (slices are padded to whole blocks internally), the owner dequantizes and accumulates in float32 and
-    writes the sums straight into ``output`` (any of float32/float16/bfloat16, independent of input's dtype; use a
-    float32 output to keep the fp32 accumulation). Error (int8): |y_hat - y| <= sum_r absmax_r / 254 per block
-    (divided by world for AVG). Paths as in all_reduce ("fallback" = dist.reduce_scatter_tensor).
+    One quantization per element of the other ranks' slices: each rank quantizes its input per block of
+    ``block`` elements of each other rank's slice (slices are padded to whole blocks internally; its own slice is
+    not quantized), the owner dequantizes the world - 1 incoming slices, adds its own slice unquantized, accumulates
+    in float32 in rank order and writes the sums straight into ``output`` (any of float32/float16/bfloat16,
+    independent of input's dtype; use a float32 output to keep the fp32 accumulation). Error (int8): |y_hat - y| <=
+    sum_{r != rank} absmax_r / 254 per block (divided by world for AVG; ``error_bound(..., chunk=S,
+    requantized=False)``). Paths as in all_reduce ("fallback" = dist.reduce_scatter_tensor).
     """
     if async_op and input.is_cuda:
         return _run_async(lambda: reduce_scatter(output, input, op, group, dtype, block, False, path),
@@ -617,10 +657,11 @@ def reduce_scatter(output: torch.Tensor, input: torch.Tensor, op="sum", group=No
                 tmp.div_(world)
             dst.copy_(tmp)
         elif p == "nccl":
-            send = pack(x, world, S, block, qd)
+            rank = dist.get_rank(group)
+            send = pack(x, world, S, block, qd, skip=rank)  # own slot unfilled: sent to itself, never read
             recv = torch.empty_like(send)
             dist.all_to_all_single(recv, send, group=group)
-            reduce_chunks(list(recv.unbind(0)), dst, block, qd, post)
+            reduce_chunks(list(recv.unbind(0)), dst, block, qd, post, own=x[rank * S:(rank + 1) * S], own_index=rank)
     if not output.is_contiguous():
         output.copy_(dst.view(output.shape))
     return _Done(output) if async_op else output
