@@ -254,7 +254,9 @@ def check_hierarchical(device, k: int) -> List[str]:
                 continue
             part = [v[lo:hi] for v in nodes]
             yy = y[lo:hi]
-            bound[lo:hi] = error_bound([p / (world if op == "avg" else 1) for p in part], yy, len(nodes), 256)
+            # chunked as the padded s-element slice is (owners: chunk_elems(s, nodes) elements each)
+            bound[lo:hi] = error_bound([p / (world if op == "avg" else 1) for p in part], yy, len(nodes), 256,
+                                       chunk=chunk_elems(s, len(nodes), 256))
         err = (res.double().cpu() - y).abs()
         if not bool((err <= bound + y.abs() * 1e-6 + 1e-6).all()):
             fails.append(f"[hier k={k} n={n}] error {float(err.max()):.3e} > bound")
