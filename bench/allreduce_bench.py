@@ -11,8 +11,8 @@ median after warm-up (bench/_common.time_ms), max over ranks. The fallback thres
 run: the smallest size from which the best quantized path beats NCCL bf16 at every larger size measured
 (extra small sizes 0.0625/0.25 MB are measured for that); the run sets HALO_AR_FALLBACK_BYTES to it before the
 "auto" rows and records it. The "auto" rows are in place (as dist.all_reduce is), against NCCL bf16 re-measured
-in the same loop (3 interleaved rounds, median each). A block sweep (128/512) runs at 64 and 256 MB, a pipeline-piece
-sweep (8/32/128 MiB, path "nccl:pieceXMB") at 256 and 1024 MB. Rank 0 writes
+in the same loop (3 interleaved rounds, median each). A block sweep (64/128/512) runs at 64 and 256 MB, a pipeline-piece
+sweep (32/64/256 MiB, path "nccl:pieceXMB"; the default is 128) at 256 and 1024 MB. Rank 0 writes
 bench/results/allreduce.json (rows merged by world, MB, dtype, path, block so 4/8-GPU runs append).
 --smoke: a CPU/Gloo dry run of the script logic with tiny sizes (no GPU needed).
 """
@@ -67,9 +67,9 @@ def main():
     ap.add_argument("--sizes-mb", type=float, nargs="*", default=[1, 4, 16, 64, 256, 1024])
     ap.add_argument("--small-mb", type=float, nargs="*", default=[0.0625, 0.25], help="extra sizes for the threshold")
     ap.add_argument("--dtypes", nargs="*", default=["int8", "fp8"])
-    ap.add_argument("--sweep-blocks", type=int, nargs="*", default=[128, 512])
+    ap.add_argument("--sweep-blocks", type=int, nargs="*", default=[64, 128, 512])
     ap.add_argument("--sweep-mb", type=float, nargs="*", default=[64, 256])
-    ap.add_argument("--sweep-piece-mb", type=float, nargs="*", default=[8, 32, 128],
+    ap.add_argument("--sweep-piece-mb", type=float, nargs="*", default=[32, 64, 256],
                     help="pipeline piece sizes (HALO_AR_PIECE_BYTES) swept for the NCCL path at 256 and 1024 MB")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()

@@ -198,6 +198,21 @@ def test_own_is_added_unquantized_in_rank_order(own_dtype, n_own):
     bouts = [torch.zeros(cb, dtype=torch.uint8) for _ in range(2)]
     torch.ops.halo.qcomm_reduce_broadcast(others, bouts, block, torch.int8, post, own, own_index)
     assert all(torch.equal(o, red) for o in bouts)
+    # deq: the dequantized result, the same bits as unpacking the packed chunk (every dtype; ragged; in place over own)
+    for dt in (torch.float32, torch.bfloat16, torch.float16):
+        ref = torch.empty(n_own, dtype=dt)
+        unpack([red], ref, nb * block, block)
+        deq = torch.full((n_own,), float("nan"), dtype=dt)
+        bouts = [torch.zeros(cb, dtype=torch.uint8)]
+        torch.ops.halo.qcomm_reduce_broadcast(others, bouts, block, torch.int8, post, own, own_index, deq)
+        assert torch.equal(deq, ref) and torch.equal(bouts[0], red)
+    if own.dtype == torch.bfloat16:
+        alias = own.clone()  # deq over the own input itself (the in-place all-reduce)
+        torch.ops.halo.qcomm_reduce_broadcast(others, [torch.zeros(cb, dtype=torch.uint8)], block, torch.int8, post,
+                                              alias, own_index, alias)
+        ref = torch.empty(n_own, dtype=torch.bfloat16)
+        unpack([red], ref, nb * block, block)
+        assert torch.equal(alias, ref)
 
 
 def test_own_only_is_exact_and_one_quantization():

@@ -41,8 +41,8 @@ void qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DType qt,
 void qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, int64_t chunk, int64_t block, DType qt,
                         const QCommOuts& outs, int skip);
 
-/*! \brief Packed qcomm_reduce stored to every outs.ptrs[i]. */
+/*! \brief Packed qcomm_reduce stored to every outs.ptrs[i]; its dequantized values to deq (as qcomm_unpack). */
 void qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
-                            const QCommOuts& outs, const QCommOwn& own);
+                            const QCommOuts& outs, const QCommOwn& own, const QCommDeq& deq);
 
 }  // namespace halo::cpu

@@ -105,12 +105,19 @@ void qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, int64_t c
 }
 
 void qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
-                            const QCommOuts& outs, const QCommOwn& own) {
+                            const QCommOuts& outs, const QCommOwn& own, const QCommDeq& deq) {
   const int64_t cb = nb * (block + 4);
   std::vector<uint8_t> tmp(static_cast<size_t>(cb));
-  qcomm_reduce(in, nb, block, qt, post_scale, tmp.data(), qt, 0, own);
+  qcomm_reduce(in, nb, block, qt, post_scale, tmp.data(), qt, 0, own);  // reads own before deq may overwrite it
   for (int o = 0; o < outs.count; ++o)
     if (cb) std::memcpy(outs.ptrs[o], tmp.data(), static_cast<size_t>(cb));
+  if (deq.out != nullptr && deq.n > 0) {
+    QCommChunks one;
+    one.base = tmp.data();
+    one.stride = cb;
+    one.count = 1;
+    qcomm_unpack(one, nb * block, block, qt, deq.out, deq.t, deq.n);
+  }
 }
 
 }  // namespace halo::cpu

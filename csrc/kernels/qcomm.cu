@@ -133,6 +133,30 @@ __device__ __forceinline__ void store_any(void* p, DType t, int64_t i, float v) 
   else Vec<__half>::store1(p, i, v);
 }
 
+/*! \brief Stores the E values v as elements [j0, j0 + E) of a T array of n elements (packets when vec and whole). */
+template <typename T, int E>
+__device__ __forceinline__ void store_part(T* dst, int64_t j0, int64_t n, bool vec, const float* v) {
+  constexpr int kV = Vec<T>::kVec;
+  if constexpr (E % kV == 0) {
+    if (vec && j0 + E <= n) {
+#pragma unroll
+      for (int i = 0; i < E / kV; ++i) stg16(dst + j0 + i * kV, Vec<T>::pack(v + i * kV));
+      return;
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e)
+    if (j0 + e < n) Vec<T>::store1(dst + j0, e, v[e]);
+}
+
+/*! \brief store_part for a run-time dtype (a warp-uniform branch). */
+template <int E>
+__device__ __forceinline__ void store_deq(const QCommDeq& d, int64_t j0, bool vec, const float* v) {
+  if (d.t == DType::kFloat32) store_part<float, E>(static_cast<float*>(d.out), j0, d.n, vec, v);
+  else if (d.t == DType::kBFloat16) store_part<__nv_bfloat16, E>(static_cast<__nv_bfloat16*>(d.out), j0, d.n, vec, v);
+  else store_part<__half, E>(static_cast<__half*>(d.out), j0, d.n, vec, v);
+}
+
 template <typename T, DType Q, int E>
 __global__ void __launch_bounds__(kThreadsQ)
     pack_kernel(const T* __restrict__ x, int64_t n, int64_t chunk, int64_t nb, int world, int skip, uint8_t* out,
@@ -158,7 +182,7 @@ __global__ void __launch_bounds__(kThreadsQ)
 template <DType Q, int E>
 __global__ void __launch_bounds__(kThreadsQ)
     reduce_kernel(const QCommChunks in, int64_t nb, float post_scale, void* out, DType out_t, int64_t out_n,
-                  const QCommOuts outs, const QCommOwn own, bool own_vec) {
+                  const QCommOuts outs, const QCommOwn own, bool own_vec, const QCommDeq deq, bool deq_vec) {
   constexpr int B = 32 * E;
   const int lane = threadIdx.x & 31;
   for (int64_t b = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; b < nb; b += int64_t(gridDim.x) * kWarps) {
@@ -192,6 +216,15 @@ __global__ void __launch_bounds__(kThreadsQ)
         uint8_t* dst = out != nullptr ? static_cast<uint8_t*>(out) : outs.ptrs[o];
         store_codes<Q, E>(dst + b * B + lane * E, acc, qs.inv);
         if (lane == 0) reinterpret_cast<float*>(dst + nb * B)[b] = qs.scale;
+      }
+      if (deq.out != nullptr) {  // what unpack makes of these codes: code value * stored scale, rounded once
+        const int64_t j0 = b * B + int64_t(lane) * E;
+        if (j0 < deq.n) {
+          float v[E];
+#pragma unroll
+          for (int e = 0; e < E; ++e) v[e] = __fmul_rn(dequant_code<Q>(quant_code<Q>(acc[e], qs.inv)), qs.scale);
+          store_deq<E>(deq, j0, deq_vec, v);
+        }
       }
     } else {
       const int64_t j0 = b * B + int64_t(lane) * E;
@@ -297,7 +330,8 @@ cudaError_t pack_impl(const void* x, DType xt, int64_t n, int world, int64_t chu
 }
 
 cudaError_t reduce_impl(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale, void* out,
-                        DType out_t, int64_t out_n, const QCommOuts& outs, const QCommOwn& own, cudaStream_t stream) {
+                        DType out_t, int64_t out_n, const QCommOuts& outs, const QCommOwn& own, const QCommDeq& deq,
+                        cudaStream_t stream) {
   using namespace detail;
   if (in.count < 1 || nb < 0) return cudaErrorInvalidValue;
   if (own.index >= in.count) return cudaErrorInvalidValue;
@@ -308,12 +342,16 @@ cudaError_t reduce_impl(const QCommChunks& in, int64_t nb, int64_t block, DType 
   if (out == nullptr && (out_t != qt || outs.count < 1)) return cudaErrorInvalidValue;
   if (out_t != qt && out_t != DType::kFloat32 && out_t != DType::kBFloat16 && out_t != DType::kFloat16)
     return cudaErrorInvalidValue;
+  if (deq.out != nullptr && (out_t != qt || deq.n < 0 || deq.n > nb * block ||
+                             (deq.t != DType::kFloat32 && deq.t != DType::kBFloat16 && deq.t != DType::kFloat16)))
+    return cudaErrorInvalidValue;
   const bool own_vec = own.index >= 0 && aligned(own.x, 16);
+  const bool deq_vec = deq.out != nullptr && aligned(deq.out, 16);
   bool ok_e = true;
   const bool ok_q = dispatch_q(qt, [&](auto qv) {
     ok_e = dispatch_e(block, [&](auto ev) {
       reduce_kernel<decltype(qv)::value, decltype(ev)::value><<<grid_for(nb), kThreadsQ, 0, stream>>>(
-          in, nb, post_scale, out, out_t, out_n, outs, own, own_vec);
+          in, nb, post_scale, out, out_t, out_n, outs, own, own_vec, deq, deq_vec);
     });
   });
   const bool ok = ok_q && ok_e;
@@ -337,12 +375,13 @@ cudaError_t qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, in
 cudaError_t qcomm_reduce(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale, void* out,
                          DType out_t, int64_t out_n, const QCommOwn& own, cudaStream_t stream) {
   if (out == nullptr && nb > 0) return cudaErrorInvalidValue;
-  return reduce_impl(in, nb, block, qt, post_scale, out, out_t, out_n, QCommOuts{}, own, stream);
+  return reduce_impl(in, nb, block, qt, post_scale, out, out_t, out_n, QCommOuts{}, own, QCommDeq{}, stream);
 }
 
 cudaError_t qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
-                                   const QCommOuts& outs, const QCommOwn& own, cudaStream_t stream) {
-  return reduce_impl(in, nb, block, qt, post_scale, nullptr, qt, 0, outs, own, stream);
+                                   const QCommOuts& outs, const QCommOwn& own, const QCommDeq& deq,
+                                   cudaStream_t stream) {
+  return reduce_impl(in, nb, block, qt, post_scale, nullptr, qt, 0, outs, own, deq, stream);
 }
 
 cudaError_t qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DType qt, void* out, DType out_t,

@@ -69,6 +69,19 @@ struct QCommOwn {
   int index = -1;
 };
 
+/*!
+ * \brief Optional dequantized copy of a reduce's requantized result: the first n elements, as every rank's
+ * qcomm_unpack of that packed chunk would produce them (bit for bit), stored as dtype t (float32/float16/bfloat16)
+ * at out. Lets the owner write its own part of the all-reduce output in the reduce kernel instead of unpacking its
+ * own gathered copy afterwards (one HBM pass less). out == nullptr: none. out may alias the QCommOwn input: each
+ * element is read before it is written, by the same thread.
+ */
+struct QCommDeq {
+  void* out = nullptr;
+  DType t = DType::kFloat32;
+  int64_t n = 0;
+};
+
 /*! \brief Output chunk pointers (peer buffers of the peer-memory path): chunk i goes to ptrs[i]. */
 struct QCommOuts {
   int count = 0;
@@ -93,10 +106,12 @@ cudaError_t qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, in
                                const QCommOuts& outs, int skip, cudaStream_t stream);
 
 /*!
- * \brief qcomm_reduce with a packed result stored to every pointer of outs (e.g. every peer's gather slot).
+ * \brief qcomm_reduce with a packed result stored to every pointer of outs (e.g. every peer's gather slot), and
+ * optionally its dequantized values (deq).
  */
 cudaError_t qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
-                                   const QCommOuts& outs, const QCommOwn& own, cudaStream_t stream);
+                                   const QCommOuts& outs, const QCommOwn& own, const QCommDeq& deq,
+                                   cudaStream_t stream);
 
 /*!
  * \brief Dequantizes in.count packed chunks of nb blocks each, sums them in float32 in chunk order (acc = acc +

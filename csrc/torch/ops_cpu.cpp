@@ -90,13 +90,15 @@ void qcomm_pack_scatter_cpu(const at::Tensor& x, at::TensorList outs, int64_t ch
 }
 
 void qcomm_reduce_broadcast_cpu(at::TensorList chunks, at::TensorList outs, int64_t block, at::ScalarType dtype,
-                                double post_scale, const std::optional<at::Tensor>& own, int64_t own_index) {
+                                double post_scale, const std::optional<at::Tensor>& own, int64_t own_index,
+                                const std::optional<at::Tensor>& deq) {
   TORCH_CHECK_VALUE(!outs.empty(), "halo.qcomm_reduce_broadcast: needs at least one output chunk");
   int64_t nb = 0;
   const QCommChunks in = qcomm_check_reduce(chunks.vec(), outs[0], block, dtype, &nb);
   const QCommOuts o = qcomm_check_outs(outs.vec(), nb * (block + 4), outs[0].device(), "qcomm_reduce_broadcast");
   const QCommOwn w = qcomm_check_own(own, own_index, in.count, nb, block, outs[0].device(), "qcomm_reduce_broadcast");
-  cpu::qcomm_reduce_broadcast(in, nb, block, to_dtype(dtype), static_cast<float>(post_scale), o, w);
+  const QCommDeq d = qcomm_check_deq(deq, nb, block, outs[0].device(), "qcomm_reduce_broadcast");
+  cpu::qcomm_reduce_broadcast(in, nb, block, to_dtype(dtype), static_cast<float>(post_scale), o, w, d);
 }
 
 }  // namespace

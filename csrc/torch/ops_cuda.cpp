@@ -221,7 +221,8 @@ void qcomm_pack_scatter_cuda(const at::Tensor& x, at::TensorList outs, int64_t c
 }
 
 void qcomm_reduce_broadcast_cuda(at::TensorList chunks, at::TensorList outs, int64_t block, at::ScalarType dtype,
-                                 double post_scale, const std::optional<at::Tensor>& own, int64_t own_index) {
+                                 double post_scale, const std::optional<at::Tensor>& own, int64_t own_index,
+                                 const std::optional<at::Tensor>& deq) {
   TORCH_CHECK_VALUE(!outs.empty(), "halo.qcomm_reduce_broadcast: needs at least one output chunk");
   check_on_cuda(outs[0], "outs");
   const c10::cuda::CUDAGuard guard(outs[0].device());
@@ -232,7 +233,8 @@ void qcomm_reduce_broadcast_cuda(at::TensorList chunks, at::TensorList outs, int
   for (int i = 0; i < in.count; ++i)
     if (i != w.index) check_aligned(in.ptrs[i], "every chunk");
   for (int i = 0; i < o.count; ++i) check_aligned(o.ptrs[i], "every output chunk");
-  check_cuda(qcomm_reduce_broadcast(in, nb, block, to_dtype(dtype), static_cast<float>(post_scale), o, w,
+  const QCommDeq d = qcomm_check_deq(deq, nb, block, outs[0].device(), "qcomm_reduce_broadcast");
+  check_cuda(qcomm_reduce_broadcast(in, nb, block, to_dtype(dtype), static_cast<float>(post_scale), o, w, d,
                                     c10::cuda::getCurrentCUDAStream()),
              "qcomm_reduce_broadcast");
 }

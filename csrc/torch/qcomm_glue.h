@@ -71,6 +71,22 @@ inline QCommOwn qcomm_check_own(const std::optional<at::Tensor>& own, int64_t ow
   return o;
 }
 
+/*! \brief Validates the optional dequantized output of qcomm_reduce_broadcast (contiguous float, at most a chunk). */
+inline QCommDeq qcomm_check_deq(const std::optional<at::Tensor>& deq, int64_t nb, int64_t block,
+                                const at::Device& device, const char* op) {
+  QCommDeq d;
+  if (!deq.has_value()) return d;
+  qcomm_check_float(*deq, "deq", op);
+  TORCH_CHECK_VALUE(deq->device() == device, "halo.", op, ": deq must be on the device of the chunks and outs (",
+                    device.str(), "), got ", deq->device().str());
+  TORCH_CHECK_VALUE(deq->numel() <= nb * block, "halo.", op, ": deq has ", S(deq->numel()),
+                    " elements, more than a chunk holds (", S(nb * block), ")");
+  d.out = deq->numel() > 0 ? deq->data_ptr() : nullptr;
+  d.t = to_dtype(deq->scalar_type());
+  d.n = deq->numel();
+  return d;
+}
+
 /*! \brief Validates qcomm_pack_into arguments. */
 inline void qcomm_check_pack(const at::Tensor& x, const at::Tensor& out, int64_t world, int64_t chunk, int64_t block,
                              at::ScalarType qdtype, int64_t skip) {

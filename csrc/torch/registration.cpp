@@ -38,7 +38,8 @@ TORCH_LIBRARY(halo, m) {
   // outs[skip] is not written (-1 = none).
   m.def("qcomm_pack_scatter(Tensor x, Tensor(a!)[] outs, int chunk, int block, ScalarType dtype, int skip=-1) -> ()");
   // qcomm_reduce_into with the requantized packed chunk stored into every tensor of outs (every peer's gather slot);
-  // own / own_index as in qcomm_reduce_into.
+  // own / own_index as in qcomm_reduce_into; deq (optional, float, <= a chunk of elements, may alias own) receives
+  // the dequantized result, bit-identical to qcomm_unpack_into of that packed chunk.
   m.def("qcomm_reduce_broadcast(Tensor[] chunks, Tensor(a!)[] outs, int block, ScalarType dtype, "
-        "float post_scale=1.0, Tensor? own=None, int own_index=-1) -> ()");
+        "float post_scale=1.0, Tensor? own=None, int own_index=-1, Tensor(b!)? deq=None) -> ()");
 }

@@ -83,6 +83,15 @@ def check_kernels_vs_cpu(device) -> list:
                         reduce_chunks(chunks_c, rc, block, qd, 0.5, own=owns[0][0], own_index=r)
                         if not all(torch.equal(rc, o.cpu()) for o in bo):
                             fails.append(f"{tag} reduce_broadcast with own differs from the CPU reference")
+                        # deq: the owner's dequantized result written by the reduce kernel == CPU unpack of rc
+                        m = owns[0][1].numel()
+                        dq = torch.full((m,), float("nan"), dtype=xdt, device=device)
+                        torch.ops.halo.qcomm_reduce_broadcast(chunks_g, bo[:1], block, _QD[qd], 0.5, owns[0][1], r,
+                                                              dq)
+                        dc = torch.empty(m, dtype=xdt)
+                        unpack([rc], dc, cb // (block + 4) * block, block, qd)
+                        if not torch.equal(dq.cpu(), dc):
+                            fails.append(f"{tag} reduce_broadcast deq differs from the CPU unpack")
                     skip = world - 1
                     sg = torch.full((world, cb), 0xA5, dtype=torch.uint8, device=device)
                     pack(xs[0].to(device), world, chunk, block, qd, out=sg, skip=skip)

@@ -30,15 +30,15 @@ element rather than per block.
 Paths (``path=`` or the environment variable ``HALO_AR_PATH``: ``auto`` | ``nccl`` | ``peer`` | ``fallback``):
 
 - ``nccl``: ``all_to_all_single`` + ``all_gather_into_tensor`` of uint8 buffers through the process group (NCCL,
-  Gloo, anything). Messages larger than ``HALO_AR_PIECE_BYTES`` (default: ~1/8 of the message, clamped to [16, 128] MiB of
-  input) are split into pieces
-  that are software-pipelined: every collective is issued with ``async_op=True`` and waited by stream dependency
+  Gloo, anything). Messages larger than ``HALO_AR_PIECE_BYTES`` (default 128 MiB of input) are split into
+  pieces that are software-pipelined: every collective is issued with ``async_op=True`` and waited by stream dependency
   (``work.wait()``, no host synchronization), so the quantize/reduce/dequantize kernels of one piece overlap the
   transport of others on the process group's communication stream.
 - ``peer``: the same algorithm over peer (NVLink) memory, a ``torch.distributed._symmetric_memory`` workspace:
   the pack kernel quantizes and stores every chunk straight into its owner's buffer, device-side barrier (signal
   pads, acquire/release; no multicast), the fused dequantize-sum-requantize kernel stores the reduced chunk into
-  every peer's buffer, barrier, every rank dequantizes all reduced chunks from its local buffer. Chosen by
+  every peer's buffer and its dequantized values into the owner's own part of the result, barrier, every rank
+  dequantizes the other ranks' reduced chunks from its local buffer. Chosen by
   ``auto`` when every rank of the group is on this host, the tensor is on CUDA and symmetric memory works.
 - ``fallback``: plain ``dist.all_reduce`` (used by ``auto`` below the per-world-size threshold
   ``FALLBACK_BYTES`` / ``HALO_AR_FALLBACK_BYTES``, where the quantization cannot pay off).
@@ -68,8 +68,9 @@ __all__ = [
 DEFAULT_BLOCK = 256
 
 #: Input bytes below which ``auto`` uses plain dist.all_reduce, per world size (others: the nearest smaller key).
-#: Placeholder values until bench/allreduce_bench.py measures the crossover (it prints the measured table).
-FALLBACK_BYTES: Dict[int, int] = {2: 1 << 20, 4: 2 << 20, 8: 4 << 20}
+#: World 2: measured on 2x H200 (bench/allreduce_bench.py, 2026-11-23: the peer path first beats NCCL bf16 at 4 MB).
+#: Worlds 4 and 8 are not measured (no such machine yet): scaled guesses, re-measure with the bench.
+FALLBACK_BYTES: Dict[int, int] = {2: 4 << 20, 4: 8 << 20, 8: 16 << 20}
 
 _QDTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn, "float8_e4m3fn": torch.float8_e4m3fn,
             torch.int8: torch.int8, torch.float8_e4m3fn: torch.float8_e4m3fn}
@@ -191,12 +192,14 @@ def _fallback_bytes(world: int) -> int:
 
 
 def _piece_bytes(total_bytes: int = 0) -> int:
-    """Input bytes per pipeline piece: HALO_AR_PIECE_BYTES, else about 8 pieces clamped to [16, 128] MiB (smaller
-    pieces expose less compute - the first pack and the last unpack - but run NCCL at less efficient sizes)."""
+    """Input bytes per pipeline piece: HALO_AR_PIECE_BYTES, else 128 MiB. Smaller pieces would expose less compute
+    (the first pack and the last unpack), but every piece costs ~0.1-0.2 ms of host time (two asynchronous c10d
+    collectives and three kernel launches; measured on 2x H200, tools/ar_trace.py), which made 8 pieces of 32 MiB
+    host-bound at 256 MB (1.6 ms vs 0.89 ms for 2 pieces of 128 MiB)."""
     env = os.environ.get("HALO_AR_PIECE_BYTES")
     if env is not None:
         return max(1, int(env))
-    return min(max(total_bytes // 8, 16 << 20), 128 << 20)
+    return 128 << 20
 
 
 def _group_key(group) -> str:
@@ -398,8 +401,10 @@ def _two_shot_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_s
     """Push model over peer memory. Workspace of every rank: A = world slots of incoming chunks (slot s: the chunk
     rank s quantized for this rank), G = world slots of reduced chunks (slot s: rank s's reduced chunk). The pack
     kernel stores chunk c != rank straight into rank c's A[rank] (NVLink stores; the own chunk is not quantized and
-    A[rank] stays unused), the reduce kernel reads its A locally plus its own chunk from x (unquantized) and stores
-    the requantized chunk into every rank's G[rank]; the unpack kernel reads G locally."""
+    A[rank] stays unused), the reduce kernel reads its A locally plus its own chunk from x (unquantized), stores
+    the requantized chunk into every other rank's G[rank] and writes its dequantized values (what every other rank
+    unpacks from its G[rank], bit for bit) straight into its own part of out; the unpack kernel reads the other
+    G slots locally."""
     n = x.numel()
     chunk = chunk_elems(n, world, block)
     cb = packed_chunk_bytes(chunk, block)
@@ -409,10 +414,14 @@ def _two_shot_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_s
     ws.barrier()  # every rank is done with the previous use of its workspace
     torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd, rank)
     ws.barrier()  # all chunks arrived
-    own = x[min(rank * chunk, n):min((rank + 1) * chunk, n)]  # ragged or empty at the end
-    torch.ops.halo.qcomm_reduce_broadcast(a_slots, bcast_to, block, qd, float(post_scale), own, rank)
+    lo, hi = min(rank * chunk, n), min((rank + 1) * chunk, n)  # own part: ragged or empty at the end
+    torch.ops.halo.qcomm_reduce_broadcast(a_slots, bcast_to[:rank] + bcast_to[rank + 1:], block, qd,
+                                          float(post_scale), x[lo:hi], rank, out[lo:hi])
     ws.barrier()  # all reduced chunks arrived
-    unpack(g_slots, out, chunk, block, qd)
+    if lo > 0:
+        unpack(g_slots[:rank], out[:lo], chunk, block, qd)
+    if hi < n:
+        unpack(g_slots[rank + 1:], out[hi:], chunk, block, qd)
 
 
 def _reduce_scatter_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_scale: float, qd,
