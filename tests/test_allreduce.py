@@ -389,9 +389,11 @@ def _peer_worker(rank, world, port, outdir, bufs):
 
             def __init__(self):
                 self.buf, self.peers, self.nbytes = bufs[rank], bufs, bufs[0].numel()
-                self.rank, self.world, self._views = rank, world, {}
+                self.rank, self.world, self.barriers = rank, world, 0
+                A._PeerWorkspace._setup_slots(self)
 
             def barrier(self):
+                self.barriers += 1
                 dist.barrier()
 
         ws = FakeWorkspace()
@@ -406,7 +408,11 @@ def _peer_worker(rank, world, port, outdir, bufs):
             g = torch.Generator().manual_seed(100 * case + rank)
             x = torch.randn(n, generator=g).to(dtype)
             out = torch.empty_like(x)
+            b0 = ws.barriers
             A._two_shot_peer(x, out, None, world, post, torch.int8, block)
+            # the leading barrier only on the first use: later all_reduces on the same stream skip it
+            if ws.barriers - b0 != (3 if case == 0 else 2):
+                fails.append(f"all_reduce case {case}: {ws.barriers - b0} barriers")
             ref = all_reduce(x.clone(), op="avg" if post != 1.0 else "sum", block=block, path="nccl")
             if not torch.equal(out, ref):  # post = 1/world for the AVG case (world == 2)
                 fails.append(f"peer-path logic differs from the NCCL path (n={n})")
@@ -416,6 +422,14 @@ def _peer_worker(rank, world, port, outdir, bufs):
         reduce_scatter(o2, x, path="nccl")
         if not torch.equal(o1, o2):
             fails.append("peer reduce-scatter logic differs from the NCCL path")
+        # a reduce-scatter reads its A slots after its last barrier: the next all_reduce needs its leading barrier
+        x = torch.randn(777, generator=torch.Generator().manual_seed(7 + rank))
+        out, b0 = torch.empty_like(x), ws.barriers
+        A._two_shot_peer(x, out, None, world, 1.0, torch.int8, 256)
+        if ws.barriers - b0 != 3:
+            fails.append(f"all_reduce after reduce_scatter: {ws.barriers - b0} barriers")
+        if not torch.equal(out, all_reduce(x.clone(), block=256, path="nccl")):
+            fails.append("peer-path logic after reduce_scatter differs from the NCCL path")
         dist.barrier()
         dist.destroy_process_group()
     except Exception as e:

@@ -2,11 +2,15 @@
  * \file qcomm.cu
  * \brief Kernels of the block-quantized two-shot collectives (qcomm.h): pack, fused dequant-sum-requant, unpack.
  *
- * One warp per quantization block of B = 32 * E elements: lane l owns the E consecutive elements [l*E, (l+1)*E)
- * of the block in registers, so the absmax is one warp reduction and each lane writes E contiguous code bytes
- * (8 bytes per lane for B = 256: a fully coalesced 256-byte store per warp). Inputs of 16-bit types are read as
- * 16-byte packets when the layout allows it (chunk * sizeof(T) a multiple of 16, E * sizeof(T) >= 16), element by
- * element otherwise (ragged tails, odd chunk sizes). The reduction adds the dequantized chunks in chunk order with
+ * A group of L lanes per quantization block of B = L * E elements (L a power of two <= 32, so a warp handles
+ * 32 / L consecutive blocks): lane l of the group owns the E consecutive elements [l*E, (l+1)*E) of the block in
+ * registers, the absmax is a shuffle reduction inside the group and each lane writes E contiguous code bytes, so a
+ * warp stores 32 * E contiguous bytes. E (elements per lane) is the kernel trait that sets the memory parallelism:
+ * E = max(lane_elems, B / 32) with lane_elems 8 (16-byte bf16 loads, 8-byte code stores) or 16 (32-byte loads,
+ * 16-byte code stores), chosen by qcomm_lane_elems() (HALO_QCOMM_LANE_ELEMS). Small blocks (B = 64: L = 8 or 4)
+ * therefore move as many bytes per lane as B = 256 does. Inputs of 16-bit types are read as 16-byte packets when
+ * the layout allows it (chunk * sizeof(T) a multiple of 16), element by element otherwise (ragged tails, odd chunk
+ * sizes). The reduction adds the dequantized chunks in chunk order with
  * explicit round-to-nearest multiply and add (no FMA contraction), so the result does not depend on the grid and
  * matches the CPU reference (csrc/cpu/qcomm.cpp) bit for bit. The owner's own contribution (QCommOwn) enters the
  * same ordered sum unquantized, read from its input like the pack kernel reads x (packets where aligned, zeros
@@ -117,13 +121,16 @@ __device__ __forceinline__ void load_codes(const uint8_t* q, float* v) {
   }
 }
 
-/*! \brief Absmax over the warp of E values per lane (NaN-free inputs; NaN propagates like the CPU's max). */
-template <int E>
-__device__ __forceinline__ float warp_absmax(const float* v) {
+/*!
+ * \brief Absmax over the L-lane group of E values per lane (NaN-free inputs; NaN propagates like the CPU's max).
+ * All 32 lanes of the warp must call it (xor shuffles with offsets < L stay inside the aligned group).
+ */
+template <int E, int L>
+__device__ __forceinline__ float group_absmax(const float* v) {
   float m = 0.f;
 #pragma unroll
   for (int e = 0; e < E; ++e) m = fmaxf(m, fabsf(v[e]));
-  return group_max(m, 32);
+  return group_max(m, L);
 }
 
 /*! \brief Stores one float as element i of an array of dtype t. */
@@ -157,35 +164,58 @@ __device__ __forceinline__ void store_deq(const QCommDeq& d, int64_t j0, bool ve
   else store_part<__half, E>(static_cast<__half*>(d.out), j0, d.n, vec, v);
 }
 
-template <typename T, DType Q, int E>
+/*!
+ * \brief The L-lane group of this thread: G = 32 / L blocks per warp, `first` = index of the warp's first block in
+ * a grid-stride loop over blocks (step = stride), `grp` / `sub` = this thread's group in the warp and lane in it.
+ */
+template <int L>
+struct LaneGroup {
+  static constexpr int G = 32 / L;
+  const int sub = (threadIdx.x & 31) % L;
+  const int grp = (threadIdx.x & 31) / L;
+  __device__ __forceinline__ int64_t first() const {
+    return (int64_t(blockIdx.x) * kWarps + threadIdx.x / 32) * G;
+  }
+  __device__ __forceinline__ static int64_t stride() { return int64_t(gridDim.x) * kWarps * G; }
+};
+
+template <typename T, DType Q, int E, int L>
 __global__ void __launch_bounds__(kThreadsQ)
     pack_kernel(const T* __restrict__ x, int64_t n, int64_t chunk, int64_t nb, int world, int skip, uint8_t* out,
                 const QCommOuts outs, bool vec) {
-  constexpr int B = 32 * E;
-  const int lane = threadIdx.x & 31;
-  // warps cover the chunks other than `skip` (skip < 0: all); out == nullptr: chunk c goes to outs.ptrs[c]
+  constexpr int B = L * E;
+  const LaneGroup<L> lg;
+  // blocks of the chunks other than `skip` (skip < 0: all); out == nullptr: chunk c goes to outs.ptrs[c]
   const int64_t cb = nb * (B + 4), total = int64_t(skip >= 0 ? world - 1 : world) * nb;
-  for (int64_t w = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; w < total; w += int64_t(gridDim.x) * kWarps) {
+  // the loop bound is warp-uniform (group_absmax needs every lane); groups past `total` compute on zeros
+  for (int64_t w0 = lg.first(); w0 < total; w0 += lg.stride()) {
+    const int64_t w = w0 + lg.grp;
+    const bool active = w < total;
     const int64_t cw = w / nb, b = w - cw * nb;
     const int64_t c = skip >= 0 && cw >= skip ? cw + 1 : cw;
-    const int64_t j0 = b * B + int64_t(lane) * E;             // offset inside the chunk
-    const int64_t valid = min(chunk, max(n - c * chunk, int64_t(0)));  // real elements of this chunk
+    const int64_t j0 = b * B + int64_t(lg.sub) * E;  // offset inside the chunk
+    const int64_t valid = active ? min(chunk, max(n - c * chunk, int64_t(0))) : 0;  // real elements of chunk c
     float v[E];
     load_part<T, E>(x + c * chunk, j0, valid, vec, v);
-    const QuantScale qs(warp_absmax<E>(v), qmax_dev(Q));
+    const QuantScale qs(group_absmax<E, L>(v), qmax_dev(Q));
+    if (!active) continue;
     uint8_t* dst = out != nullptr ? out + c * cb : outs.ptrs[c];
-    store_codes<Q, E>(dst + b * B + lane * E, v, qs.inv);
-    if (lane == 0) reinterpret_cast<float*>(dst + nb * B)[b] = qs.scale;
+    store_codes<Q, E>(dst + b * B + lg.sub * E, v, qs.inv);
+    if (lg.sub == 0) reinterpret_cast<float*>(dst + nb * B)[b] = qs.scale;
   }
 }
 
-template <DType Q, int E>
+template <DType Q, int E, int L>
 __global__ void __launch_bounds__(kThreadsQ)
     reduce_kernel(const QCommChunks in, int64_t nb, float post_scale, void* out, DType out_t, int64_t out_n,
                   const QCommOuts outs, const QCommOwn own, bool own_vec, const QCommDeq deq, bool deq_vec) {
-  constexpr int B = 32 * E;
-  const int lane = threadIdx.x & 31;
-  for (int64_t b = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; b < nb; b += int64_t(gridDim.x) * kWarps) {
+  constexpr int B = L * E;
+  const LaneGroup<L> lg;
+  for (int64_t b0 = lg.first(); b0 < nb; b0 += lg.stride()) {  // warp-uniform bound (see pack_kernel)
+    const int64_t b = b0 + lg.grp;
+    const bool active = b < nb;
+    const int64_t bb = active ? b : nb - 1;  // inactive groups read a valid block, store nothing
+    const int64_t j0 = bb * B + int64_t(lg.sub) * E;
     float acc[E];
 #pragma unroll
     for (int e = 0; e < E; ++e) acc[e] = 0.f;
@@ -193,15 +223,15 @@ __global__ void __launch_bounds__(kThreadsQ)
     for (int r = 0; r < in.count; ++r) {  // fixed rank order: the sum does not depend on timing
       if (r == own.index) {  // the owner's contribution, unquantized (warp-uniform branch)
         float v[E];
-        load_own<E>(own, b * B + int64_t(lane) * E, own_vec, v);
+        load_own<E>(own, j0, own_vec, v);
 #pragma unroll
         for (int e = 0; e < E; ++e) acc[e] = __fadd_rn(acc[e], v[e]);
         continue;
       }
       const uint8_t* p = in.at(r);
-      const float s = __ldg(reinterpret_cast<const float*>(p + nb * B) + b);
+      const float s = __ldg(reinterpret_cast<const float*>(p + nb * B) + bb);
       float v[E];
-      load_codes<Q, E>(p + b * B + lane * E, v);
+      load_codes<Q, E>(p + j0, v);
 #pragma unroll
       for (int e = 0; e < E; ++e) acc[e] = __fadd_rn(acc[e], __fmul_rn(v[e], s));
     }
@@ -210,24 +240,21 @@ __global__ void __launch_bounds__(kThreadsQ)
       for (int e = 0; e < E; ++e) acc[e] = __fmul_rn(acc[e], post_scale);
     }
     if (out_t == Q) {
-      const QuantScale qs(warp_absmax<E>(acc), qmax_dev(Q));
+      const QuantScale qs(group_absmax<E, L>(acc), qmax_dev(Q));
+      if (!active) continue;
       const int nout = out != nullptr ? 1 : outs.count;  // out == nullptr: the same bytes to every outs.ptrs[i]
       for (int o = 0; o < nout; ++o) {
         uint8_t* dst = out != nullptr ? static_cast<uint8_t*>(out) : outs.ptrs[o];
-        store_codes<Q, E>(dst + b * B + lane * E, acc, qs.inv);
-        if (lane == 0) reinterpret_cast<float*>(dst + nb * B)[b] = qs.scale;
+        store_codes<Q, E>(dst + j0, acc, qs.inv);
+        if (lg.sub == 0) reinterpret_cast<float*>(dst + nb * B)[b] = qs.scale;
       }
-      if (deq.out != nullptr) {  // what unpack makes of these codes: code value * stored scale, rounded once
-        const int64_t j0 = b * B + int64_t(lane) * E;
-        if (j0 < deq.n) {
-          float v[E];
+      if (deq.out != nullptr && j0 < deq.n) {  // what unpack makes of these codes: code value * scale, rounded once
+        float v[E];
 #pragma unroll
-          for (int e = 0; e < E; ++e) v[e] = __fmul_rn(dequant_code<Q>(quant_code<Q>(acc[e], qs.inv)), qs.scale);
-          store_deq<E>(deq, j0, deq_vec, v);
-        }
+        for (int e = 0; e < E; ++e) v[e] = __fmul_rn(dequant_code<Q>(quant_code<Q>(acc[e], qs.inv)), qs.scale);
+        store_deq<E>(deq, j0, deq_vec, v);
       }
-    } else {
-      const int64_t j0 = b * B + int64_t(lane) * E;
+    } else if (active) {
 #pragma unroll
       for (int e = 0; e < E; ++e)
         if (j0 + e < out_n) store_any(out, out_t, j0 + e, acc[e]);
@@ -235,21 +262,23 @@ __global__ void __launch_bounds__(kThreadsQ)
   }
 }
 
-template <typename T, DType Q, int E>
+template <typename T, DType Q, int E, int L>
 __global__ void __launch_bounds__(kThreadsQ)
     unpack_kernel(const QCommChunks in, int64_t chunk, int64_t nb, T* __restrict__ out, int64_t n, bool vec) {
-  constexpr int B = 32 * E;
-  const int lane = threadIdx.x & 31;
+  constexpr int B = L * E;
+  const LaneGroup<L> lg;
   const int64_t total = int64_t(in.count) * nb;
-  for (int64_t w = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; w < total; w += int64_t(gridDim.x) * kWarps) {
+  for (int64_t w0 = lg.first(); w0 < total; w0 += lg.stride()) {
+    const int64_t w = w0 + lg.grp;
+    if (w >= total) continue;  // no group-collective ops in this kernel
     const int64_t c = w / nb, b = w - c * nb;
-    const int64_t j0 = b * B + int64_t(lane) * E;
+    const int64_t j0 = b * B + int64_t(lg.sub) * E;
     const int64_t valid = min(chunk, max(n - c * chunk, int64_t(0)));
-    if (j0 >= valid) continue;  // padding only (no warp-collective ops below)
+    if (j0 >= valid) continue;  // padding only
     const uint8_t* p = in.at(static_cast<int>(c));
     const float s = __ldg(reinterpret_cast<const float*>(p + nb * B) + b);
     float v[E];
-    load_codes<Q, E>(p + b * B + lane * E, v);
+    load_codes<Q, E>(p + j0, v);
 #pragma unroll
     for (int e = 0; e < E; ++e) v[e] = __fmul_rn(v[e], s);
     T* dst = out + c * chunk + j0;
@@ -267,21 +296,40 @@ __global__ void __launch_bounds__(kThreadsQ)
   }
 }
 
-int grid_for(int64_t warps) {
+/*! \brief CTAs for `blocks` quantization blocks handled by groups of L lanes (32 / L blocks per warp). */
+int grid_for(int64_t blocks, int lanes) {
+  const int64_t warps = (blocks * lanes + 31) / 32;
   const int64_t g = (warps + kWarps - 1) / kWarps;
   return static_cast<int>(g < 1 ? 1 : g > kMaxCtas ? kMaxCtas : g);
 }
 
-/*! \brief Calls f(std::integral_constant<int, E>) for E = block / 32; false for an unsupported block. */
+/*!
+ * \brief Calls f(std::integral_constant<int, E>{}, std::integral_constant<int, L>{}) for the (elements per lane,
+ * lanes per block) of `block` at the current qcomm_lane_elems(); false for an unsupported block.
+ */
 template <typename F>
-bool dispatch_e(int64_t block, F&& f) {
+bool dispatch_el(int64_t block, F&& f) {
+  using std::integral_constant;
+  const bool wide = qcomm_lane_elems() == 16;
   switch (block) {
-    case 32: f(std::integral_constant<int, 1>{}); return true;
-    case 64: f(std::integral_constant<int, 2>{}); return true;
-    case 128: f(std::integral_constant<int, 4>{}); return true;
-    case 256: f(std::integral_constant<int, 8>{}); return true;
-    case 512: f(std::integral_constant<int, 16>{}); return true;
-    case 1024: f(std::integral_constant<int, 32>{}); return true;
+    case 32:
+      if (wide) f(integral_constant<int, 16>{}, integral_constant<int, 2>{});
+      else f(integral_constant<int, 8>{}, integral_constant<int, 4>{});
+      return true;
+    case 64:
+      if (wide) f(integral_constant<int, 16>{}, integral_constant<int, 4>{});
+      else f(integral_constant<int, 8>{}, integral_constant<int, 8>{});
+      return true;
+    case 128:
+      if (wide) f(integral_constant<int, 16>{}, integral_constant<int, 8>{});
+      else f(integral_constant<int, 8>{}, integral_constant<int, 16>{});
+      return true;
+    case 256:
+      if (wide) f(integral_constant<int, 16>{}, integral_constant<int, 16>{});
+      else f(integral_constant<int, 8>{}, integral_constant<int, 32>{});
+      return true;
+    case 512: f(integral_constant<int, 16>{}, integral_constant<int, 32>{}); return true;
+    case 1024: f(integral_constant<int, 32>{}, integral_constant<int, 32>{}); return true;
     default: return false;
   }
 }
@@ -310,16 +358,17 @@ cudaError_t pack_impl(const void* x, DType xt, int64_t n, int world, int64_t chu
   using namespace detail;
   const int64_t nb = qcomm_blocks(chunk, block);
   if (world < 1 || n < 0 || n > int64_t(world) * chunk || skip < -1 || skip >= world) return cudaErrorInvalidValue;
-  const int64_t warps = int64_t(skip >= 0 ? world - 1 : world) * nb;
-  if (warps == 0) return cudaSuccess;
+  const int64_t blocks = int64_t(skip >= 0 ? world - 1 : world) * nb;
+  if (blocks == 0) return cudaSuccess;
   if (out == nullptr && outs.count != world) return cudaErrorInvalidValue;
   bool ok_q = true, ok_e = true;
   const bool ok_t = dispatch_t(xt, [&](auto tv) {
     using T = decltype(tv);
     const bool vec = aligned(x, 16) && (chunk * int64_t(sizeof(T))) % 16 == 0;
     ok_q = dispatch_q(qt, [&](auto qv) {
-      ok_e = dispatch_e(block, [&](auto ev) {
-        pack_kernel<T, decltype(qv)::value, decltype(ev)::value><<<grid_for(warps), kThreadsQ, 0, stream>>>(
+      ok_e = dispatch_el(block, [&](auto ev, auto lv) {
+        constexpr int E = decltype(ev)::value, L = decltype(lv)::value;
+        pack_kernel<T, decltype(qv)::value, E, L><<<grid_for(blocks, L), kThreadsQ, 0, stream>>>(
             static_cast<const T*>(x), n, chunk, nb, world, skip, out, outs, vec);
       });
     });
@@ -349,8 +398,9 @@ cudaError_t reduce_impl(const QCommChunks& in, int64_t nb, int64_t block, DType 
   const bool deq_vec = deq.out != nullptr && aligned(deq.out, 16);
   bool ok_e = true;
   const bool ok_q = dispatch_q(qt, [&](auto qv) {
-    ok_e = dispatch_e(block, [&](auto ev) {
-      reduce_kernel<decltype(qv)::value, decltype(ev)::value><<<grid_for(nb), kThreadsQ, 0, stream>>>(
+    ok_e = dispatch_el(block, [&](auto ev, auto lv) {
+      constexpr int E = decltype(ev)::value, L = decltype(lv)::value;
+      reduce_kernel<decltype(qv)::value, E, L><<<grid_for(nb, L), kThreadsQ, 0, stream>>>(
           in, nb, post_scale, out, out_t, out_n, outs, own, own_vec, deq, deq_vec);
     });
   });
@@ -395,8 +445,9 @@ cudaError_t qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DT
     using T = decltype(tv);
     const bool vec = aligned(out, 16) && (chunk * int64_t(sizeof(T))) % 16 == 0;
     ok_q = dispatch_q(qt, [&](auto qv) {
-      ok_e = dispatch_e(block, [&](auto ev) {
-        unpack_kernel<T, decltype(qv)::value, decltype(ev)::value><<<grid_for(in.count * nb), kThreadsQ, 0, stream>>>(
+      ok_e = dispatch_el(block, [&](auto ev, auto lv) {
+        constexpr int E = decltype(ev)::value, L = decltype(lv)::value;
+        unpack_kernel<T, decltype(qv)::value, E, L><<<grid_for(in.count * nb, L), kThreadsQ, 0, stream>>>(
             in, chunk, nb, static_cast<T*>(out), n, vec);
       });
     });

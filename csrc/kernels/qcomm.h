@@ -18,6 +18,8 @@
  * in float32 exactly as read at its position of the fixed rank order instead of dequantizing in.at(index)).
  */
 #pragma once
+#include <cstdlib>
+
 #include "common.h"
 
 namespace halo {
@@ -87,6 +89,17 @@ struct QCommOuts {
   int count = 0;
   uint8_t* ptrs[kQCommMaxPtrs] = {};
 };
+
+/*!
+ * \brief Elements per lane of the CUDA qcomm kernels (the kernel trait that sets the bytes each lane moves; the
+ * results do not depend on it): 8 (16-byte bf16 loads, 8-byte code stores) or 16 (32-byte loads, 16-byte code
+ * stores), from the environment variable HALO_QCOMM_LANE_ELEMS (read at every launch; default 8). Blocks larger
+ * than 32 * lane_elems use B / 32.
+ */
+inline int qcomm_lane_elems() {
+  const char* e = std::getenv("HALO_QCOMM_LANE_ELEMS");
+  return e != nullptr && std::atoi(e) == 16 ? 16 : 8;
+}
 
 #ifdef HALO_KERNEL_LAUNCHERS
 

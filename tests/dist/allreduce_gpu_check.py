@@ -23,7 +23,23 @@ from halo_ext.distributed import chunk_elems, pack, packed_chunk_bytes, reduce_c
 
 
 def check_kernels_vs_cpu(device) -> list:
-    """CUDA kernels == CPU reference, bit for bit (every block size, dtype, code type, ragged sizes)."""
+    """CUDA kernels == CPU reference, bit for bit (every block size, dtype, code type, ragged sizes), for both kernel
+    traits (HALO_QCOMM_LANE_ELEMS = 8 and 16 elements per lane)."""
+    saved = os.environ.get("HALO_QCOMM_LANE_ELEMS")
+    fails = []
+    try:
+        for le in ("8", "16"):
+            os.environ["HALO_QCOMM_LANE_ELEMS"] = le
+            fails += [f"[lane_elems={le}] {f}" for f in _check_kernels_vs_cpu(device)]
+    finally:
+        if saved is None:
+            os.environ.pop("HALO_QCOMM_LANE_ELEMS", None)
+        else:
+            os.environ["HALO_QCOMM_LANE_ELEMS"] = saved
+    return fails
+
+
+def _check_kernels_vs_cpu(device) -> list:
     fails = []
     g = torch.Generator().manual_seed(3)
     for block in (32, 64, 128, 256, 512, 1024):

@@ -349,7 +349,16 @@ class _PeerWorkspace:
         self.peers = [self.buf if p == self.rank else self.hdl.get_buffer(p, (nbytes,), torch.uint8)
                       for p in range(self.world)]
 
+        self._setup_slots()
+
+    def _setup_slots(self):
         self._views: Dict[Tuple[str, int], tuple] = {}
+        # G slots (all_reduce's reduced chunks) live in the upper half, at a fixed offset, A slots (incoming packed
+        # chunks) from 0: an A write of one call never lands on G bytes a peer may still be unpacking from the last
+        self.g_off = self.nbytes // 2 // 16 * 16
+        # stream on which the last use ended with a barrier after its last read of the A slots (every peer is done
+        # with them): the next all_reduce on that stream may skip its leading barrier
+        self.a_free_stream: Optional[int] = None
 
     def barrier(self):
         self.hdl.barrier(channel=0)
@@ -360,7 +369,8 @@ class _PeerWorkspace:
         key = (kind, cb)
         v = self._views.get(key)
         if v is None:
-            w, r, g0 = self.world, self.rank, self.world * cb
+            w, r, g0 = self.world, self.rank, self.g_off
+            assert kind != "ar" or w * cb <= g0, "workspace too small for the all_reduce slots"
             v = ([p[r * cb:(r + 1) * cb] for p in self.peers], list(self.buf[:w * cb].view(w, cb).unbind(0)),
                  [p[g0 + r * cb:g0 + (r + 1) * cb] for p in self.peers],
                  list(self.buf[g0:g0 + w * cb].view(w, cb).unbind(0)) if kind == "ar" else [])
@@ -411,13 +421,20 @@ def _two_shot_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_s
     ws = _peer_workspace(group, 2 * world * cb, x.device)
     rank = ws.rank
     scatter_to, a_slots, bcast_to, g_slots = ws.views("ar", cb)
-    ws.barrier()  # every rank is done with the previous use of its workspace
+    stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
+    # Leading barrier: every peer is done reading its A slots (last reduce). Not needed after an all_reduce on this
+    # stream: its last barrier came after every rank's reduce. G writes (the reduce below) need no extra barrier:
+    # they follow the second barrier, which each peer passes only after its previous unpack (stream order).
+    if ws.a_free_stream != stream:
+        ws.barrier()
+    ws.a_free_stream = None
     torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd, rank)
     ws.barrier()  # all chunks arrived
     lo, hi = min(rank * chunk, n), min((rank + 1) * chunk, n)  # own part: ragged or empty at the end
     torch.ops.halo.qcomm_reduce_broadcast(a_slots, bcast_to[:rank] + bcast_to[rank + 1:], block, qd,
                                           float(post_scale), x[lo:hi], rank, out[lo:hi])
-    ws.barrier()  # all reduced chunks arrived
+    ws.barrier()  # all reduced chunks arrived (and every rank's reduce has read its A slots)
+    ws.a_free_stream = stream
     if lo > 0:
         unpack(g_slots[:rank], out[:lo], chunk, block, qd)
     if hi < n:
@@ -432,6 +449,7 @@ def _reduce_scatter_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, 
     rank = ws.rank
     scatter_to, a_slots, _, _ = ws.views("rs", cb)
     ws.barrier()
+    ws.a_free_stream = None  # the reduce below reads the A slots after the last barrier
     torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd, rank)  # the own slice stays unquantized
     ws.barrier()
     reduce_chunks(a_slots, out, block, qd, post_scale, own=x[rank * chunk:(rank + 1) * chunk], own_index=rank)
