@@ -67,6 +67,18 @@ def tput(fn, n=20):
     return (time.perf_counter() - t) * 1e3 / n
 
 
+def _with_env(key, value, fn):
+    old = os.environ.get(key)
+    os.environ[key] = value
+    try:
+        return fn()
+    finally:
+        if old is None:
+            os.environ.pop(key)
+        else:
+            os.environ[key] = old
+
+
 def timeline(fn, path):
     from torch.profiler import ProfilerActivity, profile
     fn()
@@ -94,7 +106,7 @@ def timeline(fn, path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
-    ap.add_argument("--sizes-mb", type=float, nargs="*", default=[1, 256])
+    ap.add_argument("--sizes-mb", type=float, nargs="*", default=[1, 64, 256])
     args = ap.parse_args()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local)
@@ -114,6 +126,10 @@ def main():
             "halo_fallback": lambda: all_reduce(x, out=out, path="fallback"),
             "halo_nccl": lambda: all_reduce(x, out=out, path="nccl"),
             "halo_peer": lambda: all_reduce(x, out=out, path="peer"),
+            "halo_peer_lane16": lambda: _with_env("HALO_QCOMM_LANE_ELEMS", "16",
+                                                  lambda: all_reduce(x, out=out, path="peer")),
+            "halo_peer_b64_lane16": lambda: _with_env("HALO_QCOMM_LANE_ELEMS", "16",
+                                                      lambda: all_reduce(x, out=out, path="peer", block=64)),
         }
         for name, fn in cases.items():
             try:

@@ -3,7 +3,7 @@
 # the kernels, the benchmarks and the main job; logs go into $OUT/logs.tgz, bench/results/ into $OUT/results.tgz
 # (both refreshed after every step, so a call cut short still returns what it did).
 # Usage (repo root, with the wheels of ../shared/tools/gpu-wheels.sh in .whl/):  bash tools/device_run.sh [steps]
-# Single-GPU steps: build test sanitize bench-hadamard bench-quant bench-gemm bench-linear finetune-bench
+# Single-GPU steps: build test test-comm sanitize bench-hadamard bench-quant bench-gemm bench-linear finetune-bench
 #                   finetune-acc
 # Multi-GPU steps (torchrun over all visible GPUs): dist-test bench-allreduce bench-fsdp bench-fsdp-perf (no loss
 #                   curves) ar-trace (all-reduce time breakdown and kernel timelines, tools/ar_trace.py)
@@ -43,6 +43,10 @@ for step in $steps; do
     test)
       run_step test 0 python3 -m pytest tests -q -p no:cacheprovider --maxfail=40 --timeout=900
       grep -E "^(FAILED|ERROR)|passed|failed|Error" "$LOGS/test.log" | tail -40 ;;
+    test-comm)  # the collective tests only (qcomm kernels, all_reduce / reduce_scatter, FSDP integration)
+      run_step test-comm 0 python3 -m pytest tests/test_allreduce.py tests/test_fsdp.py -q -p no:cacheprovider \
+        --timeout=900
+      grep -E "^(FAILED|ERROR)|passed|failed|Error" "$LOGS/test-comm.log" | tail -20 ;;
     sanitize)
       python3 tools/sanitize_smoke.py 2>&1 | tail -3
       for tool in memcheck racecheck; do

@@ -32,5 +32,28 @@ if halo_ext.sm90_available():
         b = torch.randn(136, 256, device=dev).to(qb) if qb != torch.int8 else torch.randint(-9, 9, (136, 256), dtype=qb, device=dev)
         halo_ext.qgemm(a, b, torch.rand(200, device=dev), torch.rand(1, device=dev), torch.bfloat16,
                        torch.randn(136, device=dev, dtype=torch.bfloat16))
+# block-quantized collectives (pack / reduce / reduce_broadcast with own + deq / unpack), both lane traits, every
+# block size, ragged sizes: partial lane groups in the last warp, tails inside a lane, empty own parts
+import os  # noqa: E402
+
+from halo_ext.distributed import chunk_elems, pack, reduce_chunks, unpack  # noqa: E402
+
+for le in ("8", "16"):
+    os.environ["HALO_QCOMM_LANE_ELEMS"] = le
+    for block in (32, 64, 128, 256, 512, 1024):
+        for n, world, xdt in ((1, 2, torch.bfloat16), (block * 5 + 3, 3, torch.float32), (4099, 2, torch.float16)):
+            chunk = chunk_elems(n, world, block)
+            xs = [torch.randn(n, device=dev, dtype=xdt) for _ in range(world)]
+            ps = [pack(x, world, chunk, block) for x in xs]
+            for r in range(world):
+                lo, hi = min(r * chunk, n), min((r + 1) * chunk, n)
+                red = torch.empty(ps[0].shape[1], dtype=torch.uint8, device=dev)
+                reduce_chunks([p[r] for p in ps], red, block, "int8", 0.5, own=xs[r][lo:hi], own_index=r)
+                reduce_chunks([p[r] for p in ps], torch.empty(hi - lo, device=dev), block, "int8")
+                outs = [torch.empty_like(red) for _ in range(2)]
+                torch.ops.halo.qcomm_reduce_broadcast([p[r] for p in ps], outs, block, torch.int8, 1.0, xs[r][lo:hi],
+                                                      r, torch.empty(hi - lo, device=dev, dtype=xdt))
+            unpack(list(ps[0].unbind(0)), torch.empty(n, device=dev, dtype=xdt), chunk, block, "int8")
+os.environ.pop("HALO_QCOMM_LANE_ELEMS")
 torch.cuda.synchronize()
 print("sanitize smoke: all kernels ran")
