@@ -12,9 +12,9 @@ run: the smallest size from which the best quantized path beats NCCL bf16 by at 
 measured (the margin covers the auto path's extra host work, which these host-bound small sizes feel; extra small
 sizes 0.0625/0.25 MB are measured for that); the run sets HALO_AR_FALLBACK_BYTES to it before the
 "auto" rows and records it. The "auto" rows are in place (as dist.all_reduce is), against NCCL bf16 re-measured
-in the same loop (3 interleaved rounds, median each). A block sweep (64/128/512) runs at 64 and 256 MB, a pipeline-piece
-sweep (32/64/256 MiB, path "nccl:pieceXMB"; the default is 128) at 256 and 1024 MB, a kernel-trait sweep (16 elements
-per lane, HALO_QCOMM_LANE_ELEMS, path "peer:lane16", blocks 64/128/256) at 64, 256 and 1024 MB. Rank 0 writes
+in the same loop (3 interleaved rounds, median each). A block sweep (128/256/512; the default is 64) runs at 16, 64, 256 and 1024 MB, a pipeline-piece
+sweep (32/64/256 MiB, path "nccl:pieceXMB"; the default is 128) at 256 and 1024 MB, a kernel-trait sweep (8 elements
+per lane in pack/reduce instead of 16, HALO_QCOMM_LANE_ELEMS, path "peer:lane8", blocks 64/128/256) at the same sizes. Rank 0 writes
 bench/results/allreduce.json (rows merged by world, MB, dtype, path, block so 4/8-GPU runs append).
 --smoke: a CPU/Gloo dry run of the script logic with tiny sizes (no GPU needed).
 """
@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, time_ms, write_results  # noqa: E402
 
 import halo_ext  # noqa: E402
-from halo_ext.distributed import all_reduce, chunk_elems, last_path, packed_chunk_bytes  # noqa: E402
+from halo_ext.distributed import all_reduce, chunk_elems, last_path, packed_chunk_bytes, reload_settings  # noqa: E402
 from halo_ext.distributed.allreduce import DEFAULT_BLOCK, peer_path_available  # noqa: E402
 
 
@@ -69,11 +69,11 @@ def main():
     ap.add_argument("--sizes-mb", type=float, nargs="*", default=[1, 4, 16, 64, 256, 1024])
     ap.add_argument("--small-mb", type=float, nargs="*", default=[0.0625, 0.25], help="extra sizes for the threshold")
     ap.add_argument("--dtypes", nargs="*", default=["int8", "fp8"])
-    ap.add_argument("--sweep-blocks", type=int, nargs="*", default=[64, 128, 512])
-    ap.add_argument("--sweep-mb", type=float, nargs="*", default=[64, 256])
-    ap.add_argument("--sweep-lane-elems", type=int, nargs="*", default=[16],
-                    help="kernel trait HALO_QCOMM_LANE_ELEMS swept for the peer path (blocks 64/128/256) at the "
-                         "--sweep-mb sizes and 1024 MB (rows path 'peer:laneN')")
+    ap.add_argument("--sweep-blocks", type=int, nargs="*", default=[128, 256, 512])
+    ap.add_argument("--sweep-mb", type=float, nargs="*", default=[16, 64, 256, 1024])
+    ap.add_argument("--sweep-lane-elems", type=int, nargs="*", default=[8],
+                    help="kernel trait HALO_QCOMM_LANE_ELEMS (pack/reduce elements per lane; default 16) swept for the "
+                         "peer path (blocks 64/128/256) at the --sweep-mb sizes (rows path 'peer:laneN')")
     ap.add_argument("--sweep-piece-mb", type=float, nargs="*", default=[32, 64, 256],
                     help="pipeline piece sizes (HALO_AR_PIECE_BYTES) swept for the NCCL path at 256 and 1024 MB")
     ap.add_argument("--smoke", action="store_true")
@@ -150,7 +150,7 @@ def main():
                                  "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr, "relerr": err,
                                  "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
                                  "frac_of_transport_ceiling": (t_tr / t) if path == "nccl" and t == t else None})
-        if peer_ok and (mb in args.sweep_mb or mb == 1024):
+        if peer_ok and mb in args.sweep_mb:
             for le in args.sweep_lane_elems:
                 for block in sorted({DEFAULT_BLOCK, 64, 128, 256}):
                     os.environ["HALO_QCOMM_LANE_ELEMS"] = str(le)
@@ -168,11 +168,13 @@ def main():
         if mb in (256, 1024) or smoke:
             for pmb in args.sweep_piece_mb:
                 os.environ["HALO_AR_PIECE_BYTES"] = str(int(pmb * (1 << 20)))
+                reload_settings()
                 try:
                     out = torch.empty_like(x)
                     t = measure(lambda: all_reduce(x, out=out, path="nccl"))
                 finally:
                     del os.environ["HALO_AR_PIECE_BYTES"]
+                    reload_settings()
                 rows.append({"world": world, "MB": mb, "dtype": "int8", "path": f"nccl:piece{pmb:g}MB",
                              "block": DEFAULT_BLOCK, "halo_ms": t, "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr,
                              "relerr": None, "relerr_nccl_bf16": err_bf16,
@@ -199,6 +201,7 @@ def main():
     dist.broadcast(t, 0)
     thr_bytes = int(t)
     os.environ["HALO_AR_FALLBACK_BYTES"] = str(thr_bytes)
+    reload_settings()
     for mb in all_sizes:
         n = int(mb * (1 << 20) // 2)
         g = torch.Generator(device=device).manual_seed(1234 + rank)

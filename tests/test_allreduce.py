@@ -358,6 +358,7 @@ def _worker(rank, world, port, outdir, what):
         dev = torch.device("cpu")
         if "ar" in what:
             fails += C.check_all_reduce(dev, quick=world > 2)
+            fails += C.check_auto_fast_path(dev)
         if "rs" in what:
             fails += C.check_reduce_scatter(dev)
         if "hier" in what:

@@ -126,10 +126,9 @@ def main():
             "halo_fallback": lambda: all_reduce(x, out=out, path="fallback"),
             "halo_nccl": lambda: all_reduce(x, out=out, path="nccl"),
             "halo_peer": lambda: all_reduce(x, out=out, path="peer"),
-            "halo_peer_lane16": lambda: _with_env("HALO_QCOMM_LANE_ELEMS", "16",
-                                                  lambda: all_reduce(x, out=out, path="peer")),
-            "halo_peer_b64_lane16": lambda: _with_env("HALO_QCOMM_LANE_ELEMS", "16",
-                                                      lambda: all_reduce(x, out=out, path="peer", block=64)),
+            "halo_peer_b256": lambda: all_reduce(x, out=out, path="peer", block=256),
+            "halo_peer_lane8": lambda: _with_env("HALO_QCOMM_LANE_ELEMS", "8",
+                                                 lambda: all_reduce(x, out=out, path="peer")),
         }
         for name, fn in cases.items():
             try:

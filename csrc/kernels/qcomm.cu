@@ -6,8 +6,9 @@
  * 32 / L consecutive blocks): lane l of the group owns the E consecutive elements [l*E, (l+1)*E) of the block in
  * registers, the absmax is a shuffle reduction inside the group and each lane writes E contiguous code bytes, so a
  * warp stores 32 * E contiguous bytes. E (elements per lane) is the kernel trait that sets the memory parallelism:
- * E = max(lane_elems, B / 32) with lane_elems 8 (16-byte bf16 loads, 8-byte code stores) or 16 (32-byte loads,
- * 16-byte code stores), chosen by qcomm_lane_elems() (HALO_QCOMM_LANE_ELEMS). Small blocks (B = 64: L = 8 or 4)
+ * E = max(lane_elems, B / 32) with lane_elems 16 (32-byte bf16 loads, 16-byte code stores) for pack and reduce
+ * (qcomm_lane_elems(), HALO_QCOMM_LANE_ELEMS=8 selects 8) and 8 (16-byte loads, 8-byte code stores) for unpack,
+ * the faster choices measured on 2x H200 (see kUnpackLaneElems). Small blocks (B = 64: L = 4 or 8)
  * therefore move as many bytes per lane as B = 256 does. Inputs of 16-bit types are read as 16-byte packets when
  * the layout allows it (chunk * sizeof(T) a multiple of 16), element by element otherwise (ragged tails, odd chunk
  * sizes). The reduction adds the dequantized chunks in chunk order with
@@ -305,12 +306,14 @@ int grid_for(int64_t blocks, int lanes) {
 
 /*!
  * \brief Calls f(std::integral_constant<int, E>{}, std::integral_constant<int, L>{}) for the (elements per lane,
- * lanes per block) of `block` at the current qcomm_lane_elems(); false for an unsupported block.
+ * lanes per block) of `block`: E = max(lane_elems, block / 32), L = block / E; false for an unsupported block or
+ * lane_elems (8 or 16).
  */
 template <typename F>
-bool dispatch_el(int64_t block, F&& f) {
+bool dispatch_el(int64_t block, int lane_elems, F&& f) {
   using std::integral_constant;
-  const bool wide = qcomm_lane_elems() == 16;
+  if (lane_elems != 8 && lane_elems != 16) return false;
+  const bool wide = lane_elems == 16;
   switch (block) {
     case 32:
       if (wide) f(integral_constant<int, 16>{}, integral_constant<int, 2>{});
@@ -333,6 +336,13 @@ bool dispatch_el(int64_t block, F&& f) {
     default: return false;
   }
 }
+
+/*!
+ * \brief Elements per lane of the unpack kernel: always 8. Measured on 2x H200 (tools/ar_trace.py, 256 MB): the
+ * unpack with 16 elements per lane (two 16-byte bf16 stores per lane at a 32-byte stride) took 108 us instead of
+ * 54 us, while pack and reduce got faster with 16 (196 vs 208 us, 200 vs 226 us).
+ */
+constexpr int kUnpackLaneElems = 8;
 
 template <typename F>
 bool dispatch_q(DType qt, F&& f) {
@@ -366,7 +376,7 @@ cudaError_t pack_impl(const void* x, DType xt, int64_t n, int world, int64_t chu
     using T = decltype(tv);
     const bool vec = aligned(x, 16) && (chunk * int64_t(sizeof(T))) % 16 == 0;
     ok_q = dispatch_q(qt, [&](auto qv) {
-      ok_e = dispatch_el(block, [&](auto ev, auto lv) {
+      ok_e = dispatch_el(block, qcomm_lane_elems(), [&](auto ev, auto lv) {
         constexpr int E = decltype(ev)::value, L = decltype(lv)::value;
         pack_kernel<T, decltype(qv)::value, E, L><<<grid_for(blocks, L), kThreadsQ, 0, stream>>>(
             static_cast<const T*>(x), n, chunk, nb, world, skip, out, outs, vec);
@@ -387,7 +397,7 @@ cudaError_t reduce_impl(const QCommChunks& in, int64_t nb, int64_t block, DType 
   if (own.index >= 0 && (own.n < 0 || own.n > nb * block || (own.n > 0 && own.x == nullptr) ||
                          (own.t != DType::kFloat32 && own.t != DType::kBFloat16 && own.t != DType::kFloat16)))
     return cudaErrorInvalidValue;
-  if (nb == 0) return cudaSuccess;
+  if (nb == 0 || (out_t != qt && out_n == 0)) return cudaSuccess;  // nothing to store
   if (out == nullptr && (out_t != qt || outs.count < 1)) return cudaErrorInvalidValue;
   if (out_t != qt && out_t != DType::kFloat32 && out_t != DType::kBFloat16 && out_t != DType::kFloat16)
     return cudaErrorInvalidValue;
@@ -398,7 +408,7 @@ cudaError_t reduce_impl(const QCommChunks& in, int64_t nb, int64_t block, DType 
   const bool deq_vec = deq.out != nullptr && aligned(deq.out, 16);
   bool ok_e = true;
   const bool ok_q = dispatch_q(qt, [&](auto qv) {
-    ok_e = dispatch_el(block, [&](auto ev, auto lv) {
+    ok_e = dispatch_el(block, qcomm_lane_elems(), [&](auto ev, auto lv) {
       constexpr int E = decltype(ev)::value, L = decltype(lv)::value;
       reduce_kernel<decltype(qv)::value, E, L><<<grid_for(nb, L), kThreadsQ, 0, stream>>>(
           in, nb, post_scale, out, out_t, out_n, outs, own, own_vec, deq, deq_vec);
@@ -424,7 +434,7 @@ cudaError_t qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, in
 
 cudaError_t qcomm_reduce(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale, void* out,
                          DType out_t, int64_t out_n, const QCommOwn& own, cudaStream_t stream) {
-  if (out == nullptr && nb > 0) return cudaErrorInvalidValue;
+  if (out == nullptr && nb > 0 && (out_t == qt || out_n > 0)) return cudaErrorInvalidValue;
   return reduce_impl(in, nb, block, qt, post_scale, out, out_t, out_n, QCommOuts{}, own, QCommDeq{}, stream);
 }
 
@@ -445,7 +455,7 @@ cudaError_t qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DT
     using T = decltype(tv);
     const bool vec = aligned(out, 16) && (chunk * int64_t(sizeof(T))) % 16 == 0;
     ok_q = dispatch_q(qt, [&](auto qv) {
-      ok_e = dispatch_el(block, [&](auto ev, auto lv) {
+      ok_e = dispatch_el(block, kUnpackLaneElems, [&](auto ev, auto lv) {
         constexpr int E = decltype(ev)::value, L = decltype(lv)::value;
         unpack_kernel<T, decltype(qv)::value, E, L><<<grid_for(in.count * nb, L), kThreadsQ, 0, stream>>>(
             in, chunk, nb, static_cast<T*>(out), n, vec);

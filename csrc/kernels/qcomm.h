@@ -91,14 +91,14 @@ struct QCommOuts {
 };
 
 /*!
- * \brief Elements per lane of the CUDA qcomm kernels (the kernel trait that sets the bytes each lane moves; the
- * results do not depend on it): 8 (16-byte bf16 loads, 8-byte code stores) or 16 (32-byte loads, 16-byte code
- * stores), from the environment variable HALO_QCOMM_LANE_ELEMS (read at every launch; default 8). Blocks larger
- * than 32 * lane_elems use B / 32.
+ * \brief Elements per lane of the CUDA pack and reduce kernels (the kernel trait that sets the bytes each lane
+ * moves; the results do not depend on it): 16 (32-byte bf16 loads, 16-byte code stores; the default) or 8 (16-byte
+ * loads, 8-byte code stores), from the environment variable HALO_QCOMM_LANE_ELEMS (read at every launch). Blocks
+ * larger than 32 * lane_elems use B / 32. The unpack kernel always uses 8 (measured faster, see qcomm.cu).
  */
 inline int qcomm_lane_elems() {
   const char* e = std::getenv("HALO_QCOMM_LANE_ELEMS");
-  return e != nullptr && std::atoi(e) == 16 ? 16 : 8;
+  return e != nullptr && std::atoi(e) == 8 ? 8 : 16;
 }
 
 #ifdef HALO_KERNEL_LAUNCHERS

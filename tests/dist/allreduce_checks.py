@@ -10,8 +10,8 @@ from typing import List
 import torch
 import torch.distributed as dist
 
-from halo_ext.distributed import (all_reduce, chunk_elems, ddp_quantized_hook, error_bound, last_path, pack,
-                                  reduce_scatter, unpack, QuantizedHookState)
+from halo_ext.distributed import (DEFAULT_BLOCK, DEFAULT_RS_BLOCK, all_reduce, chunk_elems, ddp_quantized_hook, error_bound, last_path, pack,
+                                  reduce_scatter, reload_settings, unpack, QuantizedHookState)
 
 EPS = {torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 
@@ -115,15 +115,17 @@ def check_all_reduce(device, group=None, paths=("nccl",), quick=False) -> List[s
             fails.append(f"[{path}] repeated runs differ")
         # pipelined pieces (tiny piece size): each piece is chunked on its own (its own owners), so the bound is
         # evaluated per piece; piece = HALO_AR_PIECE_BYTES / 4 float32 elements = 2 units of world * 4 blocks
-        piece = world * 256 * 4 * 2
+        piece = world * DEFAULT_BLOCK * 4 * 2
         os.environ["HALO_AR_PIECE_BYTES"] = str(piece * 4)
+        reload_settings()
         try:
             xs = _inputs(1001, world, 20000, torch.float32, device)
             r1 = all_reduce(xs[rank].clone(), group=group, path=path)
         finally:
             del os.environ["HALO_AR_PIECE_BYTES"]
+            reload_settings()
         y = sum(v.double().cpu() for v in xs)
-        bound = torch.cat([error_bound([v.cpu()[s:s + piece] for v in xs], y[s:s + piece], world, 256)
+        bound = torch.cat([error_bound([v.cpu()[s:s + piece] for v in xs], y[s:s + piece], world, DEFAULT_BLOCK)
                            for s in range(0, y.numel(), piece)])
         if not bool(((r1.double().cpu() - y).abs() <= bound).all()) and path == "nccl":
             fails.append(f"[{path}] pipelined pieces exceed the bound")
@@ -158,7 +160,7 @@ def check_all_reduce(device, group=None, paths=("nccl",), quick=False) -> List[s
     perm = [v.cpu().view(2, 640).t().contiguous().view(-1) for v in xs]  # the order the flat chunks see
     y = sum(v.double() for v in perm)
     got = t.cpu().contiguous().view(-1).double()
-    if not bool(((got - y).abs() <= error_bound(perm, y, world, 256)).all()):
+    if not bool(((got - y).abs() <= error_bound(perm, y, world, DEFAULT_BLOCK)).all()):
         fails.append("non-contiguous in-place result wrong")
     # async_op: a handle whose future holds the result
     xs = _inputs(2002, world, 3000, torch.float32, device)
@@ -174,6 +176,66 @@ def check_all_reduce(device, group=None, paths=("nccl",), quick=False) -> List[s
             fails.append(f"{kw} did not raise")
         except exc:
             pass
+    return fails
+
+
+def check_auto_fast_path(device) -> List[str]:
+    """all_reduce with no path / out / async below the fallback threshold (the host-lean fast path): the same bits as
+    dist.all_reduce, in place, AVG, the same argument errors as the general code; above the threshold (after
+    reload_settings) the quantized path runs. Restores the environment."""
+    fails: List[str] = []
+    world, rank = dist.get_world_size(), dist.get_rank()
+    saved = {k: os.environ.get(k) for k in ("HALO_AR_PATH", "HALO_AR_FALLBACK_BYTES")}
+    try:
+        os.environ["HALO_AR_PATH"] = "auto"
+        os.environ["HALO_AR_FALLBACK_BYTES"] = str(1 << 40)
+        reload_settings()
+        for n, dt in ((1, torch.float32), (1000, torch.bfloat16), (4097, torch.float16)):
+            xs = _inputs(500 + n, world, n, dt, device)
+            ref = xs[rank].clone()
+            dist.all_reduce(ref)
+            y = xs[rank].clone()
+            r = all_reduce(y)
+            if r is not y or not torch.equal(y, ref):
+                fails.append(f"[fast n={n} {dt}] differs from dist.all_reduce or not in place")
+            ya = xs[rank].clone()
+            all_reduce(ya, op="avg")
+            if not torch.equal(ya, ref / world):
+                fails.append(f"[fast n={n} {dt}] avg differs from dist.all_reduce / world")
+        nc = _inputs(600, world, 64, torch.float32, device)[rank].view(8, 8).t()  # non-contiguous: general path
+        ref = nc.contiguous()
+        dist.all_reduce(ref)
+        all_reduce(nc)
+        if not torch.equal(nc, ref):
+            fails.append("[fast] non-contiguous tensor: wrong result")
+        if all_reduce(torch.empty(0, device=device)).numel() != 0:
+            fails.append("[fast] empty tensor")
+        for kw, exc in ((dict(op="max"), ValueError), (dict(dtype="int4"), ValueError), (dict(block=48), ValueError)):
+            try:
+                all_reduce(torch.ones(4, device=device), **kw)
+                fails.append(f"[fast] {kw} did not raise")
+            except exc:
+                pass
+        try:
+            all_reduce(torch.ones(4, dtype=torch.int32, device=device))
+            fails.append("[fast] int32 did not raise")
+        except TypeError:
+            pass
+        os.environ["HALO_AR_FALLBACK_BYTES"] = "0"
+        reload_settings()
+        xs = _inputs(700, world, 5000, torch.float32, device)
+        ref = sum(v.double() for v in xs)
+        y = xs[rank].clone()
+        all_reduce(y)
+        if last_path(y) == "fallback" or torch.equal(y.double(), ref):
+            fails.append("[fast] threshold 0 after reload_settings: the quantized path did not run")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        reload_settings()
     return fails
 
 
@@ -193,7 +255,7 @@ def check_reduce_scatter(device, group=None, paths=("nccl",)) -> List[str]:
                 y = y / world
             # one quantization per element of the other ranks' slices: sum_{r != rank} absmax_r / 254 per block of
             # the rank's slice (the own slice is added unquantized), written out here and via error_bound
-            B = 256
+            B = DEFAULT_RS_BLOCK
             nb = -(-S // B)
             bound = torch.zeros(S, dtype=torch.float64)
             for r, v in enumerate(xs):
@@ -255,8 +317,8 @@ def check_hierarchical(device, k: int) -> List[str]:
             part = [v[lo:hi] for v in nodes]
             yy = y[lo:hi]
             # chunked as the padded s-element slice is (owners: chunk_elems(s, nodes) elements each)
-            bound[lo:hi] = error_bound([p / (world if op == "avg" else 1) for p in part], yy, len(nodes), 256,
-                                       chunk=chunk_elems(s, len(nodes), 256))
+            bound[lo:hi] = error_bound([p / (world if op == "avg" else 1) for p in part], yy, len(nodes), DEFAULT_BLOCK,
+                                       chunk=chunk_elems(s, len(nodes), DEFAULT_BLOCK))
         err = (res.double().cpu() - y).abs()
         if not bool((err <= bound + y.abs() * 1e-6 + 1e-6).all()):
             fails.append(f"[hier k={k} n={n}] error {float(err.max()):.3e} > bound")

@@ -126,6 +126,9 @@ def _check_kernels_vs_cpu(device) -> list:
                     unpack(list(pg[0].unbind(0)), ug, chunk, block, qd)
                     if not torch.equal(uc, ug.cpu()):
                         fails.append(f"{tag} unpack differs from the CPU reference")
+    # an empty float output (an empty own part at the end of a ragged tensor): nothing to store, no error
+    p = pack(torch.randn(500, device=device), 2, 256, 64)
+    reduce_chunks([p[0], p[1]], torch.empty(0, device=device), 64)
     # bad own: on another device than the chunks
     p = pack(torch.randn(500, device=device), 2, 256, 64)
     try:
@@ -151,6 +154,7 @@ def main() -> int:
     groups = [
         ("kernels vs CPU reference", lambda: check_kernels_vs_cpu(device) if rank == 0 else []),
         ("all_reduce nccl+peer", lambda: C.check_all_reduce(device, paths=("nccl", "peer"))),
+        ("auto fast path (below the threshold)", lambda: C.check_auto_fast_path(device)),
         ("reduce_scatter nccl+peer", lambda: C.check_reduce_scatter(device, paths=("nccl", "peer"))),
         ("hierarchical (fake nodes)", lambda: C.check_hierarchical(device, world // 2 if world >= 4 else 1)),
         ("DDP hook", lambda: C.check_ddp(device)),

@@ -1,7 +1,8 @@
 """Quantized collectives for torch.distributed: block-quantized two-shot all-reduce / reduce-scatter (EQuARX-style)
 over NCCL/Gloo process groups or peer (symmetric) memory, and a DDP communication hook. See allreduce.py."""
-from .allreduce import (DEFAULT_BLOCK, FALLBACK_BYTES, all_reduce, chunk_elems, error_bound, last_path, pack,
-                        packed_chunk_bytes, peer_path_available, reduce_chunks, reduce_scatter, unpack)
+from .allreduce import (DEFAULT_BLOCK, DEFAULT_RS_BLOCK, FALLBACK_BYTES, all_reduce, chunk_elems, error_bound, last_path, pack,
+                        packed_chunk_bytes, peer_path_available, reduce_chunks, reduce_scatter, reload_settings,
+                        unpack)
 from .ddp import QuantizedHookState, ddp_quantized_hook
 
 
@@ -16,5 +17,5 @@ def fully_shard_halo(model, **kwargs):
 __all__ = [
     "all_reduce", "reduce_scatter", "ddp_quantized_hook", "fully_shard_halo", "QuantizedHookState", "pack", "reduce_chunks", "unpack",
     "chunk_elems", "packed_chunk_bytes", "error_bound", "last_path", "peer_path_available", "DEFAULT_BLOCK",
-    "FALLBACK_BYTES",
+    "DEFAULT_RS_BLOCK", "FALLBACK_BYTES", "reload_settings",
 ]

@@ -60,12 +60,18 @@ import halo_ext  # noqa: F401  (registers torch.ops.halo)
 
 __all__ = [
     "all_reduce", "reduce_scatter", "chunk_elems", "packed_chunk_bytes", "pack", "reduce_chunks", "unpack",
-    "DEFAULT_BLOCK", "FALLBACK_BYTES", "error_bound",
+    "DEFAULT_BLOCK", "DEFAULT_RS_BLOCK", "FALLBACK_BYTES", "error_bound", "reload_settings",
 ]
 
-#: Default quantization block (elements per fp32 scale). 256: payload ratio 2/(1+4/256) = 1.97x vs bf16, one
-#: warp per block with 8 elements (one 16-byte bf16 packet) per lane in the kernels; bench tunes 128/256/512.
-DEFAULT_BLOCK = 256
+#: Default quantization block of all_reduce (elements per fp32 scale). 64: relative L2 error 0.75% on Gaussian data
+#: at 2 ranks (0.87% at 256: two quantizations per element; notes/allreduce.md), payload ratio 2/(1+4/64) = 1.88x
+#: vs bf16 (1.97x at 256). Since the kernels map 4-8 lanes to a block of 64 (16 or 8 elements per lane), B = 64
+#: runs within a few percent of B = 256 on the peer path (bench/allreduce_bench.py sweeps 64..512).
+DEFAULT_BLOCK = 64
+
+#: Default block of reduce_scatter (one quantization per element, relerr 0.49% at 256 and 2 ranks; HQ-FSDP's
+#: gradient reduce-scatter passes its own block, 256).
+DEFAULT_RS_BLOCK = 256
 
 #: Input bytes below which ``auto`` uses plain dist.all_reduce, per world size (others: the nearest smaller key).
 #: World 2: measured on 2x H200 (bench/allreduce_bench.py, 2026-11-23: the peer path first beats NCCL bf16 at 4 MB).
@@ -183,12 +189,45 @@ def error_bound(xs: List[torch.Tensor], y: torch.Tensor, world: int, block: int 
 # Settings
 # ---------------------------------------------------------------------------------------------------------------
 
+_ENV_KEYS = ("HALO_AR_PATH", "HALO_AR_FALLBACK_BYTES", "HALO_AR_PIECE_BYTES")
+_SETTINGS: Optional[Dict[str, Optional[str]]] = None
+
+
+def reload_settings() -> None:
+    """Re-reads the environment variables HALO_AR_PATH, HALO_AR_FALLBACK_BYTES and HALO_AR_PIECE_BYTES. They are
+    read once, at the first call (an os.environ lookup costs microseconds, and small all-reduces are host-bound):
+    call this after changing them, or the FALLBACK_BYTES table, inside a running process."""
+    global _SETTINGS
+    _SETTINGS = {k: os.environ.get(k) for k in _ENV_KEYS}
+    _FALLBACK_FAST.clear()
+
+
+def _setting(key: str) -> Optional[str]:
+    if _SETTINGS is None:
+        reload_settings()
+    return _SETTINGS[key]
+
+
+def _env_path(path: Optional[str]) -> str:
+    return (path or _setting("HALO_AR_PATH") or "auto").lower()
+
+
 def _fallback_bytes(world: int) -> int:
-    env = os.environ.get("HALO_AR_FALLBACK_BYTES")
+    env = _setting("HALO_AR_FALLBACK_BYTES")
     if env is not None:
         return int(env)
     keys = [k for k in sorted(FALLBACK_BYTES) if k <= world]
     return FALLBACK_BYTES[keys[-1]] if keys else FALLBACK_BYTES[min(FALLBACK_BYTES)]
+
+
+_FALLBACK_FAST: Dict[int, int] = {}  # world size -> _fallback_bytes(world); cleared by reload_settings
+
+
+def _fallback_bytes_fast(world: int) -> int:
+    v = _FALLBACK_FAST.get(world)
+    if v is None:
+        v = _FALLBACK_FAST[world] = _fallback_bytes(world)
+    return v
 
 
 def _piece_bytes(total_bytes: int = 0) -> int:
@@ -196,7 +235,7 @@ def _piece_bytes(total_bytes: int = 0) -> int:
     (the first pack and the last unpack), but every piece costs ~0.1-0.2 ms of host time (two asynchronous c10d
     collectives and three kernel launches; measured on 2x H200, tools/ar_trace.py), which made 8 pieces of 32 MiB
     host-bound at 256 MB (1.6 ms vs 0.89 ms for 2 pieces of 128 MiB)."""
-    env = os.environ.get("HALO_AR_PIECE_BYTES")
+    env = _setting("HALO_AR_PIECE_BYTES")
     if env is not None:
         return max(1, int(env))
     return 128 << 20
@@ -475,7 +514,7 @@ def _plain_all_reduce(buf: torch.Tensor, group, world: int, avg: bool) -> None:
 
 
 def _choose_path(path: Optional[str], tensor: torch.Tensor, group, world: int) -> str:
-    path = (path or os.environ.get("HALO_AR_PATH", "auto")).lower()
+    path = _env_path(path)
     if path not in ("auto", "nccl", "peer", "fallback"):
         raise ValueError(f"halo_ext.distributed: path must be auto, nccl, peer or fallback, got {path!r}")
     if path == "peer":
@@ -532,7 +571,7 @@ def _all_reduce_hier(x: torch.Tensor, out: torch.Tensor, k: int, avg: bool, qd, 
     _reduce_scatter_plain(part, xp, intra)
     nodes = world // k
     # quantized two-shot among ranks of the same local index (post scale 1/world for AVG)
-    inter_path = (path or os.environ.get("HALO_AR_PATH", "auto")).lower()
+    inter_path = _env_path(path)
     if inter_path in ("auto", "peer"):
         inter_path = "nccl"  # ranks of one local index sit on different nodes
     if inter_path == "fallback" or nodes == 1:
@@ -556,7 +595,7 @@ def all_reduce(tensor: torch.Tensor, op="sum", group=None, dtype="int8", block: 
         tensor: float32/float16/bfloat16, any shape and size (0 and 1 element included), CPU (Gloo) or CUDA (NCCL).
         op: "sum" or "avg" (or dist.ReduceOp.SUM / AVG).
         dtype: "int8" (default) or "fp8" (float8_e4m3fn) codes.
-        block: elements per fp32 scale, a power of two in [32, 1024] (default 256).
+        block: elements per fp32 scale, a power of two in [32, 1024] (default DEFAULT_BLOCK = 64).
         async_op: return a handle with wait()/get_future(); the work is already ordered on the current stream.
         out: out-of-place result (same shape and dtype as tensor); default in place.
         path: "auto" | "nccl" | "peer" | "fallback" (default: env HALO_AR_PATH or auto).
@@ -570,6 +609,19 @@ def all_reduce(tensor: torch.Tensor, op="sum", group=None, dtype="int8", block: 
 
     Returns: the result tensor (``out`` or ``tensor``), or a handle when async_op.
     """
+    if (out is None and path is None and not async_op and not hierarchical and isinstance(tensor, torch.Tensor)
+            and tensor.dtype in _FLOATS and _env_path(None) == "auto" and tensor.is_contiguous()):
+        # below the fallback threshold the call is host-bound: go to the plain all-reduce with as little Python in
+        # front of it as possible (same checks and result as the general code below)
+        nbytes = tensor.numel() * tensor.element_size()
+        world = dist.get_world_size(group)
+        if nbytes < _fallback_bytes_fast(world):
+            avg = _parse_op(op)
+            _qdtype(dtype)
+            _check_block(block)
+            if nbytes > 0 and world > 1:
+                _plain_all_reduce(tensor, group, world, avg)
+            return tensor
     if async_op and isinstance(tensor, torch.Tensor) and tensor.is_cuda:
         res = out if out is not None else tensor
         return _run_async(lambda: all_reduce(tensor, op, group, dtype, block, False, out, path, hierarchical),
@@ -605,7 +657,7 @@ def all_reduce(tensor: torch.Tensor, op="sum", group=None, dtype="int8", block: 
             try:
                 _two_shot_peer(x, dst, group, world, 1.0 / world if avg else 1.0, qd, block)
             except Exception as e:  # symmetric memory unusable: remember and use the process-group path
-                if (path or os.environ.get("HALO_AR_PATH", "auto")).lower() == "peer":
+                if _env_path(path) == "peer":
                     raise
                 _PEER_BROKEN[_group_key(group)] = repr(e)
                 warnings.warn(f"halo_ext.distributed: peer path unavailable ({e!r}); using the NCCL path")
@@ -631,7 +683,7 @@ def last_path(tensor: torch.Tensor, group=None, path: Optional[str] = None) -> s
 
 
 def reduce_scatter(output: torch.Tensor, input: torch.Tensor, op="sum", group=None, dtype="int8",
-                   block: int = DEFAULT_BLOCK, async_op: bool = False, path: Optional[str] = None):
+                   block: int = DEFAULT_RS_BLOCK, async_op: bool = False, path: Optional[str] = None):
     """Block-quantized reduce-scatter (the first half of the two-shot all-reduce), like
     ``dist.reduce_scatter_tensor``: ``input`` is flat-viewable with world * output.numel() elements; rank r gets
     the sum (or mean) of every rank's slice input[r*S:(r+1)*S], S = output.numel().
@@ -672,7 +724,7 @@ def reduce_scatter(output: torch.Tensor, input: torch.Tensor, op="sum", group=No
             try:
                 _reduce_scatter_peer(x, dst, group, world, post, qd, block)
             except Exception as e:
-                if (path or os.environ.get("HALO_AR_PATH", "auto")).lower() == "peer":
+                if _env_path(path) == "peer":
                     raise
                 _PEER_BROKEN[_group_key(group)] = repr(e)
                 warnings.warn(f"halo_ext.distributed: peer path unavailable ({e!r}); using the NCCL path")
