@@ -9,8 +9,8 @@ compute ("nccl_transport_ms": the ceiling of the NCCL path). relerr: relative L2
 fp32 all_reduce of the same inputs); relerr_nccl_bf16: the same for NCCL's own bf16 all_reduce. Times: CUDA-event
 median after warm-up (bench/_common.time_ms), max over ranks. The fallback threshold of "auto" is tuned in the
 run: the smallest size from which the best quantized path beats NCCL bf16 by at least 10% at every larger size
-measured (the margin covers the auto path's extra host work, which these host-bound small sizes feel; extra small
-sizes 0.0625/0.25 MB are measured for that); the run sets HALO_AR_FALLBACK_BYTES to it before the
+measured (the margin covers the auto path's extra host work, which these host-bound small sizes feel; extra sizes
+0.0625/0.25/8 MB are measured for that); the run sets HALO_AR_FALLBACK_BYTES to it before the
 "auto" rows and records it. The "auto" rows are in place (as dist.all_reduce is), against NCCL bf16 re-measured
 in the same loop (3 interleaved rounds, median each). A block sweep (128/256/512; the default is 64) runs at 16, 64, 256 and 1024 MB, a pipeline-piece
 sweep (32/64/256 MiB, path "nccl:pieceXMB"; the default is 128) at 256 and 1024 MB, a kernel-trait sweep (8 elements
@@ -67,7 +67,8 @@ def _relerr(y: torch.Tensor, ref: torch.Tensor) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes-mb", type=float, nargs="*", default=[1, 4, 16, 64, 256, 1024])
-    ap.add_argument("--small-mb", type=float, nargs="*", default=[0.0625, 0.25], help="extra sizes for the threshold")
+    ap.add_argument("--small-mb", type=float, nargs="*", default=[0.0625, 0.25, 8],
+                    help="extra sizes for the threshold")
     ap.add_argument("--dtypes", nargs="*", default=["int8", "fp8"])
     ap.add_argument("--sweep-blocks", type=int, nargs="*", default=[128, 256, 512])
     ap.add_argument("--sweep-mb", type=float, nargs="*", default=[16, 64, 256, 1024])

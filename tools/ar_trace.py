@@ -106,7 +106,7 @@ def timeline(fn, path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
-    ap.add_argument("--sizes-mb", type=float, nargs="*", default=[1, 64, 256])
+    ap.add_argument("--sizes-mb", type=float, nargs="*", default=[1, 4, 8, 64, 256])
     args = ap.parse_args()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local)
@@ -119,6 +119,7 @@ def main():
         n = int(mb * (1 << 20)) // 2
         x = torch.randn(n, device=dev).to(torch.bfloat16)
         buf = x.clone()
+        buf2 = x.clone()
         out = torch.empty_like(x)
         cases = {
             "nccl_bf16": lambda: dist.all_reduce(buf),
@@ -126,6 +127,8 @@ def main():
             "halo_fallback": lambda: all_reduce(x, out=out, path="fallback"),
             "halo_nccl": lambda: all_reduce(x, out=out, path="nccl"),
             "halo_peer": lambda: all_reduce(x, out=out, path="peer"),
+            "halo_peer_inplace": lambda: all_reduce(buf2, path="peer"),
+            "halo_auto_inplace": lambda: all_reduce(buf2),
             "halo_peer_b256": lambda: all_reduce(x, out=out, path="peer", block=256),
             "halo_peer_lane8": lambda: _with_env("HALO_QCOMM_LANE_ELEMS", "8",
                                                  lambda: all_reduce(x, out=out, path="peer")),
@@ -144,7 +147,7 @@ def main():
                     print(f"    {k[0]:<60} stream {k[1]!s:>6} start {k[2]:9.1f} us  dur {k[3]:8.1f} us")
                 if len(rows) > 60:
                     print(f"    ... {len(rows) - 60} more kernels")
-        del x, buf, out
+        del x, buf, buf2, out
     if rank == 0:
         with open(os.path.join(args.out, "ar_trace.json"), "w") as f:
             json.dump(summary, f, indent=1)

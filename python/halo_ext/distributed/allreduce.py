@@ -404,19 +404,31 @@ class _PeerWorkspace:
 
     def views(self, kind: str, cb: int) -> tuple:
         """Cached chunk views for packed chunks of cb bytes (host overhead per call: a dict lookup):
-        (scatter targets peers[c][A slot rank], own A slots, broadcast targets peers[p][G slot rank], own G slots)."""
+        (scatter targets peers[c][A slot rank], own A slots, broadcast targets peers[p][G slot rank] of the other
+        ranks p, own G slots of the ranks before / after this one)."""
         key = (kind, cb)
         v = self._views.get(key)
         if v is None:
             w, r, g0 = self.world, self.rank, self.g_off
             assert kind != "ar" or w * cb <= g0, "workspace too small for the all_reduce slots"
-            v = ([p[r * cb:(r + 1) * cb] for p in self.peers], list(self.buf[:w * cb].view(w, cb).unbind(0)),
-                 [p[g0 + r * cb:g0 + (r + 1) * cb] for p in self.peers],
-                 list(self.buf[g0:g0 + w * cb].view(w, cb).unbind(0)) if kind == "ar" else [])
+            g = [p[g0 + r * cb:g0 + (r + 1) * cb] for i, p in enumerate(self.peers) if i != r]
+            own_g = list(self.buf[g0:g0 + w * cb].view(w, cb).unbind(0)) if kind == "ar" else []
+            v = ([p[r * cb:(r + 1) * cb] for p in self.peers], list(self.buf[:w * cb].view(w, cb).unbind(0)), g,
+                 own_g[:r], own_g[r + 1:])
             if len(self._views) > 64:  # many distinct sizes: keep the cache bounded
                 self._views.clear()
             self._views[key] = v
         return v
+
+
+def _current_stream_id(x: torch.Tensor) -> int:
+    """The raw current CUDA stream of x's device (0 for CPU tensors), without building a Stream object."""
+    if not x.is_cuda:
+        return 0
+    try:
+        return torch._C._cuda_getCurrentRawStream(x.device.index)
+    except Exception:  # private helper missing in some release
+        return torch.cuda.current_stream(x.device).cuda_stream
 
 
 def _peer_workspace(group, nbytes: int, device: torch.device) -> "_PeerWorkspace":
@@ -459,8 +471,8 @@ def _two_shot_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_s
     cb = packed_chunk_bytes(chunk, block)
     ws = _peer_workspace(group, 2 * world * cb, x.device)
     rank = ws.rank
-    scatter_to, a_slots, bcast_to, g_slots = ws.views("ar", cb)
-    stream = torch.cuda.current_stream(x.device).cuda_stream if x.is_cuda else 0
+    scatter_to, a_slots, bcast_to, g_before, g_after = ws.views("ar", cb)
+    stream = _current_stream_id(x)
     # Leading barrier: every peer is done reading its A slots (last reduce). Not needed after an all_reduce on this
     # stream: its last barrier came after every rank's reduce. G writes (the reduce below) need no extra barrier:
     # they follow the second barrier, which each peer passes only after its previous unpack (stream order).
@@ -470,14 +482,14 @@ def _two_shot_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_s
     torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd, rank)
     ws.barrier()  # all chunks arrived
     lo, hi = min(rank * chunk, n), min((rank + 1) * chunk, n)  # own part: ragged or empty at the end
-    torch.ops.halo.qcomm_reduce_broadcast(a_slots, bcast_to[:rank] + bcast_to[rank + 1:], block, qd,
-                                          float(post_scale), x[lo:hi], rank, out[lo:hi])
+    torch.ops.halo.qcomm_reduce_broadcast(a_slots, bcast_to, block, qd, float(post_scale), x[lo:hi], rank,
+                                          out[lo:hi])
     ws.barrier()  # all reduced chunks arrived (and every rank's reduce has read its A slots)
     ws.a_free_stream = stream
     if lo > 0:
-        unpack(g_slots[:rank], out[:lo], chunk, block, qd)
+        torch.ops.halo.qcomm_unpack_into(g_before, out[:lo], chunk, block, qd)
     if hi < n:
-        unpack(g_slots[rank + 1:], out[hi:], chunk, block, qd)
+        torch.ops.halo.qcomm_unpack_into(g_after, out[hi:], chunk, block, qd)
 
 
 def _reduce_scatter_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_scale: float, qd,
@@ -486,7 +498,7 @@ def _reduce_scatter_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, 
     cb = packed_chunk_bytes(chunk, block)
     ws = _peer_workspace(group, world * cb, x.device)
     rank = ws.rank
-    scatter_to, a_slots, _, _ = ws.views("rs", cb)
+    scatter_to, a_slots = ws.views("rs", cb)[:2]
     ws.barrier()
     ws.a_free_stream = None  # the reduce below reads the A slots after the last barrier
     torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd, rank)  # the own slice stays unquantized
