@@ -145,6 +145,30 @@ def _check_kernels_vs_cpu(device) -> list:
 _QD = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
+def check_peer_streams(device) -> list:
+    """Peer all_reduces back to back (no leading barrier) alternating between a side stream and the current one,
+    large enough that a missing stream order would race: the same bits as the NCCL path every time."""
+    fails = []
+    rank, world = dist.get_rank(), dist.get_world_size()
+    side = torch.cuda.Stream(device)
+    for i in range(6):
+        g = torch.Generator(device=device).manual_seed(77 * i + rank)
+        x = torch.randn(3 << 20, generator=g, device=device).to(torch.bfloat16)
+        ref = C.all_reduce(x.clone(), path="nccl")
+        y = x.clone()
+        if i % 2:
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                C.all_reduce(y, path="peer")
+            torch.cuda.current_stream(device).wait_stream(side)
+        else:
+            C.all_reduce(y, path="peer")
+        if not torch.equal(y, ref):
+            fails.append(f"[peer streams] call {i} differs from the NCCL path")
+    torch.cuda.synchronize(device)
+    return fails
+
+
 def main() -> int:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local)
@@ -154,6 +178,7 @@ def main() -> int:
     groups = [
         ("kernels vs CPU reference", lambda: check_kernels_vs_cpu(device) if rank == 0 else []),
         ("all_reduce nccl+peer", lambda: C.check_all_reduce(device, paths=("nccl", "peer"))),
+        ("peer path across streams", lambda: check_peer_streams(device)),
         ("auto fast path (below the threshold)", lambda: C.check_auto_fast_path(device)),
         ("reduce_scatter nccl+peer", lambda: C.check_reduce_scatter(device, paths=("nccl", "peer"))),
         ("hierarchical (fake nodes)", lambda: C.check_hierarchical(device, world // 2 if world >= 4 else 1)),

@@ -396,8 +396,9 @@ class _PeerWorkspace:
         # G slots (all_reduce's reduced chunks) live in the upper half, at a fixed offset, A slots (incoming packed
         # chunks) from 0: an A write of one call never lands on G bytes a peer may still be unpacking from the last
         self.g_off = self.nbytes // 2 // 16 * 16
-        # stream on which the last use ended with a barrier after its last read of the A slots (every peer is done
-        # with them): the next all_reduce on that stream may skip its leading barrier
+        # stream on which the last use (an all_reduce) ended with a barrier after its last read of the A slots (every
+        # peer is done with them): the next all_reduce skips its leading barrier (None: first use, or after a
+        # reduce_scatter, whose reduce reads the A slots after its last barrier)
         self.a_free_stream: Optional[int] = None
 
     def barrier(self):
@@ -474,11 +475,15 @@ def _two_shot_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_s
     rank = ws.rank
     scatter_to, a_slots, bcast_to, g_before, g_after = ws.views("ar", cb)
     stream = _current_stream_id(x)
-    # Leading barrier: every peer is done reading its A slots (last reduce). Not needed after an all_reduce on this
-    # stream: its last barrier came after every rank's reduce. G writes (the reduce below) need no extra barrier:
-    # they follow the second barrier, which each peer passes only after its previous unpack (stream order).
-    if ws.a_free_stream != stream:
+    # Leading barrier: every peer is done reading its A slots (last reduce). Not needed after an all_reduce: its last
+    # barrier came after every rank's reduce. The condition depends only on the sequence of collectives, the same on
+    # every rank, so all ranks issue the same number of barriers. If that all_reduce ran on another stream, this
+    # stream first waits for it (local order only). G writes (the reduce below) need no extra barrier: they follow
+    # the second barrier, which each peer passes only after its previous unpack (stream order).
+    if ws.a_free_stream is None:
         ws.barrier()
+    elif ws.a_free_stream != stream:
+        torch.cuda.current_stream(x.device).wait_stream(torch.cuda.ExternalStream(ws.a_free_stream, device=x.device))
     ws.a_free_stream = None
     torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd, rank)
     ws.barrier()  # all chunks arrived
