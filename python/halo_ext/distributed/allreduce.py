@@ -74,10 +74,11 @@ DEFAULT_BLOCK = 64
 DEFAULT_RS_BLOCK = 256
 
 #: Input bytes below which ``auto`` uses plain dist.all_reduce, per world size (others: the nearest smaller key).
-#: World 2: measured on 2x H200 (bench/allreduce_bench.py, 2026-11-23, twice: the peer path beats NCCL bf16 by
-#: >= 10% from 4 MB on, 1.19-1.27x at 4 MB).
-#: Worlds 4 and 8 are not measured (no such machine yet): scaled guesses, re-measure with the bench.
-FALLBACK_BYTES: Dict[int, int] = {2: 4 << 20, 4: 8 << 20, 8: 16 << 20}
+#: World 2: measured on 2x H200 (bench/allreduce_bench.py, 2026-11-23, three runs): small peer all-reduces are
+#: host-bound (~80 us of host time per call), so the crossover depends on the host: the peer path won by >= 10%
+#: from 4 MB on one machine (1.27x at 4 MB) and only from 16 MB on another (0.56x / 0.67x at 4 / 8 MB, 1.54x at
+#: 16). 16 MiB never loses on either. Worlds 4 and 8 are not measured (no such machine here): scaled guesses.
+FALLBACK_BYTES: Dict[int, int] = {2: 16 << 20, 4: 32 << 20, 8: 64 << 20}
 
 _QDTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn, "float8_e4m3fn": torch.float8_e4m3fn,
             torch.int8: torch.int8, torch.float8_e4m3fn: torch.float8_e4m3fn}
