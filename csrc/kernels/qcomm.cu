@@ -304,37 +304,37 @@ int grid_for(int64_t blocks, int lanes) {
   return static_cast<int>(g < 1 ? 1 : g > kMaxCtas ? kMaxCtas : g);
 }
 
+/*! \brief Calls f(E, L) as integral constants for block B: E = max(LE, B / 32) elements per lane, L = B / E lanes. */
+template <int B, int LE, typename F>
+void call_el(F&& f) {
+  constexpr int E = B / 32 > LE ? B / 32 : LE;
+  f(std::integral_constant<int, E>{}, std::integral_constant<int, B / E>{});
+}
+
 /*!
  * \brief Calls f(std::integral_constant<int, E>{}, std::integral_constant<int, L>{}) for the (elements per lane,
- * lanes per block) of `block`: E = max(lane_elems, block / 32), L = block / E; false for an unsupported block or
- * lane_elems (8 or 16).
+ * lanes per block) of `block` at LE elements per lane: E = max(LE, block / 32), L = block / E; false for an
+ * unsupported block.
  */
-template <typename F>
-bool dispatch_el(int64_t block, int lane_elems, F&& f) {
-  using std::integral_constant;
-  if (lane_elems != 8 && lane_elems != 16) return false;
-  const bool wide = lane_elems == 16;
+template <int LE, typename F>
+bool dispatch_block(int64_t block, F&& f) {
   switch (block) {
-    case 32:
-      if (wide) f(integral_constant<int, 16>{}, integral_constant<int, 2>{});
-      else f(integral_constant<int, 8>{}, integral_constant<int, 4>{});
-      return true;
-    case 64:
-      if (wide) f(integral_constant<int, 16>{}, integral_constant<int, 4>{});
-      else f(integral_constant<int, 8>{}, integral_constant<int, 8>{});
-      return true;
-    case 128:
-      if (wide) f(integral_constant<int, 16>{}, integral_constant<int, 8>{});
-      else f(integral_constant<int, 8>{}, integral_constant<int, 16>{});
-      return true;
-    case 256:
-      if (wide) f(integral_constant<int, 16>{}, integral_constant<int, 16>{});
-      else f(integral_constant<int, 8>{}, integral_constant<int, 32>{});
-      return true;
-    case 512: f(integral_constant<int, 16>{}, integral_constant<int, 32>{}); return true;
-    case 1024: f(integral_constant<int, 32>{}, integral_constant<int, 32>{}); return true;
+    case 32: call_el<32, LE>(f); return true;
+    case 64: call_el<64, LE>(f); return true;
+    case 128: call_el<128, LE>(f); return true;
+    case 256: call_el<256, LE>(f); return true;
+    case 512: call_el<512, LE>(f); return true;
+    case 1024: call_el<1024, LE>(f); return true;
     default: return false;
   }
+}
+
+/*! \brief dispatch_block for a run-time lane_elems (8 or 16; false otherwise). */
+template <typename F>
+bool dispatch_el(int64_t block, int lane_elems, F&& f) {
+  if (lane_elems == 16) return dispatch_block<16>(block, f);
+  if (lane_elems == 8) return dispatch_block<8>(block, f);
+  return false;
 }
 
 /*!
@@ -455,7 +455,7 @@ cudaError_t qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DT
     using T = decltype(tv);
     const bool vec = aligned(out, 16) && (chunk * int64_t(sizeof(T))) % 16 == 0;
     ok_q = dispatch_q(qt, [&](auto qv) {
-      ok_e = dispatch_el(block, kUnpackLaneElems, [&](auto ev, auto lv) {
+      ok_e = dispatch_block<kUnpackLaneElems>(block, [&](auto ev, auto lv) {
         constexpr int E = decltype(ev)::value, L = decltype(lv)::value;
         unpack_kernel<T, decltype(qv)::value, E, L><<<grid_for(in.count * nb, L), kThreadsQ, 0, stream>>>(
             in, chunk, nb, static_cast<T*>(out), n, vec);
