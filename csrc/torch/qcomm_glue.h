@@ -45,6 +45,19 @@ inline void qcomm_check_skip(int64_t skip, int64_t world, const char* op) {
 }
 
 /*!
+ * \brief Checks a float slice that stands for (at most) one chunk of a reduce op: float32/float16/bfloat16,
+ * contiguous, on the device of the chunks and of `outs_name`, at most nb * block elements.
+ */
+inline void qcomm_check_chunk_slice(const at::Tensor& t, const char* name, int64_t nb, int64_t block,
+                                    const at::Device& device, const char* outs_name, const char* op) {
+  qcomm_check_float(t, name, op);
+  TORCH_CHECK_VALUE(t.device() == device, "halo.", op, ": ", name, " must be on the device of the chunks and ",
+                    outs_name, " (", device.str(), "), got ", t.device().str());
+  TORCH_CHECK_VALUE(t.numel() <= nb * block, "halo.", op, ": ", name, " has ", S(t.numel()),
+                    " elements, more than a chunk holds (", S(nb * block), ")");
+}
+
+/*!
  * \brief Validates the own contribution of a reduce op (own: the owner's flat input slice, float32/float16/bfloat16,
  * contiguous, on `device`, at most nb * block elements; own_index: its position among `count` chunks) and describes
  * it. No own: own_index must stay -1.
@@ -59,11 +72,7 @@ inline QCommOwn qcomm_check_own(const std::optional<at::Tensor>& own, int64_t ow
   }
   TORCH_CHECK_VALUE(own_index >= 0 && own_index < count, "halo.", op, ": own_index must be in [0, ", S(int64_t(count)),
                     ") (the position of the own contribution among the chunks), got ", S(own_index));
-  qcomm_check_float(*own, "own", op);
-  TORCH_CHECK_VALUE(own->device() == device, "halo.", op, ": own must be on the device of the chunks and out (",
-                    device.str(), "), got ", own->device().str());
-  TORCH_CHECK_VALUE(own->numel() <= nb * block, "halo.", op, ": own has ", S(own->numel()),
-                    " elements, more than a chunk holds (", S(nb * block), ")");
+  qcomm_check_chunk_slice(*own, "own", nb, block, device, "out", op);
   o.x = own->numel() > 0 ? own->data_ptr() : nullptr;
   o.t = to_dtype(own->scalar_type());
   o.n = own->numel();
@@ -76,11 +85,7 @@ inline QCommDeq qcomm_check_deq(const std::optional<at::Tensor>& deq, int64_t nb
                                 const at::Device& device, const char* op) {
   QCommDeq d;
   if (!deq.has_value()) return d;
-  qcomm_check_float(*deq, "deq", op);
-  TORCH_CHECK_VALUE(deq->device() == device, "halo.", op, ": deq must be on the device of the chunks and outs (",
-                    device.str(), "), got ", deq->device().str());
-  TORCH_CHECK_VALUE(deq->numel() <= nb * block, "halo.", op, ": deq has ", S(deq->numel()),
-                    " elements, more than a chunk holds (", S(nb * block), ")");
+  qcomm_check_chunk_slice(*deq, "deq", nb, block, device, "outs", op);
   d.out = deq->numel() > 0 ? deq->data_ptr() : nullptr;
   d.t = to_dtype(deq->scalar_type());
   d.n = deq->numel();

@@ -201,7 +201,7 @@ def reload_settings() -> None:
     call this after changing them, or the FALLBACK_BYTES table, inside a running process."""
     global _SETTINGS
     _SETTINGS = {k: os.environ.get(k) for k in _ENV_KEYS}
-    _FALLBACK_FAST.clear()
+    _FALLBACK_CACHE.clear()
 
 
 def _setting(key: str) -> Optional[str]:
@@ -214,21 +214,19 @@ def _env_path(path: Optional[str]) -> str:
     return (path or _setting("HALO_AR_PATH") or "auto").lower()
 
 
+_FALLBACK_CACHE: Dict[int, int] = {}  # world size -> threshold; cleared by reload_settings
+
+
 def _fallback_bytes(world: int) -> int:
-    env = _setting("HALO_AR_FALLBACK_BYTES")
-    if env is not None:
-        return int(env)
-    keys = [k for k in sorted(FALLBACK_BYTES) if k <= world]
-    return FALLBACK_BYTES[keys[-1]] if keys else FALLBACK_BYTES[min(FALLBACK_BYTES)]
-
-
-_FALLBACK_FAST: Dict[int, int] = {}  # world size -> _fallback_bytes(world); cleared by reload_settings
-
-
-def _fallback_bytes_fast(world: int) -> int:
-    v = _FALLBACK_FAST.get(world)
+    v = _FALLBACK_CACHE.get(world)
     if v is None:
-        v = _FALLBACK_FAST[world] = _fallback_bytes(world)
+        env = _setting("HALO_AR_FALLBACK_BYTES")
+        if env is not None:
+            v = int(env)
+        else:
+            keys = [k for k in sorted(FALLBACK_BYTES) if k <= world]
+            v = FALLBACK_BYTES[keys[-1]] if keys else FALLBACK_BYTES[min(FALLBACK_BYTES)]
+        _FALLBACK_CACHE[world] = v
     return v
 
 
@@ -634,7 +632,7 @@ def all_reduce(tensor: torch.Tensor, op="sum", group=None, dtype="int8", block: 
         # front of it as possible (same checks and result as the general code below)
         nbytes = tensor.numel() * tensor.element_size()
         world = dist.get_world_size(group)
-        if nbytes < _fallback_bytes_fast(world):
+        if nbytes < _fallback_bytes(world):
             avg = _parse_op(op)
             _qdtype(dtype)
             _check_block(block)
