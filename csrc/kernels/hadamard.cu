@@ -26,9 +26,9 @@ struct StoreEpilogue {
     bool valid;
   };
   Params p;
-  __device__ StoreEpilogue(const Params& params, unsigned char*) : p(params) {}
+  __device__ explicit StoreEpilogue(const Params& params) : p(params) {}
   __device__ void init() {}
-  __device__ Group group(int64_t row, int64_t gcol, uint32_t, bool valid) const {
+  __device__ Group group(int64_t row, int64_t gcol, bool valid) const {
     return {static_cast<T*>(p.out) + row * p.out_stride + gcol * p.n,
             p.post_signs != nullptr ? p.post_signs + gcol * p.n : nullptr, valid};
   }
@@ -43,7 +43,6 @@ struct StoreEpilogue {
     if (g.signs != nullptr) v *= g.signs[col];
     Vec<T>::store1(g.out, col, v * p.scale);
   }
-  __device__ void tile_done(bool) {}
   __device__ void finish() {}
 };
 
@@ -59,10 +58,10 @@ cudaError_t transform_typed(const HadamardArgs& a, int log2p, void* out, int64_t
     return launch_dense<T, StoreEpilogue<T>>(a, log2p, nst, ep, 1 << 30, stream);
   if (out_ok && pow2_fast_ok(a, sizeof(T))) {
     return dispatch_log2(log2p, [&](auto P) {
-      return launch_pow2<T, decltype(P)::value, StoreEpilogue<T>>(a, false, 0, ep, 0, 1 << 30, stream);
+      return launch_pow2<T, decltype(P)::value, StoreEpilogue<T>>(a, ep, 1 << 30, stream);
     });
   }
-  return launch_generic<T, StoreEpilogue<T>>(a, log2p, false, ep, 0, 1 << 30, stream);
+  return launch_generic<T, StoreEpilogue<T>>(a, log2p, ep, 1 << 30, stream);
 }
 
 }  // namespace

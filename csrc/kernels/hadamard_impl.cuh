@@ -168,8 +168,7 @@ __device__ __forceinline__ void store_fbuf(float* fb, uint32_t base, const float
 // ------------------------------------------------------------------------------------------------------------------
 
 /*!
- * \brief Parameters of the power-of-two kernel. Groups are numbered g = row * gpr + gcol (row-major order) or
- * g = gcol * rows + row (column-major order, used when the epilogue writes a transpose); `order` divides g.
+ * \brief Parameters of the power-of-two kernel. Groups are numbered g = row * gpr + gcol (gpr = groups per row).
  */
 struct Pow2Params {
   const void* x = nullptr;
@@ -177,21 +176,13 @@ struct Pow2Params {
   int64_t n = 0;                 //!< group length 2^P
   const float* pre_signs = nullptr;  //!< [cols] signs applied to x before the transform, or nullptr
   uint32_t num_groups = 0;       //!< rows * cols / n (< 2^31)
-  uint32_t num_tiles = 0;        //!< ceil(num_groups / groups per tile), rounded up to a multiple of 2^sub_log
-  uint32_t sub_log = 0;          //!< consecutive tiles a CTA processes together (2^sub_log, epilogue supertiles)
-  bool col_major = false;        //!< group order
-  FastDivmod order;              //!< divides g: by gpr (row-major) or by rows (column-major)
+  uint32_t num_tiles = 0;        //!< ceil(num_groups / groups per tile)
+  FastDivmod gpr;                //!< groups per row
 };
 
 /*! \brief Row and group-column of group g. */
 __device__ __forceinline__ void group_coords(const Pow2Params& p, uint32_t g, uint32_t& row, uint32_t& gcol) {
-  uint32_t q, r;
-  p.order.divmod(g, q, r);
-  if (p.col_major) {
-    gcol = q, row = r;
-  } else {
-    row = q, gcol = r;
-  }
+  p.gpr.divmod(g, row, gcol);
 }
 
 /*! \brief Chunk swizzle of the staging buffer: keeps the copy and pass-A accesses free of bank conflicts. */
@@ -213,10 +204,9 @@ __device__ __forceinline__ uint32_t stage_swizzle(uint32_t chunk) {
  * the group (row, group column) of their first element: one slot per thread and pass except in single-pass plans,
  * where a thread owns several groups (and a packet several groups when n < kVec).
  *
- * Epi is the epilogue policy: `Epi(params, smem)`, `init()` (all threads, may synchronize), `group(row, gcol,
- * srow, valid)` -> Group (srow: the group's index within the CTA's supertile), `put(Group, col, float* v)` for kVec
- * consecutive values starting at column `col` of the group, `tile_done(supertile_end)` (all threads, after each
- * tile) and `finish()` (all threads, at exit). Its shared memory (size given at launch) follows the staging buffers.
+ * Epi is the epilogue policy: `Epi(params)`, `init()` (all threads, may synchronize), `group(row, gcol, valid)` ->
+ * Group, `put(Group, col, float* v)` for kVec consecutive values starting at column `col` of the group, and
+ * `finish()` (all threads, at exit).
  */
 template <typename T, class Plan, int NST, class Epi>
 __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_constant__ Pow2Params prm,
@@ -236,14 +226,13 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
   extern __shared__ __align__(16) unsigned char smem[];
   float* fbuf = reinterpret_cast<float*>(smem);
   unsigned char* stage = smem + Plan::kFBytes;
-  Epi epi(ep, stage + NST * kStageBytes);
+  Epi epi(ep);
   epi.init();
 
   const uint32_t tid = threadIdx.x;
   const uint32_t offA = deposit_rt<kThrA>(tid), offF = deposit_rt<kThrF>(tid);
   constexpr uint32_t gpt = Plan::kGroupsPerTile;
   const T* x = static_cast<const T*>(prm.x);
-  const uint32_t sub_mask = (1u << prm.sub_log) - 1u;
 
   /*! Global address of the first element of group g (g < num_groups). */
   auto src = [&](uint32_t g) {
@@ -251,10 +240,8 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
     group_coords(prm, g, row, gcol);
     return x + int64_t(row) * prm.x_stride + int64_t(gcol) * prm.n;
   };
-  /*! The tile a CTA processes at its i-th step (supertiles of 2^sub_log consecutive tiles). */
-  auto tile_of = [&](uint32_t i) {
-    return ((blockIdx.x + (i >> prm.sub_log) * gridDim.x) << prm.sub_log) | (i & sub_mask);
-  };
+  /*! The tile a CTA processes at its i-th step. */
+  auto tile_of = [&](uint32_t i) { return blockIdx.x + i * gridDim.x; };
   /*! cp.async of a tile into a stage in the F layout (coalesced; in single-pass plans also the read layout). */
   auto issue_copy = [&](uint32_t tile, int st) {
     unsigned char* sb = stage + st * kStageBytes;
@@ -359,12 +346,11 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
       uint32_t row = 0, gcol = 0;
       const bool valid = g < prm.num_groups;
       if (valid) group_coords(prm, g, row, gcol);
-      const typename Epi::Group grp = epi.group(row, gcol, (i & sub_mask) * gpt + (o0 >> P), valid);
+      const typename Epi::Group grp = epi.group(row, gcol, valid);
 #pragma unroll
       for (int r = 0; r < (1 << kSlotF); r += VEC)
         epi.put(grp, (o0 + deposit(uint32_t(r), kOwnF)) & kMask, &v[(s << kSlotF) + r]);
     }
-    epi.tile_done((i & sub_mask) == sub_mask);
     if constexpr (NST >= 2) st = st == NST - 1 ? 0 : st + 1;
   }
   if constexpr (NST > 0) cp_async_wait<0>();
@@ -469,7 +455,7 @@ __global__ void __launch_bounds__(256, 1) dense_kernel(const __grid_constant__ D
   unsigned char* lpack = smem;
   unsigned char* stage = smem + prm.l_bytes;
   float* fbuf = reinterpret_cast<float*>(stage + prm.nst * prm.stage_bytes);
-  Epi epi(ep, nullptr);
+  Epi epi(ep);
   epi.init();
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -613,13 +599,12 @@ __global__ void __launch_bounds__(256, 1) dense_kernel(const __grid_constant__ D
       for (int sl = 0; sl < (E >> kSlotF); ++sl) {
         const uint32_t o0 = offF + deposit(uint32_t(sl) << kSlotF, kOwnF);
         const int j = s0 + int(o0 >> P);  // row of Z
-        const typename Epi::Group grp = epi.group(row, gcol, 0, j < m);
+        const typename Epi::Group grp = epi.group(row, gcol, j < m);
 #pragma unroll
         for (int r = 0; r < (1 << kSlotF); r += VEC)
           epi.put(grp, (uint32_t(j) << P) + ((o0 + deposit(uint32_t(r), kOwnF)) & kMask), &v[(sl << kSlotF) + r]);
       }
     }
-    epi.tile_done(false);
     if (prm.nst == 2) st ^= 1;
   }
   cp_async_wait<0>();
@@ -638,7 +623,6 @@ struct GenericParams {
   const float* pre_signs = nullptr;
   const int8_t* dense_left = nullptr;  //!< [m, m]
   int64_t num_groups = 0;
-  bool col_major = false;
 };
 
 /*!
@@ -653,12 +637,12 @@ __global__ void __launch_bounds__(512) generic_kernel(const __grid_constant__ Ge
   extern __shared__ __align__(16) unsigned char smem[];
   float* buf = reinterpret_cast<float*>(smem);
   float* buf2 = buf + p.n;
-  Epi epi(ep, smem + (p.m > 1 ? 2 : 1) * p.n * sizeof(float));
+  Epi epi(ep);
   epi.init();
   const int pw = 1 << p.log2p, n = static_cast<int>(p.n);
   const int64_t gpr = p.cols / p.n;
   for (int64_t g = blockIdx.x; g < p.num_groups; g += gridDim.x) {
-    const int64_t row = p.col_major ? g % p.rows : g / gpr, gcol = p.col_major ? g / p.rows : g % gpr;
+    const int64_t row = g / gpr, gcol = g % gpr;
     const int64_t x0 = row * p.x_stride + gcol * p.n;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
       float v = Vec<T>::load1(p.x, x0 + i);
@@ -688,7 +672,7 @@ __global__ void __launch_bounds__(512) generic_kernel(const __grid_constant__ Ge
       __syncthreads();
       res = buf2;
     }
-    const typename Epi::Group grp = epi.group(row, gcol, 0, true);
+    const typename Epi::Group grp = epi.group(row, gcol, true);
     for (int i = threadIdx.x; i < n; i += blockDim.x) epi.put1(grp, i, res[i]);
     __syncthreads();
   }
@@ -726,21 +710,19 @@ inline cudaError_t max_smem_per_cta(int* bytes) {
 }
 
 /*!
- * \brief Launches generic_kernel<T, Epi> over all groups of `a` (column-major group order if col_major).
- * \param extra_smem epilogue shared memory bytes
+ * \brief Launches generic_kernel<T, Epi> over all groups of `a`.
  * \param max_grid upper bound on the grid (e.g. the number of partial-maximum slots)
  */
 template <typename T, class Epi>
-cudaError_t launch_generic(const HadamardArgs& a, int log2p, bool col_major, const typename Epi::Params& ep,
-                           size_t extra_smem, int max_grid, cudaStream_t stream, int* grid_out = nullptr) {
+cudaError_t launch_generic(const HadamardArgs& a, int log2p, const typename Epi::Params& ep, int max_grid,
+                           cudaStream_t stream, int* grid_out = nullptr) {
   GenericParams p;
   p.x = a.x, p.x_stride = a.x_row_stride, p.rows = a.rows, p.cols = a.cols, p.n = a.n;
   p.m = a.dense_m, p.log2p = log2p;
   p.pre_signs = a.signs_after ? nullptr : a.signs;
   p.dense_left = a.dense_left;
   p.num_groups = a.rows * (a.cols / a.n);
-  p.col_major = col_major;
-  const size_t smem = size_t(a.n) * sizeof(float) * (a.dense_m > 1 ? 2 : 1) + extra_smem;
+  const size_t smem = size_t(a.n) * sizeof(float) * (a.dense_m > 1 ? 2 : 1);
   int limit = 0;
   HALO_RETURN_IF_ERROR(max_smem_per_cta(&limit));
   if (smem > size_t(limit)) return cudaErrorInvalidValue;
@@ -768,11 +750,28 @@ struct Pow2Config {
   using Plan = Pow2Plan<P, kElog, kVBits, kTB>;
 };
 
-/*! \brief Shared memory of pow2_kernel<T, P> without the epilogue's. */
+/*!
+ * \brief Tile configuration of the fused hadamard_quantize passes. Those are bound by issue, not by bandwidth (pass 1
+ * reads 2 B/element and writes nothing, so it must transform twice as many elements per second as the 4 B/element
+ * transform), so they want many resident warps rather than big tiles: 4K-element tiles (TB = 12: 64 threads, up
+ * to 6 CTAs/SM by shared memory) where the group fits, else one group a tile. Measured on H100, bf16 -> int8,
+ * n = 1024/4096, fraction of the two-pass byte bound: TB14 (1 CTA/SM) 0.65, TB13 (3 CTAs/SM) 0.78-0.81, TB12
+ * 0.84 (notes/hadamard_kernels.md, section 5).
+ */
 template <typename T, int P>
+struct Pow2FusedConfig {
+  static constexpr int kVBits = Vec<T>::kVecBits;
+  static constexpr int kElog = P == 7 ? 5 : 6;
+  static constexpr int kTB = P > 12 ? P : 12;
+  static constexpr int kNst = P <= 14 ? 2 : (sizeof(T) == 4 ? 0 : 1);
+  using Plan = Pow2Plan<P, kElog, kVBits, kTB>;
+};
+
+/*! \brief Shared memory of pow2_kernel<T, P> (tile configuration Cfg) without the epilogue's. */
+template <typename T, int P, template <typename, int> class Cfg = Pow2Config>
 constexpr size_t pow2_smem_bytes() {
-  using Cfg = Pow2Config<T, P>;
-  return Cfg::Plan::kFBytes + size_t(Cfg::kNst) * (size_t(1) << Cfg::Plan::kTB) * sizeof(T);
+  using C = Cfg<T, P>;
+  return C::Plan::kFBytes + size_t(C::kNst) * (size_t(1) << C::Plan::kTB) * sizeof(T);
 }
 
 /*!
@@ -787,30 +786,24 @@ inline bool pow2_fast_ok(const HadamardArgs& a, int elem_bytes) {
 }
 
 /*!
- * \brief Launches pow2_kernel<T, P> over all groups of `a`.
- * \param col_major column-major group order (the transposed-output epilogue)
- * \param sub_log tiles per supertile = 2^sub_log
- * \param epi_smem epilogue shared memory bytes (after the staging buffers)
+ * \brief Launches pow2_kernel<T, P> (tile configuration CfgT<T, P>) over all groups of `a`.
  * \param max_grid upper bound on the grid
  */
-template <typename T, int P, class Epi>
-cudaError_t launch_pow2(const HadamardArgs& a, bool col_major, uint32_t sub_log, const typename Epi::Params& ep,
-                        size_t epi_smem, int max_grid, cudaStream_t stream, int* grid_out = nullptr) {
-  using Cfg = Pow2Config<T, P>;
+template <typename T, int P, class Epi, template <typename, int> class CfgT = Pow2Config>
+cudaError_t launch_pow2(const HadamardArgs& a, const typename Epi::Params& ep, int max_grid, cudaStream_t stream,
+                        int* grid_out = nullptr) {
+  using Cfg = CfgT<T, P>;
   using Plan = typename Cfg::Plan;
   Pow2Params p;
   p.x = a.x, p.x_stride = a.x_row_stride, p.n = a.n;
   p.pre_signs = a.signs_after ? nullptr : a.signs;
   p.num_groups = static_cast<uint32_t>(a.rows * (a.cols / a.n));
-  const uint32_t tiles = (p.num_groups + Plan::kGroupsPerTile - 1) / Plan::kGroupsPerTile;
-  p.sub_log = sub_log;
-  p.num_tiles = ((tiles + (1u << sub_log) - 1) >> sub_log) << sub_log;
-  p.col_major = col_major;
-  p.order = FastDivmod(static_cast<uint32_t>(col_major ? a.rows : a.cols / a.n));
-  const size_t smem = pow2_smem_bytes<T, P>() + epi_smem;
+  p.num_tiles = (p.num_groups + Plan::kGroupsPerTile - 1) / Plan::kGroupsPerTile;
+  p.gpr = FastDivmod(static_cast<uint32_t>(a.cols / a.n));
+  const size_t smem = pow2_smem_bytes<T, P, CfgT>();
   auto kernel = pow2_kernel<T, Plan, Cfg::kNst, Epi>;
   int grid = 0;
-  HALO_RETURN_IF_ERROR(persistent_grid(kernel, Plan::kThreads, smem, p.num_tiles >> sub_log, &grid));
+  HALO_RETURN_IF_ERROR(persistent_grid(kernel, Plan::kThreads, smem, p.num_tiles, &grid));
   if (grid > max_grid) grid = max_grid;
   if (grid_out != nullptr) *grid_out = grid;
   kernel<<<grid, Plan::kThreads, smem, stream>>>(p, ep);
@@ -833,28 +826,6 @@ cudaError_t dispatch_log2(int log2n, Fn&& fn) {
 #undef HALO_CASE
     default: return cudaErrorInvalidValue;
   }
-}
-
-/*! \brief pow2_smem_bytes<T, P>() for a run-time P in [1, 15]. */
-template <typename T>
-size_t pow2_smem_bytes_rt(int log2n) {
-  size_t r = 0;
-  dispatch_log2(log2n, [&](auto P) {
-    r = pow2_smem_bytes<T, decltype(P)::value>();
-    return cudaSuccess;
-  });
-  return r;
-}
-
-/*! \brief Groups per tile of pow2_kernel<T, P> for a run-time P in [1, 15]. */
-template <typename T>
-uint32_t pow2_groups_per_tile_rt(int log2n) {
-  uint32_t r = 0;
-  dispatch_log2(log2n, [&](auto P) {
-    r = Pow2Config<T, decltype(P)::value>::Plan::kGroupsPerTile;
-    return cudaSuccess;
-  });
-  return r;
 }
 
 /*! \brief Calls fn(T{}) with T the element type of dtype (float32, float16, bfloat16). */
