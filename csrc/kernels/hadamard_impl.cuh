@@ -767,7 +767,7 @@ struct Pow2FusedConfig {
   using Plan = Pow2Plan<P, kElog, kVBits, kTB>;
 };
 
-/*! \brief Shared memory of pow2_kernel<T, P> (tile configuration Cfg) without the epilogue's. */
+/*! \brief Shared memory of pow2_kernel<T, P> with tile configuration Cfg (float32 buffer and staging buffers). */
 template <typename T, int P, template <typename, int> class Cfg = Pow2Config>
 constexpr size_t pow2_smem_bytes() {
   using C = Cfg<T, P>;
