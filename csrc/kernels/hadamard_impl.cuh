@@ -736,19 +736,25 @@ cudaError_t launch_generic(const HadamardArgs& a, int log2p, const typename Epi:
 }
 
 /*!
- * \brief Tile configuration of the power-of-two kernel for element type T and n = 2^P (tuned on H100, see
- * notes/hadamard_kernels.md): 16K-element tiles (32 KB of bf16), one CTA of 256 threads per SM with two staging
- * buffers; 64 values a thread except n = 128 (32 values: the final pass then writes 64-byte runs instead of 32);
- * n = 32K uses 32K-element tiles with one staging buffer (float32: none, shared memory is short).
+ * \brief Tile configuration of the power-of-two kernel for element type T and n = 2^P: tiles of 2^max(P, MIN_TB)
+ * elements, 64 values a thread except n = 128 (32 values: the final pass then writes 64-byte runs instead of 32), two
+ * staging buffers up to 16K-element tiles, one beyond (float32: none, shared memory is short).
  */
-template <typename T, int P>
-struct Pow2Config {
+template <typename T, int P, int MIN_TB>
+struct Pow2TileConfig {
   static constexpr int kVBits = Vec<T>::kVecBits;
   static constexpr int kElog = P == 7 ? 5 : 6;
-  static constexpr int kTB = P > 14 ? P : 14;
+  static constexpr int kTB = P > MIN_TB ? P : MIN_TB;
   static constexpr int kNst = P <= 14 ? 2 : (sizeof(T) == 4 ? 0 : 1);
   using Plan = Pow2Plan<P, kElog, kVBits, kTB>;
 };
+
+/*!
+ * \brief The transform's configuration (tuned on H100, see notes/hadamard_kernels.md): 16K-element tiles (32 KB of
+ * bf16), one CTA of 256 threads per SM; n = 32K uses 32K-element tiles with one staging buffer.
+ */
+template <typename T, int P>
+using Pow2Config = Pow2TileConfig<T, P, 14>;
 
 /*!
  * \brief Tile configuration of the fused hadamard_quantize passes. Those are bound by issue, not by bandwidth (pass 1
@@ -759,13 +765,7 @@ struct Pow2Config {
  * 0.84 (notes/hadamard_kernels.md, section 5).
  */
 template <typename T, int P>
-struct Pow2FusedConfig {
-  static constexpr int kVBits = Vec<T>::kVecBits;
-  static constexpr int kElog = P == 7 ? 5 : 6;
-  static constexpr int kTB = P > 12 ? P : 12;
-  static constexpr int kNst = P <= 14 ? 2 : (sizeof(T) == 4 ? 0 : 1);
-  using Plan = Pow2Plan<P, kElog, kVBits, kTB>;
-};
+using Pow2FusedConfig = Pow2TileConfig<T, P, 12>;
 
 /*! \brief Shared memory of pow2_kernel<T, P> with tile configuration Cfg (float32 buffer and staging buffers). */
 template <typename T, int P, template <typename, int> class Cfg = Pow2Config>
