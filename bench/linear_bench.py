@@ -69,22 +69,34 @@ def breakdown(M, K, N, level, prec, rb=None):
         qw, qwt, sw = hq(w, qd, None, kb, None, False, True, True, None)
     t["gemm_fwd"] = time_ms(lambda: mm(qx, qw, sx, sw, torch.bfloat16, None))
     qe, qet, se = hq(ey, qd, None, 1, None, False, True, True, None)
-    if level == 2:  # E_Y: Q(E_Y)ᵀ only (weight gradient) + the token-rotated Q(H_Tᵀ E_Y) (input gradient)
-        t["quant_ey(qt)"] = time_ms(lambda: hq(ey, qd, None, 1, None, False, False, True, None))
+    # E_Y of the weight-gradient GEMM: per output channel for int8 (HaloLinear's default), per tensor for fp8
+    per_channel = prec == "int8"
+    if per_channel:
+        t["quant_ey_t(per channel)"] = time_ms(lambda: q8(ey.t().contiguous(), qd, "row", 0))
+        if level != 2:
+            t["quant_ey(q)"] = time_ms(lambda: hq(ey, qd, None, 1, None, False, True, False, None))
+    if level == 2:  # E_Y: the token-rotated Q(H_Tᵀ E_Y) (input gradient) [+ Q(E_Y)ᵀ per tensor]
+        if not per_channel:
+            t["quant_ey(qt)"] = time_ms(lambda: hq(ey, qd, None, 1, None, False, False, True, None))
         hb = _token_hadamard(_token_block(M, 256), ey.device, torch.bfloat16)
         t["rot_tokens_ey(bmm)"] = time_ms(lambda: _rotate_tokens(ey, hb))
         t["quant_rot_ey"] = time_ms(lambda: q8(ey, qd, "tensor", 0))
-    else:
+    elif not per_channel:
         t["quant_ey(q+qt)"] = time_ms(lambda: hq(ey, qd, None, 1, None, False, True, True, None))
     t["gemm_ex"] = time_ms(lambda: mm(qe, qwt, se, sw, torch.bfloat16, None))
     z = mm(qe, qwt, se, sw, torch.bfloat16, None)
     if level == 2:
-        t["rot_tokens_ex(bmm)"] = time_ms(lambda: _rotate_tokens(z, hb))
+        t["rot_tokens_ex(bmm)"] = time_ms(lambda: _rotate_tokens(z, hb, transpose=True))
     if level >= 1:
         t["had_undo_ex"] = time_ms(lambda: had(z, None, kb, None, True))
-    t["gemm_g"] = time_ms(lambda: mm(qet, qxt, se, sx, torch.bfloat16, None))
+    if per_channel:
+        qet, set_ = q8(ey.t().contiguous(), qd, "row", 0)
+        set_ = set_.view(-1)
+    else:
+        set_ = se
+    t["gemm_g"] = time_ms(lambda: mm(qet, qxt, set_, sx, torch.bfloat16, None))
     if level >= 1:
-        gg = mm(qet, qxt, se, sx, torch.bfloat16, None)
+        gg = mm(qet, qxt, set_, sx, torch.bfloat16, None)
         t["had_undo_g"] = time_ms(lambda: had(gg, None, kb, None, True))
     t["sum"] = sum(t.values())
     return t

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 import halo_ext
 from halo_ext.finetune import data as D
@@ -163,6 +164,19 @@ def test_user_errors_one_line(tmp_path, capsys, argv, msg):
     rc, _, err = _run(base + argv, capsys)
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("halo-finetune: error:") and msg in lines[0], err
+
+
+def test_variant_names():
+    from halo_ext.finetune.model import apply_variant, parse_variant
+
+    v = parse_variant("halo2-int8-pt")
+    assert (v.level, v.precision, v.wgrad_scale) == (2, "int8", "tensor")
+    assert parse_variant("HALO1-fp8").wgrad_scale is None and not parse_variant("bf16").is_halo
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
+    model, _ = apply_variant(model, v)
+    assert model[0].wgrad_scale == "tensor" and model[0].level == 2
+    model2, _ = apply_variant(nn.Sequential(nn.Linear(64, 64)), parse_variant("halo2-int8"))
+    assert model2[0].wgrad_scale == "channel"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error when no GPU is present")

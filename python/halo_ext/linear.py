@@ -3,7 +3,8 @@
 
 For ``Y = X Wᵀ (+ b)`` with ``X [M, K]`` (M tokens), ``W [N, K]``, backward ``E_X = E_Y W``, ``G = E_Yᵀ X``;
 ``Q`` = per-tensor absmax quantization with a device scale, ``H_m`` = Hadamard along K (in-features),
-``H_T`` = Hadamard along tokens (block-diagonal, ``I ⊗ H_b`` with ``b = token_block``):
+``H_T`` = Hadamard along tokens (block-diagonal, ``I ⊗ (diag(d)·H_b)`` with ``b = token_block`` and fixed random
+signs d, see :func:`_token_hadamard`):
 
 =======  ============================  =========================================  ==============================
 level    forward                       input gradient E_X                         weight gradient G
@@ -12,6 +13,13 @@ level    forward                       input gradient E_X                       
 1        Q(X H_m)·Q(W H_m)ᵀ            [Q(E_Y)·Q(W H_m)]·H_mᵀ                     [Q(E_Y)ᵀ·Q(X H_m)]·H_mᵀ
 2        as 1                          H_T·[Q(H_Tᵀ E_Y)·Q(W H_m)]·H_mᵀ            as 1
 =======  ============================  =========================================  ==============================
+
+The E_Y operand of the weight-gradient GEMM (``Q(E_Y)ᵀ``, rows = output channels) is quantized with one scale
+per output channel when the gradient precision is int8 (``wgrad_scale="channel"``, the default for int8; the
+scales are applied in the GEMM epilogue, the algebra is unchanged). Why: the gradients w.r.t. the q/k projections
+and the MLP intermediate (gate/up) have output channels 20x larger than the median, and a per-tensor int8 scale
+then leaves G with 7-17 % error where fp8 has 2-3 % (tools/quant_probe.py on the pre-trained 100m preset:
+gate/up G error 0.124/0.172 per tensor, 0.010/0.009 per channel). ``wgrad_scale="tensor"`` is the paper's Q.
 
 Memory: the forward saves the rotated, quantized X in the transposed 8-bit layout the weight-gradient GEMM reads
 (``[K, M]``, 1 byte/element) plus a 4-byte scale, instead of the bf16 X (2 bytes/element): M·K bytes saved per
@@ -127,22 +135,38 @@ def quantize_weight(weight: torch.Tensor, level: int, qdtype: torch.dtype, want_
 _HB_CACHE: dict = {}
 
 
+def _token_signs(b: int) -> torch.Tensor:
+    """The fixed ±1 signs d of the token rotation of order b (float32, CPU): a function of b only, the same on every
+    machine, rank and run (generated from a fixed seed, not drawn from the global RNG)."""
+    g = torch.Generator().manual_seed(0x4A10 + b)
+    return (torch.randint(0, 2, (b,), generator=g) * 2 - 1).to(torch.float32)
+
+
 def _token_hadamard(b: int, device, dtype) -> torch.Tensor:
-    """Orthonormal Sylvester H_b (symmetric, H_b H_b = I) as a dense [b, b] matrix for the token rotation."""
+    """The token rotation R_b = H_b·diag(d) as a dense [b, b] matrix: orthonormal Sylvester H_b with the columns
+    multiplied by fixed random signs d (:func:`_token_signs`), so ``R_b y`` flips the signs of the tokens of a
+    block and then mixes them. R_b is orthogonal (its inverse is R_bᵀ = diag(d)·H_b). Why the signs: a component
+    of E_Y that is the same in every token (the gradient of the residual stream has one: the mean of the softmax
+    probabilities, pushed through the LM head) is summed coherently into the first row of each block by a plain
+    H_b and grows by sqrt(b) there; the per-tensor scale then follows that row and every other element loses
+    log2(sqrt(b)) bits (tools/quant_probe.py: the E_X error of HALO-2 int8 doubled on a random Llama). With the
+    signs the sum over a block is incoherent and the rotation only spreads, as intended."""
     key = (b, device, dtype)
     h = _HB_CACHE.get(key)
     if h is None:
-        h = _had(torch.eye(b, dtype=torch.float32, device=device), None, 0, None, False).to(dtype)
+        hb = _had(torch.eye(b, dtype=torch.float32, device=device), None, 0, None, False)
+        h = (hb * _token_signs(b).to(device)).to(dtype)
         _HB_CACHE[key] = h
     return h
 
 
-def _rotate_tokens(y: torch.Tensor, hb: torch.Tensor) -> torch.Tensor:
-    """``(I ⊗ H_b) y`` for ``y [Mp, C]`` (Mp % b == 0): one batched GEMM, no transposes (H_b is symmetric, so this is
-    also its own inverse)."""
-    b = hb.shape[0]
+def _rotate_tokens(y: torch.Tensor, r: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """``(I ⊗ R_b) y`` (``transpose``: ``(I ⊗ R_bᵀ) y``, the inverse) for ``y [Mp, C]`` (Mp % b == 0): one batched
+    GEMM over the blocks of b tokens, no copies of y."""
+    b = r.shape[0]
     yb = y.view(-1, b, y.shape[-1])
-    return torch.bmm(hb.expand(yb.shape[0], b, b), yb).view(y.shape)
+    rr = r.t() if transpose else r
+    return torch.bmm(rr.expand(yb.shape[0], b, b), yb).view(y.shape)
 
 
 def _pad_rows(x2: torch.Tensor, mp: int) -> torch.Tensor:
@@ -162,14 +186,22 @@ def _rotation_block(k, rb):
     return rotation_block(k) if rb is None else rb
 
 
+def _wgrad_mode(wgrad_scale: Optional[str], gdtype: Optional[torch.dtype]) -> str:
+    if wgrad_scale is None:
+        return "channel" if gdtype == torch.int8 else "tensor"
+    if wgrad_scale not in ("tensor", "channel"):
+        raise ValueError(f"HaloLinear: wgrad_scale must be 'tensor', 'channel' or None, got {wgrad_scale!r}")
+    return wgrad_scale
+
+
 class _HaloLinearFn(torch.autograd.Function):
     """One autograd node per layer call. Inputs: x2 [M, K] (2-D), weight [N, K] (values unread when wq is given),
-    bias or None, wq/ws/wqt (pre-quantized weight or None), cfg = (level, qdtype, gdtype, token_block, kb),
-    kb = block of H_m (0 = full length)."""
+    bias or None, wq/ws/wqt (pre-quantized weight or None), cfg = (level, qdtype, gdtype, token_block, kb, wgs),
+    kb = block of H_m (0 = full length), wgs = scaling of E_Y in the weight-gradient GEMM ("tensor" | "channel")."""
 
     @staticmethod
     def forward(ctx, x2, weight, bias, wq, ws, wqt, cfg):
-        level, qd, gd, tb, kb = cfg
+        level, qd, gd, tb, kb, wgs = cfg
         m, k = x2.shape
         need_gw = ctx.needs_input_grad[1]
         need_gx = ctx.needs_input_grad[0]
@@ -191,7 +223,7 @@ class _HaloLinearFn(torch.autograd.Function):
         y = _mm(qx, wq, sx, ws, out_dtype, None if bias is None else bias.to(out_dtype))
         if mp != m:
             y = y[:m]
-        ctx.cfg = (level, gd, b, m, mp, kb)
+        ctx.cfg = (level, gd, b, m, mp, kb, wgs)
         ctx.w_meta = (weight.shape, weight.dtype)
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.save_for_backward(qxt if need_gw else None, sx if need_gw else None, wq if need_gx and wqt is None
@@ -200,7 +232,7 @@ class _HaloLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, ey):
-        level, gd, b, m, mp, kb = ctx.cfg
+        level, gd, b, m, mp, kb, wgs = ctx.cfg
         qxt, sx, wq, wqt, ws = ctx.saved_tensors
         need_gx, need_gw, need_gb = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         if not ey.is_contiguous():  # e.g. the expanded gradient of a .sum()
@@ -208,19 +240,25 @@ class _HaloLinearFn(torch.autograd.Function):
         eyp = _pad_rows(ey, mp)
         gx = gw = gb = None
         qe = qet = se = None
-        if need_gx or need_gw:
-            # Q(E_Y) (input gradient, levels 0/1) and Q(E_Y)ᵀ (weight gradient) from one read (block=1: no rotation)
-            want_q = need_gx and level != 2
-            if want_q or need_gw:
-                qe, qet, se = _hq(eyp, gd, None, 1, None, False, want_q, need_gw, None)
+        # Q(E_Y) (input gradient, levels 0/1) and Q(E_Y)ᵀ (weight gradient, per tensor) from one read (block=1: no
+        # rotation); per channel, Q(E_Y)ᵀ comes from the transposed E_Y with one scale per row (= output channel)
+        want_q = need_gx and level != 2
+        want_qt = need_gw and wgs == "tensor"
+        if want_q or want_qt:
+            qe, qet, se = _hq(eyp, gd, None, 1, None, False, want_q, want_qt, None)
+        if need_gw and wgs == "channel":
+            qet, set_ = _quant(eyp.t().contiguous(), gd, "row", 0)                 # [N, Mp], scales [N, 1]
+            set_ = set_.view(-1)
+        else:
+            set_ = se
         if need_gx:
             if wqt is None:
                 wqt = wq.t().contiguous()
             if level == 2:
-                hb = _token_hadamard(b, eyp.device, eyp.dtype)
-                qr, sr = _quant(_rotate_tokens(eyp, hb), gd, "tensor", 0)       # Q(H_Tᵀ E_Y) [Mp, N]
+                r = _token_hadamard(b, eyp.device, eyp.dtype)
+                qr, sr = _quant(_rotate_tokens(eyp, r), gd, "tensor", 0)        # Q(H_Tᵀ E_Y) [Mp, N], H_T = R_bᵀ
                 z = _mm(qr, wqt, sr, ws, ey.dtype, None)                         # Q(H_Tᵀ E_Y)·Q(W H_m)  [Mp, K]
-                z = _rotate_tokens(z, hb)                                        # H_T · (...)
+                z = _rotate_tokens(z, r, transpose=True)                         # H_T · (...)
                 gx = _had(z, None, kb, None, True)[:m]                            # ... · H_mᵀ
             else:
                 z = _mm(qe, wqt, se, ws, ey.dtype, None)                         # [Mp, K]
@@ -231,7 +269,7 @@ class _HaloLinearFn(torch.autograd.Function):
             # qet: Q(E_Y)ᵀ [N, Mp]
             wshape, wdtype = ctx.w_meta
             out_t = wdtype if wdtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32
-            g = _mm(qet, qxt, se, sx, out_t, None)                               # [N, K]
+            g = _mm(qet, qxt, set_, sx, out_t, None)                             # [N, K]
             if level != 0:
                 g = _had(g, None, kb, None, True)                                 # ... · H_mᵀ
             gw = g if g.dtype == wdtype else g.to(wdtype)
@@ -249,7 +287,7 @@ def _bf16_linear(x, weight, bias, wq):
 def halo_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, level: int = 2,
                 qdtype: Optional[torch.dtype] = torch.int8, gdtype: Optional[torch.dtype] = None,
                 token_block: int = 256, qweight: Optional[QuantizedWeight] = None,
-                rotation_block: Optional[int] = None) -> torch.Tensor:
+                rotation_block: Optional[int] = None, wgrad_scale: Optional[str] = None) -> torch.Tensor:
     """Functional HALO linear ``x [..., K] @ weight[N, K]ᵀ + bias``. ``qweight`` (or ``weight.halo_qweight(level,
     precision)``) replaces the quantization of the weight; the weight's values are then never read."""
     if qdtype is None:
@@ -260,8 +298,10 @@ def halo_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         wq = ws = wqt = None
     else:
         wq, ws, wqt = qweight
-    y = _HaloLinearFn.apply(x2, weight, bias, wq, ws, wqt, (level, qdtype, gdtype or qdtype, token_block,
-                                                       _rotation_block(x.shape[-1], rotation_block)))
+    gd = gdtype or qdtype
+    y = _HaloLinearFn.apply(x2, weight, bias, wq, ws, wqt, (level, qdtype, gd, token_block,
+                                                       _rotation_block(x.shape[-1], rotation_block),
+                                                       _wgrad_mode(wgrad_scale, gd)))
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
@@ -275,14 +315,18 @@ class HaloLinear(nn.Linear):
     Same parameters and state_dict keys as nn.Linear (checkpoints load both ways). ``level`` 0/1/2 (see the module
     docstring), ``precision`` "int8" | "fp8" (e4m3) | "bf16" (plain nn.Linear math), ``grad_precision`` for E_Y:
     None (= precision) or "e4m3" / "e5m2" with fp8. ``token_block``: order of the block-diagonal token Hadamard
-    H_T of level 2 (tokens are zero-padded internally to a multiple of it, capped to the next power of two of the
-    token count). A frozen weight (``requires_grad=False``) is quantized once and cached (re-quantized when its
+    H_T of level 2 (with fixed random signs per token, see ``_token_hadamard``; tokens are zero-padded internally to a multiple of it, capped to the next power of two of the
+    token count). ``wgrad_scale``: scaling of E_Y in the weight-gradient GEMM, "tensor" or "channel" (one scale per
+    output channel); None = "channel" for int8 gradients, "tensor" for fp8 (which keeps a relative precision per
+    element; per channel measured no better). A frozen weight (``requires_grad=False``) is quantized once and cached (re-quantized when its
     ``_version``, device or dtype changes). Memory: saves M·K bytes of activations per call vs nn.Linear (bf16)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, level: int = 2,
                  precision: str = "int8", grad_precision: Optional[str] = None, device=None, dtype=None,
-                 token_block: int = 256, rotation_block: Optional[int] = None):
+                 token_block: int = 256, rotation_block: Optional[int] = None,
+                 wgrad_scale: Optional[str] = None):
         self._qd, self._gd = _check_config(level, precision, grad_precision)
+        wgs = _wgrad_mode(wgrad_scale, self._gd)
         rotation_block = _rotation_block(in_features, rotation_block)
         if self._qd is not None:
             why = linear_supported(in_features, out_features, level, rotation_block)
@@ -292,17 +336,18 @@ class HaloLinear(nn.Linear):
             raise ValueError(f"HaloLinear: token_block must be a power of two >= {_ALIGN}, got {token_block}")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.level, self.precision, self.grad_precision, self.token_block = level, precision, grad_precision, token_block
-        self.rotation_block = rotation_block
-        self._cfg = (level, self._qd, self._gd, token_block, rotation_block)
+        self.rotation_block, self.wgrad_scale = rotation_block, wgs
+        self._cfg = (level, self._qd, self._gd, token_block, rotation_block, wgs)
         self._wcache = None  # (key, QuantizedWeight)
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, level: int = 2, precision: str = "int8",
                     grad_precision: Optional[str] = None, token_block: int = 256,
-                    rotation_block: Optional[int] = None) -> "HaloLinear":
+                    rotation_block: Optional[int] = None, wgrad_scale: Optional[str] = None) -> "HaloLinear":
         """A HaloLinear sharing ``lin``'s parameters (no copy)."""
         new = cls.__new__(cls)
         new._qd, new._gd = _check_config(level, precision, grad_precision)
+        wgs = _wgrad_mode(wgrad_scale, new._gd)
         rotation_block = _rotation_block(lin.in_features, rotation_block)
         if new._qd is not None:
             why = linear_supported(lin.in_features, lin.out_features, level, rotation_block)
@@ -313,15 +358,16 @@ class HaloLinear(nn.Linear):
         new.weight = lin.weight
         new.bias = lin.bias
         new.level, new.precision, new.grad_precision, new.token_block = level, precision, grad_precision, token_block
-        new.rotation_block = rotation_block
-        new._cfg = (level, new._qd, new._gd, token_block, rotation_block)
+        new.rotation_block, new.wgrad_scale = rotation_block, wgs
+        new._cfg = (level, new._qd, new._gd, token_block, rotation_block, wgs)
         new._wcache = None
         new.train(lin.training)
         return new
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, level={self.level}, precision={self.precision}"
-                + (f", grad_precision={self.grad_precision}" if self.grad_precision else ""))
+                + (f", grad_precision={self.grad_precision}" if self.grad_precision else "")
+                + (f", wgrad_scale={self.wgrad_scale}" if self._qd is not None else ""))
 
     def _frozen_qweight(self) -> QuantizedWeight:
         w = self.weight
@@ -415,14 +461,16 @@ def _is_adapter(name: str) -> bool:
 
 
 def convert(model: nn.Module, level: int = 2, precision: str = "int8", grad_precision: Optional[str] = None,
-            skip: Callable[[str, nn.Module], bool] = _default_skip, token_block: int = 256) -> nn.Module:
+            skip: Callable[[str, nn.Module], bool] = _default_skip, token_block: int = 256,
+            wgrad_scale: Optional[str] = None) -> nn.Module:
     """Swap every eligible ``nn.Linear`` of ``model`` for a :class:`HaloLinear` sharing its parameters, in place.
 
     Skipped (one ``logging`` line each on logger ``halo_ext.linear``): ``lm_head``, layers ``skip(name, module)``
     selects, layers with unsupported dims (:func:`linear_supported`). PEFT models work: the frozen ``base_layer`` of
     each peft LoRA layer is converted (8-bit base GEMMs, cached quantized weight), the adapters stay in bf16.
     Returns ``model``."""
-    qd, _ = _check_config(level, precision, grad_precision)
+    qd, gd = _check_config(level, precision, grad_precision)
+    _wgrad_mode(wgrad_scale, gd)
     todo = []
     for name, mod in model.named_modules():
         if type(mod) is not nn.Linear:
@@ -445,14 +493,16 @@ def convert(model: nn.Module, level: int = 2, precision: str = "int8", grad_prec
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, HaloLinear.from_linear(getattr(parent, child), level=level, precision=precision,
-                                                      grad_precision=grad_precision, token_block=token_block))
+                                                      grad_precision=grad_precision, token_block=token_block,
+                                                      wgrad_scale=wgrad_scale))
     log.info("halo_ext.convert: %d linear layers converted to HALO-%d %s", len(todo), level, precision)
     return model
 
 
 def prepare_peft(model: nn.Module, level: int = 2, precision: str = "int8", grad_precision: Optional[str] = None,
-                 skip: Callable[[str, nn.Module], bool] = _default_skip, token_block: int = 256) -> nn.Module:
+                 skip: Callable[[str, nn.Module], bool] = _default_skip, token_block: int = 256,
+                 wgrad_scale: Optional[str] = None) -> nn.Module:
     """For a model returned by ``peft.get_peft_model``: converts the frozen base layers of the LoRA layers (and any
     other eligible frozen or trainable nn.Linear, as :func:`convert`). Call it after ``get_peft_model``."""
     return convert(model, level=level, precision=precision, grad_precision=grad_precision, skip=skip,
-                   token_block=token_block)
+                   token_block=token_block, wgrad_scale=wgrad_scale)

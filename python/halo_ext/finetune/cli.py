@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default="int8", help="int8|fp8|bf16 (default int8)")
     g.add_argument("--lora", type=int, default=0, metavar="R", help="LoRA rank (0: full fine-tuning)")
     g.add_argument("--compare", action="store_true", help="also run bf16 with the same seed and data order")
-    g.add_argument("--variants", default=None, help="comma list, e.g. bf16,halo2-int8,halo0-fp8 (implies --compare)")
+    g.add_argument("--variants", default=None, help="comma list, e.g. bf16,halo2-int8,halo0-fp8 (implies --compare); "
+                   "a -pt suffix (halo2-int8-pt) quantizes E_Y per tensor in the weight gradient")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=None, help="fine-tuning steps")
     g.add_argument("--batch", type=int, default=None, help="sequences per step (per GPU)")

@@ -44,7 +44,9 @@ PRESET_DEFAULTS: Dict[str, Dict] = {
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-_VARIANT_RE = re.compile(r"^halo([012])-(int8|fp8|bf16)$")
+# halo<level>-<precision>[-pt]; "-pt": E_Y per tensor in the weight-gradient GEMM (HaloLinear's wgrad_scale="tensor",
+# the paper's Q) instead of the layer's default (per output channel for int8)
+_VARIANT_RE = re.compile(r"^halo([012])-(int8|fp8|bf16)(-pt)?$")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class Variant:
     name: str
     level: Optional[int]  # None: plain bf16 nn.Linear (the baseline)
     precision: str
+    wgrad_scale: Optional[str] = None  # None: HaloLinear's default
 
     @property
     def is_halo(self) -> bool:
@@ -64,9 +67,9 @@ def parse_variant(name: str) -> Variant:
         return Variant("bf16", None, "bf16")
     m = _VARIANT_RE.match(name)
     if not m:
-        raise UserError(f"bad variant {name!r}: use bf16 or halo<level>-<precision> with level 0|1|2 and "
-                        "precision int8|fp8|bf16 (e.g. halo2-int8)")
-    return Variant(name, int(m.group(1)), m.group(2))
+        raise UserError(f"bad variant {name!r}: use bf16 or halo<level>-<precision>[-pt] with level 0|1|2 and "
+                        "precision int8|fp8|bf16 (e.g. halo2-int8; -pt: per-tensor E_Y in the weight gradient)")
+    return Variant(name, int(m.group(1)), m.group(2), "tensor" if m.group(3) else None)
 
 
 def llama_config(preset: str, vocab_size: int = BYTE_VOCAB, max_positions: int = 4096):
@@ -198,7 +201,8 @@ def apply_variant(model: nn.Module, variant: Variant, lora: int = 0) -> Tuple[nn
         def skip(name, mod):
             return name in skip_names or "lora_" in name or name.endswith("lm_head")
 
-        out = halo.convert(model, level=variant.level, precision=variant.precision, skip=skip)
+        kw = {} if variant.wgrad_scale is None else {"wgrad_scale": variant.wgrad_scale}
+        out = halo.convert(model, level=variant.level, precision=variant.precision, skip=skip, **kw)
         if isinstance(out, nn.Module):
             model = out
     info.update(_count_halo(model))
