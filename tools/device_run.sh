@@ -60,7 +60,7 @@ for step in $steps; do
     finetune-bench) run_step finetune-bench 40 python3 bench/finetune_bench.py ;;
     finetune-acc)
       run_step finetune-acc 30 python3 -m halo_ext.finetune --preset 100m --compare \
-        --variants bf16,halo2-int8,halo0-fp8,halo0-int8 --steps 1000 --device cuda \
+        --variants bf16,halo2-int8,halo2-int8-pt,halo0-fp8,halo0-int8 --steps 1000 --device cuda \
         --out /tmp/halo_ft --results bench/results/finetune.json
       cp /tmp/halo_ft/*.png "$OUT/" 2>/dev/null ;;
     dist-test)
