@@ -139,6 +139,16 @@ def test_outliers(device):
         assert e[(lv, "fp8")][0] < 1.5 * e[(0, "fp8")][0] + 1e-3, e
 
 
+def _grad_errs(x, g, seed, **kw):
+    """(E_X error, G error, layer) of one HaloLinear(bias=False, **kw) backward for input x and output gradient g."""
+    torch.manual_seed(seed)
+    lin = HaloLinear(x.shape[1], g.shape[1], bias=False, device=x.device, dtype=x.dtype, **kw)
+    xr = x.clone().requires_grad_()
+    lin(xr).backward(g)
+    _, gx, gw, _ = _ref_grads(x, lin.weight, None, g)
+    return _rel(xr.grad, gx), _rel(lin.weight.grad, gw), lin
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_token_rotation_coherent_gradient(device):
     # E_Y with a component shared by all tokens (as the residual-stream gradient of an LM has). A plain Sylvester
@@ -152,14 +162,7 @@ def test_token_rotation_coherent_gradient(device):
     m, k, n = 512, 256, 256
     x = torch.randn(m, k, device=device, dtype=dtype)
     g = (torch.randn(1, n) * 3 + 0.3 * torch.randn(m, n)).to(device, dtype)
-    errs = {}
-    for level in (1, 2):
-        torch.manual_seed(4)
-        lin = HaloLinear(k, n, bias=False, level=level, device=device, dtype=dtype)
-        xr = x.clone().requires_grad_()
-        lin(xr).backward(g)
-        _, gx, _, _ = _ref_grads(x, lin.weight, None, g)
-        errs[level] = _rel(xr.grad, gx)
+    errs = {level: _grad_errs(x, g, 4, level=level)[0] for level in (1, 2)}
     assert errs[2] < 2.5 * errs[1] and errs[2] < BOUND[("int8", None)], errs
 
 
@@ -179,12 +182,8 @@ def test_wgrad_channel_scale(device):
     g = g.to(device, dtype)
     errs = {}
     for mode in ("tensor", "channel"):
-        torch.manual_seed(6)
-        lin = HaloLinear(k, n, bias=False, level=2, wgrad_scale=mode, device=device, dtype=dtype)
+        _, errs[mode], lin = _grad_errs(x, g, 6, level=2, wgrad_scale=mode)
         assert lin.wgrad_scale == mode
-        lin(x).backward(g)
-        _, _, gw, _ = _ref_grads(x, lin.weight, None, g)
-        errs[mode] = _rel(lin.weight.grad, gw)
     assert errs["channel"] < BOUND[("int8", None)] and 3 * errs["channel"] < errs["tensor"], errs
     assert HaloLinear(k, n).wgrad_scale == "channel" and HaloLinear(k, n, precision="fp8").wgrad_scale == "tensor"
 
