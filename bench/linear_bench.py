@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, time_ms, write_results  # noqa: E402
 
 import halo_ext  # noqa: E402
-from halo_ext.linear import _rotate_tokens, _token_block, _token_hadamard  # noqa: E402
+from halo_ext.linear import _rotate_tokens, _token_block, _token_hadamard, _token_signs  # noqa: E402
 
 SHAPES = [(8192, 4096, 4096), (8192, 4096, 14336), (8192, 14336, 4096), (4096, 4096, 4096), (2048, 8192, 8192)]
 QD = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
@@ -71,17 +71,20 @@ def breakdown(M, K, N, level, prec, rb=None):
     qe, qet, se = hq(ey, qd, None, 1, None, False, True, True, None)
     # E_Y of the weight-gradient GEMM: per output channel for int8 (HaloLinear's default), per tensor for fp8
     per_channel = prec == "int8"
-    if per_channel:
-        t["quant_ey_t(per channel)"] = time_ms(lambda: q8(ey.t().contiguous(), qd, "row", 0))
-        if level != 2:
-            t["quant_ey(q)"] = time_ms(lambda: hq(ey, qd, None, 1, None, False, True, False, None))
-    if level == 2:  # E_Y: the token-rotated Q(H_Tᵀ E_Y) (input gradient) [+ Q(E_Y)ᵀ per tensor]
+    eyq = torch.ops.halo.ey_quantize
+    if level == 2:
+        tb = _token_block(M, 256)
+        hb = _token_hadamard(tb, ey.device, torch.bfloat16)
+        signs = _token_signs(tb).cuda()
+        # one op: the token-rotated Q(H_Tᵀ E_Y) (input gradient) [+ Q(E_Y)ᵀ per channel (weight gradient)]
+        t["ey_quantize(rot" + ("+t)" if per_channel else ")")] = time_ms(
+            lambda: eyq(ey, qd, tb, signs, True, per_channel))
         if not per_channel:
             t["quant_ey(qt)"] = time_ms(lambda: hq(ey, qd, None, 1, None, False, False, True, None))
-        hb = _token_hadamard(_token_block(M, 256), ey.device, torch.bfloat16)
-        t["rot_tokens_ey(bmm)"] = time_ms(lambda: _rotate_tokens(ey, hb))
-        t["quant_rot_ey"] = time_ms(lambda: q8(ey, qd, "tensor", 0))
-    elif not per_channel:
+    elif per_channel:
+        t["ey_quantize(t)"] = time_ms(lambda: eyq(ey, qd, 16, None, False, True))
+        t["quant_ey(q)"] = time_ms(lambda: hq(ey, qd, None, 1, None, False, True, False, None))
+    else:
         t["quant_ey(q+qt)"] = time_ms(lambda: hq(ey, qd, None, 1, None, False, True, True, None))
     t["gemm_ex"] = time_ms(lambda: mm(qe, qwt, se, sw, torch.bfloat16, None))
     z = mm(qe, qwt, se, sw, torch.bfloat16, None)
@@ -90,8 +93,7 @@ def breakdown(M, K, N, level, prec, rb=None):
     if level >= 1:
         t["had_undo_ex"] = time_ms(lambda: had(z, None, kb, None, True))
     if per_channel:
-        qet, set_ = q8(ey.t().contiguous(), qd, "row", 0)
-        set_ = set_.view(-1)
+        _, _, qet, set_ = eyq(ey, qd, 16, None, False, True)
     else:
         set_ = se
     t["gemm_g"] = time_ms(lambda: mm(qet, qxt, set_, sx, torch.bfloat16, None))

@@ -18,6 +18,8 @@ from _common import print_table, time_ms, write_results  # noqa: E402
 
 import halo_ext  # noqa: E402
 
+from halo_ext.linear import _rotate_tokens, _token_hadamard, _token_signs  # noqa: E402
+
 QD = {"int8": torch.int8, "fp8e4m3": torch.float8_e4m3fn}
 
 
@@ -33,6 +35,8 @@ def main():
         x = torch.randn(args.rows, cols, device="cuda", dtype=torch.bfloat16)
         n = x.numel()
         t_clone = time_ms(lambda: x.clone())
+        signs = _token_signs(256).cuda()
+        r256 = _token_hadamard(256, x.device, x.dtype)
         clone_TBps = 2 * n * 2 / t_clone / 1e9
         for qname, qd in QD.items():
             cases = [
@@ -41,6 +45,11 @@ def main():
                 ("quantize_block128", lambda: halo_ext.quantize(x, qd, "block", 128), 3 * n + 4 * n // 128, None),
                 ("hadamard_quantize", lambda: halo_ext.hadamard_quantize(x, qd), 3 * n, 5 * n),
                 ("hadamard_quantize_q_qt", lambda: halo_ext.hadamard_quantize(x, qd, want_qt=True), 4 * n, 6 * n),
+                # HALO-2's E_Y [tokens, channels]: Q(R E_Y) per tensor + Q(E_Y)ᵀ per channel, fused vs composed
+                ("ey_quantize", lambda: torch.ops.halo.ey_quantize(x, qd, 256, signs), 4 * n, 6 * n),
+                ("ey_composed(bmm+quant, t+quant_row)", lambda: (
+                    halo_ext.quantize(_rotate_tokens(x, r256), qd, "tensor"),
+                    halo_ext.quantize(x.t().contiguous(), qd, "row")), 4 * n, 6 * n),
             ]
             for op, fn, bytes_min, bytes_2pass in cases:
                 t = time_ms(fn)

@@ -5,6 +5,7 @@
  * the numerical reference for the CUDA kernels. Quantization follows the rule in csrc/kernels/hadamard.h bit for bit.
  */
 #pragma once
+#include "kernels/ey_quantize.h"
 #include "kernels/gemm.h"
 #include "kernels/hadamard.h"
 #include "kernels/qcomm.h"
@@ -22,6 +23,9 @@ void dequantize(const QuantizeArgs& args, void* out);
 
 /*! \brief Fused Hadamard + per-tensor quantization (q and/or qt, scale). */
 void hadamard_quantize(const HadamardQuantArgs& args);
+
+/*! \brief q_rot = Q(R E_Y) per tensor and qt = Q(E_Y)^T per column (kernels/ey_quantize.h), host pointers. */
+void ey_quantize(const EyQuantArgs& args);
 
 /*! \brief D = (scale_a o A)(scale_b o B)^T (+ bias); int8 accumulates exactly in int32, float8 in float64. */
 void qgemm(const QGemmArgs& args);

@@ -159,6 +159,53 @@ std::tuple<at::Tensor, at::Tensor> plan_quantize(const at::Tensor& x2d, at::IntA
   return {q, s};
 }
 
+EyQuantPlan plan_ey_quantize(const at::Tensor& ey, at::ScalarType qdtype, int64_t block,
+                             const std::optional<at::Tensor>& signs, bool want_rot, bool want_t, EyQuantArgs* a) {
+  check_float_input(ey, "ey");
+  check_8bit(qdtype, "dtype");
+  TORCH_CHECK_VALUE(ey.dim() == 2, "halo.ey_quantize: ey must be 2-D [tokens, channels], got shape ", S(ey.sizes()));
+  TORCH_CHECK_VALUE(block >= 16 && block <= kEyMaxBlock && (block & (block - 1)) == 0,
+                    "halo.ey_quantize: block must be a power of two in [16, ", S(kEyMaxBlock), "], got ", S(block));
+  const int64_t rows = ey.size(0), cols = ey.size(1);
+  TORCH_CHECK_VALUE(rows % block == 0, "halo.ey_quantize: tokens (", S(rows), ") must be a multiple of block (",
+                    S(block), "): pad E_Y with zero rows");
+  TORCH_CHECK_VALUE(cols % 16 == 0, "halo.ey_quantize: channels (", S(cols), ") must be a multiple of 16");
+  EyQuantPlan p;
+  const int64_t esz = ey.element_size();
+  const bool rows_ok = ey.stride(1) == 1 && (ey.stride(0) * esz) % 16 == 0 && ey.stride(0) >= cols;
+  p.ey = rows_ok ? ey : ey.contiguous();
+  if (signs.has_value()) {
+    TORCH_CHECK_VALUE(signs->dim() == 1 && signs->size(0) == block, "halo.ey_quantize: signs must have shape [",
+                      S(block), "], got ", S(signs->sizes()));
+    TORCH_CHECK_VALUE(signs->device() == ey.device(), "halo.ey_quantize: signs must be on ey's device");
+    p.signs = signs->to(at::kFloat).contiguous();
+  }
+  const auto o8 = ey.options().dtype(qdtype), of = ey.options().dtype(at::kFloat);
+  p.q_rot = want_rot ? at::empty({rows, cols}, o8) : at::empty({0}, o8);
+  p.scale_rot = at::empty({1}, of);
+  p.qt = want_t ? at::empty({cols, rows}, o8) : at::empty({0}, o8);
+  p.scale_t = at::empty({want_t ? cols : 0}, of);
+  a->ey = p.ey.data_ptr();
+  a->dtype = to_dtype(p.ey.scalar_type());
+  a->rows = rows;
+  a->cols = cols;
+  a->ld = rows > 0 ? p.ey.stride(0) : cols;
+  a->block = static_cast<int>(block);
+  a->signs = p.signs.defined() ? p.signs.data_ptr<float>() : nullptr;
+  a->qdtype = to_dtype(qdtype);
+  a->q_rot = want_rot ? p.q_rot.data_ptr() : nullptr;
+  a->scale_rot = p.scale_rot.data_ptr<float>();
+  a->qt = want_t ? p.qt.data_ptr() : nullptr;
+  a->scale_t = want_t ? p.scale_t.data_ptr<float>() : nullptr;
+  if (!want_rot) p.scale_rot.fill_(1.0f);  // not computed: a neutral value
+  if (rows == 0 || cols == 0) {           // no elements: absmax 0, the rule's scale
+    const double s0 = static_cast<double>(kMinAmax) / qmax_of(a->qdtype);
+    if (want_rot) p.scale_rot.fill_(s0);
+    if (want_t) p.scale_t.fill_(s0);
+  }
+  return p;
+}
+
 DequantPlan plan_dequantize(const at::Tensor& q, const at::Tensor& scale, std::optional<at::ScalarType> dtype,
                             const std::string& granularity, int64_t block, QuantizeArgs* a) {
   check_8bit(q.scalar_type(), "q");

@@ -11,6 +11,7 @@
 #include <string>
 #include <tuple>
 
+#include "kernels/ey_quantize.h"
 #include "kernels/gemm.h"
 #include "kernels/hadamard.h"
 
@@ -82,6 +83,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> plan_hadamard_quantize(
 at::Tensor plan_qgemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
                       std::optional<at::ScalarType> out_dtype, const std::optional<at::Tensor>& bias,
                       QGemmArgs* args);
+
+/*! \brief ey_quantize() outputs and the contiguous inputs its args point into (keep them alive while it runs). */
+struct EyQuantPlan {
+  at::Tensor ey, signs, q_rot, scale_rot, qt, scale_t;
+};
+
+/*! \brief Validates ey_quantize() arguments, allocates its outputs and fills args. */
+EyQuantPlan plan_ey_quantize(const at::Tensor& ey, at::ScalarType qdtype, int64_t block,
+                             const std::optional<at::Tensor>& signs, bool want_rot, bool want_t, EyQuantArgs* args);
 
 /*! \brief hadamard_qgemm composed from the dispatcher ops (the same code for every backend). */
 at::Tensor hadamard_qgemm_composite(const at::Tensor& x, const at::Tensor& w, at::ScalarType dtype,

@@ -47,6 +47,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hadamard_quantize_cpu(
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ey_quantize_cpu(
+    const at::Tensor& ey, at::ScalarType dtype, int64_t block, const std::optional<at::Tensor>& signs, bool want_rot,
+    bool want_t) {
+  EyQuantArgs a;
+  EyQuantPlan p = plan_ey_quantize(ey, dtype, block, signs, want_rot, want_t, &a);
+  cpu::ey_quantize(a);
+  return {p.q_rot, p.scale_rot, p.qt, p.scale_t};
+}
+
 at::Tensor qgemm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
                      std::optional<at::ScalarType> out_dtype, const std::optional<at::Tensor>& bias) {
   QGemmArgs g;
@@ -113,6 +122,7 @@ TORCH_LIBRARY_IMPL(halo, CPU, m) {
   m.impl("quantize", &quantize_cpu);
   m.impl("dequantize", &dequantize_cpu);
   m.impl("hadamard_quantize", &hadamard_quantize_cpu);
+  m.impl("ey_quantize", &ey_quantize_cpu);
   m.impl("qgemm", &qgemm_cpu);
   m.impl("hadamard_qgemm", &hadamard_qgemm_composite);
 }

@@ -105,6 +105,20 @@ at::Tensor dequantize_cuda(const at::Tensor& q, const at::Tensor& scale, std::op
   return p.out;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ey_quantize_cuda(
+    const at::Tensor& ey, at::ScalarType dtype, int64_t block, const std::optional<at::Tensor>& signs, bool want_rot,
+    bool want_t) {
+  check_on_cuda(ey, "ey");
+  const c10::cuda::CUDAGuard guard(ey.device());
+  EyQuantArgs a;
+  EyQuantPlan p = plan_ey_quantize(ey, dtype, block, signs, want_rot, want_t, &a);
+  check_aligned(a.ey, "ey");
+  if (a.rows == 0 || a.cols == 0) return {p.q_rot, p.scale_rot, p.qt, p.scale_t};  // scales set by the plan
+  at::Tensor ws = workspace(ey_quantize_workspace_size(a), ey);
+  check_cuda(ey_quantize(a, ws.data_ptr(), c10::cuda::getCurrentCUDAStream()), "ey_quantize");
+  return {p.q_rot, p.scale_rot, p.qt, p.scale_t};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> hadamard_quantize_cuda(
     const at::Tensor& x, at::ScalarType dtype, std::optional<double> hadamard_scale, int64_t block,
     const std::optional<at::Tensor>& signs, bool transpose, bool want_q, bool want_qt,
@@ -254,6 +268,7 @@ TORCH_LIBRARY_IMPL(halo, CUDA, m) {
   m.impl("quantize", &quantize_cuda);
   m.impl("dequantize", &dequantize_cuda);
   m.impl("hadamard_quantize", &hadamard_quantize_cuda);
+  m.impl("ey_quantize", &ey_quantize_cuda);
   m.impl("qgemm", &qgemm_cuda);
   m.impl("hadamard_qgemm", &hadamard_qgemm_composite);
   m.impl("qcomm_pack_into", &qcomm_pack_into_cuda);

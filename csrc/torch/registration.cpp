@@ -14,6 +14,11 @@ TORCH_LIBRARY(halo, m) {
   // (the K-major layout the backward GEMMs need); q / qt are empty when not requested; amax skips the reduction.
   m.def("hadamard_quantize(Tensor x, ScalarType dtype, float? hadamard_scale=None, int block=0, Tensor? signs=None, "
         "bool transpose=False, bool want_q=True, bool want_qt=False, Tensor? amax=None) -> (Tensor, Tensor, Tensor)");
+  // HALO-2's E_Y [tokens, channels] -> (q_rot, scale_rot, qt, scale_t): q_rot = Q(R E_Y) per tensor with R the
+  // token rotation I (x) H_block diag(signs) (orthonormal), qt = Q(E_Y)^T with one scale per channel ([channels]);
+  // tokens a multiple of block (16..256, power of two); an output not wanted is empty.
+  m.def("ey_quantize(Tensor ey, ScalarType dtype, int block, Tensor? signs=None, bool want_rot=True, "
+        "bool want_t=True) -> (Tensor, Tensor, Tensor, Tensor)");
   // out[M,N] = (scale_a o a[M,K]) (scale_b o b[N,K])^T (+ bias[N]); int8 x int8 or float8 x float8_e4m3; scales
   // float32 per tensor ([1]) or per row ([M] / [N]); out_dtype defaults to bfloat16.
   m.def("qgemm(Tensor a, Tensor b, Tensor scale_a, Tensor scale_b, ScalarType? out_dtype=None, Tensor? bias=None) -> Tensor");

@@ -44,6 +44,16 @@ def _hadamard_quantize_fake(x, dtype, hadamard_scale=None, block=0, signs=None, 
     return q, qt, torch.empty((1,), dtype=torch.float32, device=x.device)
 
 
+@register_fake("halo::ey_quantize")
+def _ey_quantize_fake(ey, dtype, block, signs=None, want_rot=True, want_t=True):
+    torch._check(ey.dim() == 2, lambda: "halo.ey_quantize: ey must be 2-D")
+    rows, cols = ey.shape
+    q_rot = torch.empty((rows, cols) if want_rot else (0,), dtype=dtype, device=ey.device)
+    qt = torch.empty((cols, rows) if want_t else (0,), dtype=dtype, device=ey.device)
+    f32 = dict(dtype=torch.float32, device=ey.device)
+    return q_rot, torch.empty((1,), **f32), qt, torch.empty((cols if want_t else 0,), **f32)
+
+
 @register_fake("halo::qgemm")
 def _qgemm_fake(a, b, scale_a, scale_b, out_dtype=None, bias=None):
     torch._check(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[1], lambda: "halo.qgemm: bad shapes")

@@ -45,6 +45,7 @@ __all__ = ["HaloLinear", "HaloLoraLinear", "QuantizedWeight", "convert", "prepar
 log = logging.getLogger("halo_ext.linear")
 
 _hq = torch.ops.halo.hadamard_quantize
+_eyq = torch.ops.halo.ey_quantize
 _quant = torch.ops.halo.quantize
 _mm = torch.ops.halo.qgemm
 _had = torch.ops.halo.hadamard
@@ -160,6 +161,21 @@ def _token_hadamard(b: int, device, dtype) -> torch.Tensor:
     return h
 
 
+_SIGNS_CACHE: dict = {}
+
+
+def _token_signs_on(b: int, device) -> torch.Tensor:
+    key = (b, device)
+    d = _SIGNS_CACHE.get(key)
+    if d is None:
+        d = _token_signs(b).to(device)
+        _SIGNS_CACHE[key] = d
+    return d
+
+
+_EYQ_MAX_BLOCK = 256  # ey_quantize's largest token block (kEyMaxBlock)
+
+
 def _rotate_tokens(y: torch.Tensor, r: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """``(I ⊗ R_b) y`` (``transpose``: ``(I ⊗ R_bᵀ) y``, the inverse) for ``y [Mp, C]`` (Mp % b == 0): one batched
     GEMM over the blocks of b tokens, no copies of y."""
@@ -241,22 +257,29 @@ class _HaloLinearFn(torch.autograd.Function):
         gx = gw = gb = None
         qe = qet = se = None
         # Q(E_Y) (input gradient, levels 0/1) and Q(E_Y)ᵀ (weight gradient, per tensor) from one read (block=1: no
-        # rotation); per channel, Q(E_Y)ᵀ comes from the transposed E_Y with one scale per row (= output channel)
+        # rotation). Per channel, Q(E_Y)ᵀ [N, Mp] with one scale per output channel comes from ey_quantize, which at
+        # level 2 also writes the token-rotated Q(H_Tᵀ E_Y) from the same two reads of E_Y.
         want_q = need_gx and level != 2
         want_qt = need_gw and wgs == "tensor"
         if want_q or want_qt:
             qe, qet, se = _hq(eyp, gd, None, 1, None, False, want_q, want_qt, None)
-        if need_gw and wgs == "channel":
-            qet, set_ = _quant(eyp.t().contiguous(), gd, "row", 0)                 # [N, Mp], scales [N, 1]
-            set_ = set_.view(-1)
-        else:
-            set_ = se
+        set_ = se
+        qr = sr = None
+        fused_rot = level == 2 and need_gx and b <= _EYQ_MAX_BLOCK
+        want_ct = need_gw and wgs == "channel"
+        if fused_rot or want_ct:
+            bb = b if level == 2 and b <= _EYQ_MAX_BLOCK else _ALIGN                # any block dividing Mp
+            signs = _token_signs_on(bb, eyp.device) if fused_rot else None
+            qr, sr, qct, sct = _eyq(eyp, gd, bb, signs, fused_rot, want_ct)
+            if want_ct:
+                qet, set_ = qct, sct
         if need_gx:
             if wqt is None:
                 wqt = wq.t().contiguous()
             if level == 2:
                 r = _token_hadamard(b, eyp.device, eyp.dtype)
-                qr, sr = _quant(_rotate_tokens(eyp, r), gd, "tensor", 0)        # Q(H_Tᵀ E_Y) [Mp, N], H_T = R_bᵀ
+                if not fused_rot:                                                # token block > 256: bmm + quantize
+                    qr, sr = _quant(_rotate_tokens(eyp, r), gd, "tensor", 0)    # Q(H_Tᵀ E_Y) [Mp, N], H_T = R_bᵀ
                 z = _mm(qr, wqt, sr, ws, ey.dtype, None)                         # Q(H_Tᵀ E_Y)·Q(W H_m)  [Mp, K]
                 z = _rotate_tokens(z, r, transpose=True)                         # H_T · (...)
                 gx = _had(z, None, kb, None, True)[:m]                            # ... · H_mᵀ
