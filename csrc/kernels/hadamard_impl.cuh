@@ -77,6 +77,29 @@ __device__ __forceinline__ uint32_t deposit_rt(uint32_t x) {
  */
 __host__ __device__ constexpr uint32_t fpad(uint32_t i) { return i + ((i >> 5) << 2) + ((i >> 6) << 2); }
 
+/*! \brief The fpad layout as a type (the power-of-two kernel's float32 buffer). */
+struct FpadLayout {
+  __host__ __device__ static constexpr uint32_t at(uint32_t i) { return fpad(i); }
+};
+
+/*!
+ * \brief Float32 buffer layout of the dense kernel for rows of 2^P elements: 4 floats of pad every 32, every 64 too
+ * only where that helps (2^P = 32, 128), and 8 floats per row for 2^P >= 256. Additive over disjoint index bits like
+ * fpad. A bank simulation of the dense pass plans (Pow2Plan<P, 5, 3, 13>: 16-byte accesses in quarter-warp phases)
+ * and of the tensor-core result stores (8-byte, half-warp phases; 8 rows x 8 floats a warp), wavefronts over the
+ * conflict-free minimum, fpad -> this layout: 2^P = 256: A 2 -> 1, M 2 -> 1, stores 2 -> 1; 512: A 2 -> 1, M 2 -> 1,
+ * stores 4 -> 1; 1024: A 2 -> 1, stores 4 -> 1; 64: A 2 -> 1, stores 2 -> 1; 32 and 128 unchanged
+ * (tools/bank_sim_dense.py).
+ */
+template <int P>
+struct DenseFLayout {
+  static constexpr bool kPad64 = !(P == 6 || P >= 8);
+  static constexpr uint32_t kRowPad = P >= 8 ? 8u : 0u;
+  __host__ __device__ static constexpr uint32_t at(uint32_t i) {
+    return i + ((i >> 5) << 2) + (kPad64 ? ((i >> 6) << 2) : 0u) + kRowPad * (i >> P);
+  }
+};
+
 // ------------------------------------------------------------------------------------------------------------------
 // Pass plan
 // ------------------------------------------------------------------------------------------------------------------
@@ -136,30 +159,30 @@ __device__ __forceinline__ void butterflies(float (&v)[E]) {
 }
 
 /*! \brief Loads a thread's E values of a pass from the float32 buffer (16-byte accesses when bits 0,1 are owned). */
-template <uint32_t OWN, int E>
+template <uint32_t OWN, int E, class FL = FpadLayout>
 __device__ __forceinline__ void load_fbuf(const float* fb, uint32_t base, float (&v)[E]) {
   if constexpr ((OWN & 3u) == 3u) {
 #pragma unroll
     for (int r = 0; r < E; r += 4) {
-      const float4 q = *reinterpret_cast<const float4*>(fb + base + fpad(deposit(r, OWN)));
+      const float4 q = *reinterpret_cast<const float4*>(fb + base + FL::at(deposit(r, OWN)));
       v[r] = q.x, v[r + 1] = q.y, v[r + 2] = q.z, v[r + 3] = q.w;
     }
   } else {
 #pragma unroll
-    for (int r = 0; r < E; ++r) v[r] = fb[base + fpad(deposit(r, OWN))];
+    for (int r = 0; r < E; ++r) v[r] = fb[base + FL::at(deposit(r, OWN))];
   }
 }
 
 /*! \brief Stores a thread's E values of a pass into the float32 buffer. */
-template <uint32_t OWN, int E>
+template <uint32_t OWN, int E, class FL = FpadLayout>
 __device__ __forceinline__ void store_fbuf(float* fb, uint32_t base, const float (&v)[E]) {
   if constexpr ((OWN & 3u) == 3u) {
 #pragma unroll
     for (int r = 0; r < E; r += 4)
-      *reinterpret_cast<float4*>(fb + base + fpad(deposit(r, OWN))) = make_float4(v[r], v[r + 1], v[r + 2], v[r + 3]);
+      *reinterpret_cast<float4*>(fb + base + FL::at(deposit(r, OWN))) = make_float4(v[r], v[r + 1], v[r + 2], v[r + 3]);
   } else {
 #pragma unroll
-    for (int r = 0; r < E; ++r) fb[base + fpad(deposit(r, OWN))] = v[r];
+    for (int r = 0; r < E; ++r) fb[base + FL::at(deposit(r, OWN))] = v[r];
   }
 }
 
@@ -400,6 +423,7 @@ struct DenseConfig {
   static_assert(Plan::kThreads == kThreads, "row plan must use every thread");
   static constexpr int kSubRows = 1 << (13 - P);   //!< rows of a row-transform sub-tile
   static constexpr int kPitch = (1 << P) * 2 + 16;  //!< staging row pitch in bytes (ldmatrix conflict-free)
+  using FL = DenseFLayout<P>;  //!< float32 buffer layout
   /*! \brief Shared memory layout for dense order m and NST staging buffers. */
   struct Layout {
     int m_pad, rows_alloc;  //!< rows of the product (multiple of 16) and of the float32 buffer (whole sub-tiles)
@@ -410,7 +434,7 @@ struct DenseConfig {
       rows_alloc = sub > m_pad ? sub : m_pad;
       l_bytes = size_t(m_pad) * m_pad;
       stage_bytes = size_t(m_pad) * kPitch;
-      f_bytes = ((size_t(fpad(uint32_t(rows_alloc) << P) - 1) + 4) & ~size_t(3)) * 4 + 16;
+      f_bytes = ((size_t(FL::at(uint32_t(rows_alloc) << P) - 1) + 4) & ~size_t(3)) * 4 + 16;
       total = l_bytes + nst * stage_bytes + f_bytes;
     }
   };
@@ -444,6 +468,7 @@ __global__ void __launch_bounds__(256, 1) dense_kernel(const __grid_constant__ D
                                                     const __grid_constant__ typename Epi::Params ep) {
   using Cfg = DenseConfig<T, P>;
   using Plan = typename Cfg::Plan;
+  using FL = typename Cfg::FL;
   constexpr int E = Plan::kE, VEC = Plan::kVec;
   constexpr uint32_t kOwnA = Plan::kOwnA, kOwnF = Plan::kOwnF, kMask = Plan::kGroupMask;
   constexpr int kSlotA = popcount(kOwnA & kMask) > 3 ? popcount(kOwnA & kMask) : 3;
@@ -564,8 +589,8 @@ __global__ void __launch_bounds__(256, 1) dense_kernel(const __grid_constant__ D
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const uint32_t r0 = (2 * mb + i) * 16 + g8, c = nb * 32 + j * 8 + t2;
-          *reinterpret_cast<float2*>(fbuf + fpad((r0 << P) + c)) = make_float2(acc[i][j][0], acc[i][j][1]);
-          *reinterpret_cast<float2*>(fbuf + fpad(((r0 + 8) << P) + c)) = make_float2(acc[i][j][2], acc[i][j][3]);
+          *reinterpret_cast<float2*>(fbuf + FL::at((r0 << P) + c)) = make_float2(acc[i][j][0], acc[i][j][1]);
+          *reinterpret_cast<float2*>(fbuf + FL::at(((r0 + 8) << P) + c)) = make_float2(acc[i][j][2], acc[i][j][3]);
         }
       }
     }
@@ -578,21 +603,21 @@ __global__ void __launch_bounds__(256, 1) dense_kernel(const __grid_constant__ D
     // ---- Sylvester transform along the rows of Z, sub-tile by sub-tile, then the epilogue
     const uint32_t offA = deposit_rt<Plan::kTileMask & ~kOwnA>(tid), offF = deposit_rt<Plan::kTileMask & ~kOwnF>(tid);
     for (int s0 = 0; s0 < m; s0 += Cfg::kSubRows) {
-      const uint32_t fb0 = fpad(uint32_t(s0) << P);
+      const uint32_t fb0 = FL::at(uint32_t(s0) << P);
       float v[E];
-      load_fbuf<kOwnA>(fbuf, fb0 + fpad(offA), v);
+      load_fbuf<kOwnA, E, FL>(fbuf, fb0 + FL::at(offA), v);
       butterflies<kOwnA, Plan::kNewA>(v);
       if constexpr (!Plan::kSingle) {
-        store_fbuf<kOwnA>(fbuf, fb0 + fpad(offA), v);
+        store_fbuf<kOwnA, E, FL>(fbuf, fb0 + FL::at(offA), v);
         __syncthreads();
         if constexpr (Plan::kHasM) {
-          const uint32_t offM = fb0 + fpad(deposit_rt<Plan::kTileMask & ~Plan::kOwnM>(tid));
-          load_fbuf<Plan::kOwnM>(fbuf, offM, v);
+          const uint32_t offM = fb0 + FL::at(deposit_rt<Plan::kTileMask & ~Plan::kOwnM>(tid));
+          load_fbuf<Plan::kOwnM, E, FL>(fbuf, offM, v);
           butterflies<Plan::kOwnM, Plan::kNewM>(v);
-          store_fbuf<Plan::kOwnM>(fbuf, offM, v);
+          store_fbuf<Plan::kOwnM, E, FL>(fbuf, offM, v);
           __syncthreads();
         }
-        load_fbuf<kOwnF>(fbuf, fb0 + fpad(offF), v);
+        load_fbuf<kOwnF, E, FL>(fbuf, fb0 + FL::at(offF), v);
         butterflies<kOwnF, Plan::kNewF>(v);
       }
 #pragma unroll
