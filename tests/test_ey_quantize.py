@@ -7,16 +7,9 @@ import pytest
 import torch
 
 from conftest import DEVICES
+from refs import QMAX, hadamard_ref
 
-QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
 DTYPES = list(QMAX)
-
-
-def _sylvester(b):
-    h = torch.ones(1, 1, dtype=torch.float64)
-    while h.shape[0] < b:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    return h / math.sqrt(b)
 
 
 def _signs(b, device):
@@ -24,12 +17,10 @@ def _signs(b, device):
 
 
 def _rot_ref(ey, b, signs):
-    """R E_Y in float64: per block of b rows, H_b diag(signs)."""
-    x = ey.double().cpu()
-    if signs is not None:
-        x = x * signs.double().cpu().repeat(x.shape[0] // b)[:, None]
-    h = _sylvester(b)
-    return (h @ x.view(-1, b, x.shape[1])).view(x.shape)
+    """R E_Y in float64: per block of b rows, H_b diag(signs) = the block Hadamard of E_Yᵀ along its rows (H_b is
+    symmetric)."""
+    s = None if signs is None else signs.cpu().repeat(ey.shape[0] // b)
+    return hadamard_ref(ey.t(), block=b, signs=s).t()
 
 
 def _check_codes(q, scale, ref, qdtype):

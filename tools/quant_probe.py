@@ -115,7 +115,8 @@ def schemes(x, w, ey, kb, tb, precs):
         out[f"L2 signsT+M {tag}"] = (rel(qxhs @ qwhs.t(), y),
                                      rel(rotate_cols(rotate_rows(qrs @ qwhs, tb) * d, kb)[:m] * dk, ex),
                                      rel(rotate_cols(qe.t() @ qxhs, kb) * dk, g))
-        # variant: the weight gradient also rotated along tokens, G = (H_Tᵀ E_Y)ᵀ (H_Tᵀ X H_m), reusing Q(H_Tᵀ E_Y)
+        # variant: the weight gradient also rotated along tokens, G = (H_Tᵀ E_Y)ᵀ (H_Tᵀ X H_m), reusing
+        # Q(H_Tᵀ E_Y)
         qxr = q_tensor(rotate_rows(rotate_cols(xp, kb), tb), p)
         out[f"L2+Gtok {tag}"] = (y1, rel(ex2, ex), rel(rotate_cols(qr.t() @ qxr, kb), g))
         # variant: per-row scales where the GEMM allows them (not along its reduction dim): Y: X per token,

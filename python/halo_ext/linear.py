@@ -156,7 +156,7 @@ def _token_hadamard(b: int, device, dtype) -> torch.Tensor:
     h = _HB_CACHE.get(key)
     if h is None:
         hb = _had(torch.eye(b, dtype=torch.float32, device=device), None, 0, None, False)
-        h = (hb * _token_signs(b).to(device)).to(dtype)
+        h = (hb * _token_signs_on(b, device)).to(dtype)
         _HB_CACHE[key] = h
     return h
 
@@ -165,6 +165,7 @@ _SIGNS_CACHE: dict = {}
 
 
 def _token_signs_on(b: int, device) -> torch.Tensor:
+    """:func:`_token_signs` on ``device``, cached (what ey_quantize takes and what ``_token_hadamard`` folds in)."""
     key = (b, device)
     d = _SIGNS_CACHE.get(key)
     if d is None:
@@ -338,10 +339,11 @@ class HaloLinear(nn.Linear):
     Same parameters and state_dict keys as nn.Linear (checkpoints load both ways). ``level`` 0/1/2 (see the module
     docstring), ``precision`` "int8" | "fp8" (e4m3) | "bf16" (plain nn.Linear math), ``grad_precision`` for E_Y:
     None (= precision) or "e4m3" / "e5m2" with fp8. ``token_block``: order of the block-diagonal token Hadamard
-    H_T of level 2 (with fixed random signs per token, see ``_token_hadamard``; tokens are zero-padded internally to a multiple of it, capped to the next power of two of the
-    token count). ``wgrad_scale``: scaling of E_Y in the weight-gradient GEMM, "tensor" or "channel" (one scale per
-    output channel); None = "channel" for int8 gradients, "tensor" for fp8 (which keeps a relative precision per
-    element; per channel measured no better). A frozen weight (``requires_grad=False``) is quantized once and cached (re-quantized when its
+    H_T of level 2 (with fixed random signs per token, see ``_token_hadamard``; tokens are zero-padded internally
+    to a multiple of it, capped to the next power of two of the token count). ``wgrad_scale``: scaling of E_Y in the
+    weight-gradient GEMM, "tensor" or "channel" (one scale per output channel); None = "channel" for int8
+    gradients, "tensor" for fp8 (which keeps a relative precision per element; per channel measured no better).
+    A frozen weight (``requires_grad=False``) is quantized once and cached (re-quantized when its
     ``_version``, device or dtype changes). Memory: saves M·K bytes of activations per call vs nn.Linear (bf16)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, level: int = 2,
