@@ -56,17 +56,22 @@ def test_against_float64(device, qdtype, in_dtype, rows, cols, b):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("qdtype", DTYPES)
-@pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rows,cols,b", [(4096, 1024, 256), (1040, 272, 16), (768, 96, 64)])
-def test_cuda_matches_cpu_bits(qdtype, in_dtype, rows, cols, b):
+@pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16, torch.float16])
+# the kernel's CTA tile is 256 rows x 64 columns and each thread holds 32 rows: shapes below cover partial row
+# tiles (384, 1056, 1040: last thread half full), partial column tiles (80, 272, 48) and every block 16..256
+@pytest.mark.parametrize("rows,cols,b", [(4096, 1024, 256), (1040, 272, 16), (768, 96, 64), (384, 80, 128),
+                                         (1056, 48, 32), (512, 4096, 256)])
+@pytest.mark.parametrize("want", [(True, True), (True, False), (False, True)])
+def test_cuda_matches_cpu_bits(qdtype, in_dtype, rows, cols, b, want):
     import halo_ext
 
     if not halo_ext.cuda_available():
         pytest.skip("halo_ext was built without CUDA kernels")
-    ey = torch.randn(rows, cols, device="cuda", dtype=in_dtype)
-    signs = _signs(b, "cuda")
-    out_g = torch.ops.halo.ey_quantize(ey, qdtype, b, signs)
-    out_c = torch.ops.halo.ey_quantize(ey.cpu(), qdtype, b, signs.cpu())
+    ey = torch.randn(rows, cols, device="cuda", dtype=in_dtype) * torch.rand(1, cols, device="cuda", dtype=in_dtype)
+    ey[rows // 3, cols // 2] = 60.0  # one outlier: a single column scale and the rotated tensor's scale follow it
+    signs = _signs(b, "cuda") if want == (True, True) else None  # (True, False): the rotation without signs
+    out_g = torch.ops.halo.ey_quantize(ey, qdtype, b, signs, *want)
+    out_c = torch.ops.halo.ey_quantize(ey.cpu(), qdtype, b, None if signs is None else signs.cpu(), *want)
     for g, c in zip(out_g, out_c):
         assert torch.equal(g.cpu().view(torch.uint8) if g.dtype != torch.float32 else g.cpu(),
                            c.view(torch.uint8) if c.dtype != torch.float32 else c)

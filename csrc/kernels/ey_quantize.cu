@@ -3,13 +3,29 @@
  * \brief ey_quantize (ey_quantize.h): HALO-2's two 8-bit copies of E_Y, the token-rotated per-tensor Q(R E_Y) and
  * the per-column-scaled transpose Q(E_Y)^T, from two reads of E_Y.
  *
- * One CTA (256 threads) owns a tile of `block` rows (one token block) x kTileCols columns, staged in shared memory
- * as float32 (row pitch kTileCols + 1). Pass 1: column absmax of the tile (atomic max into the workspace), then
- * signs, the Walsh-Hadamard butterflies along the rows (log2(block) stages over shared memory) and the absmax of
- * the rotated tile (atomic max into workspace[cols]). Pass 2: the same load; qt codes from the untransformed tile
- * (4 consecutive tokens of one column per thread: 4-byte stores along qt's rows), then the same rotation and the
- * q_rot codes (4 consecutive columns per thread). The butterflies use only additions and subtractions and the
- * normalisation is one multiply by 1/sqrt(block) after them, as in the CPU reference, so both give the same bits.
+ * Tile and thread layout. One CTA (256 threads, 8 warps) owns 256 rows (tokens) x 64 columns of E_Y. Lane l of warp
+ * w holds columns 2l, 2l+1 of rows 32w .. 32w+31 in registers (x[j][e], j = row - 32w): a warp reads 128
+ * contiguous bytes (bf16) of each of its 32 rows, and a thread's 32 rows of one column are 32 consecutive bytes of
+ * one row of qt, written as two 16-byte stores.
+ *
+ * The rotation along the rows (H_b diag(signs), b = 2^LOGB <= 256) runs in two steps:
+ *  - butterflies over bits 0..min(LOGB,5)-1 of the row index inside each thread's registers (no communication);
+ *  - for LOGB > 5, butterflies over bits 5..LOGB-1 (the G = b/32 warps of a token block) after one exchange through
+ *    shared memory (float32, 256 x 64, row pitch 256 B): thread t then holds 4 consecutive columns (float4,
+ *    quarter-warps read 128 contiguous bytes: no bank conflicts) of the G rows 32(gG+k)+j, k = 0..G-1.
+ * The stages run from the lowest bit to the highest, as in the CPU reference, and the normalisation is one multiply
+ * by 1/sqrt(b) after them, so both give the same bits. The q_rot codes are written from the exchanged layout (4
+ * consecutive columns per thread: 4-byte stores, 64 contiguous bytes per row per half-warp).
+ *
+ * Pass 1 reduces the column absmaxes (over the tile's rows, then one atomic max per column per tile) and the absmax
+ * of the rotated tensor (a register maximum over the CTA's tiles, one atomic max per CTA). Pass 2 loads and
+ * transforms again and writes both outputs.
+ *
+ * Both passes are persistent (two CTAs per SM, tiles in column-fastest order) and keep the next tile's loads in
+ * flight while a tile is transformed and stored: for 16-bit inputs a thread's 32 raw words are reloaded for tile
+ * i + grid as soon as tile i has been unpacked into floats (64 KB of loads in flight per SM at any time). The first
+ * version (one tile per CTA, load -> barrier -> transform -> store) kept loads in flight only at the start of each
+ * CTA and ran at 0.33 of its byte bound on an H100.
  */
 #include <cuda_runtime.h>
 
@@ -22,57 +38,197 @@ namespace halo {
 namespace {
 
 using detail::QuantScale;
-using detail::Vec;
-using detail::ldg16;
 using detail::qmax_dev;
-using detail::quant_code;
+using detail::quant4;
 
-constexpr int kTileCols = 32;               // columns per CTA tile
-constexpr int kPitch = kTileCols + 1;       // shared-memory row pitch (floats)
-constexpr int kThreads = 256;
+constexpr int kTileRows = 256;                // rows (tokens) per CTA
+constexpr int kTileCols = 64;                 // columns per CTA
+constexpr int kThreads = 256;                 // 8 warps
 constexpr int kWarps = kThreads / 32;
+constexpr int kRowsPerThread = kTileRows / kWarps;   // 32 consecutive rows per thread
+constexpr int kQuads = kTileCols / 4;         // float4 column groups per tile row (16)
+constexpr size_t kExchangeBytes = size_t(kTileRows) * kTileCols * sizeof(float);  // 64 KB
+static_assert(kRowsPerThread == 32 && kQuads == 16, "the layout below assumes 32 rows per thread, 16 quads");
 
-/*! \brief tile[i][c] = ey[r0 + i][c0 + c] as float (0 past cols). */
+/*!
+ * \brief Two consecutive elements of T as one raw word (4 bytes for 16-bit T, 8 for float32), loaded through the
+ * read-only path, and their float values.
+ */
 template <typename T>
-__device__ __forceinline__ void load_tile(const EyQuantArgs& a, float* tile, int64_t r0, int64_t c0, int b) {
-  constexpr int V = Vec<T>::kVec;
-  constexpr int VPR = kTileCols / V;
-  const T* ey = static_cast<const T*>(a.ey);
-  for (int p = threadIdx.x; p < b * VPR; p += kThreads) {
-    const int i = p / VPR, v = p % VPR;
-    const int64_t c = c0 + static_cast<int64_t>(v) * V;
-    float f[V];
-    if (c < a.cols) {
-      Vec<T>::unpack(ldg16(ey + (r0 + i) * a.ld + c), f);
-    } else {
+struct Pair;
+template <>
+struct Pair<float> {
+  using Raw = uint2;
+  __device__ __forceinline__ static Raw load(const float* p) { return __ldg(reinterpret_cast<const uint2*>(p)); }
+  __device__ __forceinline__ static Raw zero() { return make_uint2(0u, 0u); }
+  __device__ __forceinline__ static void unpack(const Raw& r, float& a, float& b) {
+    a = __uint_as_float(r.x);
+    b = __uint_as_float(r.y);
+  }
+};
+template <>
+struct Pair<__nv_bfloat16> {
+  using Raw = uint32_t;
+  __device__ __forceinline__ static Raw load(const __nv_bfloat16* p) {
+    return __ldg(reinterpret_cast<const unsigned int*>(p));
+  }
+  __device__ __forceinline__ static Raw zero() { return 0u; }
+  __device__ __forceinline__ static void unpack(const Raw& r, float& a, float& b) {
+    a = __uint_as_float(r << 16);
+    b = __uint_as_float(r & 0xffff0000u);
+  }
+};
+template <>
+struct Pair<__half> {
+  using Raw = uint32_t;
+  __device__ __forceinline__ static Raw load(const __half* p) { return __ldg(reinterpret_cast<const unsigned int*>(p)); }
+  __device__ __forceinline__ static Raw zero() { return 0u; }
+  __device__ __forceinline__ static void unpack(const Raw& r, float& a, float& b) {
+    __half2 h;
+    *reinterpret_cast<uint32_t*>(&h) = r;
+    const float2 f = __half22float2(h);
+    a = f.x;
+    b = f.y;
+  }
+};
+
+/*!
+ * \brief raw[j] = ey[r + j][c, c + 1] for j < 32 (zero for rows >= rows or columns >= cols). rows and cols are
+ * multiples of 16, so a thread's pair of columns is all in or all out.
+ */
+template <typename T>
+__device__ __forceinline__ void load_rows(const EyQuantArgs& a, int64_t r, int64_t c,
+                                          typename Pair<T>::Raw (&raw)[32]) {
+  const T* p = static_cast<const T*>(a.ey) + r * a.ld + c;
+  const bool col_ok = c < a.cols;
 #pragma unroll
-      for (int k = 0; k < V; ++k) f[k] = 0.0f;
+  for (int j = 0; j < 32; ++j) raw[j] = (col_ok && r + j < a.rows) ? Pair<T>::load(p + j * a.ld) : Pair<T>::zero();
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack_rows(const typename Pair<T>::Raw (&raw)[32], float (&x)[32][2]) {
+#pragma unroll
+  for (int j = 0; j < 32; ++j) Pair<T>::unpack(raw[j], x[j][0], x[j][1]);
+}
+
+/*!
+ * \brief The tiles of a persistent CTA (column-fastest order) with the next tile's loads in flight: calls
+ * body(r0, c0, x) for each tile, x = the thread's 32 x 2 values. For 16-bit T the loads of tile i + grid are
+ * issued right after tile i is unpacked (raw words: 32 registers); float32 loads each tile when it starts (its raw
+ * words would need 64 more registers).
+ */
+template <typename T, typename Body>
+__device__ __forceinline__ void for_each_tile(const EyQuantArgs& a, Body&& body) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t ncol = (a.cols + kTileCols - 1) / kTileCols;
+  const int64_t ntiles = ncol * ((a.rows + kTileRows - 1) / kTileRows);
+  auto origin = [&](int64_t id, int64_t& r0, int64_t& c0) {
+    r0 = (id / ncol) * kTileRows;
+    c0 = (id % ncol) * kTileCols;
+  };
+  constexpr bool kPrefetch = sizeof(T) == 2;
+  typename Pair<T>::Raw raw[32];
+  int64_t id = blockIdx.x, r0, c0;
+  if (kPrefetch && id < ntiles) {
+    origin(id, r0, c0);
+    load_rows<T>(a, r0 + warp * 32, c0 + 2 * lane, raw);
+  }
+  for (; id < ntiles; id += gridDim.x) {
+    origin(id, r0, c0);
+    if (!kPrefetch) load_rows<T>(a, r0 + warp * 32, c0 + 2 * lane, raw);
+    float x[32][2];
+    unpack_rows<T>(raw, x);
+    if (kPrefetch && id + gridDim.x < ntiles) {
+      int64_t nr0, nc0;
+      origin(id + gridDim.x, nr0, nc0);
+      load_rows<T>(a, nr0 + warp * 32, nc0 + 2 * lane, raw);
     }
-#pragma unroll
-    for (int k = 0; k < V; ++k) tile[i * kPitch + v * V + k] = f[k];
+    body(r0, c0, x);
   }
 }
 
-/*! \brief tile <- H_b (signs o tile) along the rows, unnormalised (additions only). */
-__device__ __forceinline__ void rotate_tile(float* tile, const float* signs, int logb) {
-  const int b = 1 << logb;
-  if (signs != nullptr) {
-    for (int p = threadIdx.x; p < b * kTileCols; p += kThreads) {
-      const int i = p / kTileCols, c = p % kTileCols;
-      tile[i * kPitch + c] *= signs[i];
+/*!
+ * \brief Signs, then the butterflies over the row bits a thread holds (bits 0 .. min(LOGB, 5) - 1), unnormalised.
+ * `sgn` is the block's sign vector in shared memory (nullptr: no signs); rows 32w .. 32w+31 of the tile are rows
+ * (32w mod b) + j of their token block.
+ */
+template <int LOGB>
+__device__ __forceinline__ void rotate_local(float (&x)[32][2], const float* sgn, int warp) {
+  constexpr int B = 1 << LOGB;
+  if (sgn != nullptr) {
+    const int base = LOGB > 5 ? (warp * 32) & (B - 1) : 0;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      const float s = sgn[base + (j & (B - 1))];
+      x[j][0] = __fmul_rn(x[j][0], s);
+      x[j][1] = __fmul_rn(x[j][1], s);
     }
-    __syncthreads();
   }
-  for (int lh = 0; lh < logb; ++lh) {
+  constexpr int kLocal = LOGB < 5 ? LOGB : 5;
+#pragma unroll
+  for (int lh = 0; lh < kLocal; ++lh) {
     const int h = 1 << lh;
-    for (int p = threadIdx.x; p < (b / 2) * kTileCols; p += kThreads) {
-      const int c = p % kTileCols, j = p / kTileCols;
-      const int i = ((j >> lh) << (lh + 1)) | (j & (h - 1));
-      const float x = tile[i * kPitch + c], y = tile[(i + h) * kPitch + c];
-      tile[i * kPitch + c] = __fadd_rn(x, y);
-      tile[(i + h) * kPitch + c] = __fsub_rn(x, y);
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      if ((j & h) == 0) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float u = x[j][e], v = x[j + h][e];
+          x[j][e] = __fadd_rn(u, v);
+          x[j + h][e] = __fsub_rn(u, v);
+        }
+      }
     }
-    __syncthreads();
+  }
+}
+
+/*! \brief Writes the thread's registers to the exchange tile (float32 [256][64]). */
+__device__ __forceinline__ void store_exchange(float2* tile, const float (&x)[32][2], int warp, int lane) {
+#pragma unroll
+  for (int j = 0; j < 32; ++j) tile[(warp * 32 + j) * (kTileCols / 2) + lane] = make_float2(x[j][0], x[j][1]);
+}
+
+__device__ __forceinline__ float4 f4_add(const float4& u, const float4& v) {
+  return make_float4(__fadd_rn(u.x, v.x), __fadd_rn(u.y, v.y), __fadd_rn(u.z, v.z), __fadd_rn(u.w, v.w));
+}
+__device__ __forceinline__ float4 f4_sub(const float4& u, const float4& v) {
+  return make_float4(__fsub_rn(u.x, v.x), __fsub_rn(u.y, v.y), __fsub_rn(u.z, v.z), __fsub_rn(u.w, v.w));
+}
+__device__ __forceinline__ float4 f4_mul(const float4& u, float s) {
+  return make_float4(__fmul_rn(u.x, s), __fmul_rn(u.y, s), __fmul_rn(u.z, s), __fmul_rn(u.w, s));
+}
+__device__ __forceinline__ float f4_absmax(const float4& u) {
+  return fmaxf(fmaxf(fabsf(u.x), fabsf(u.y)), fmaxf(fabsf(u.z), fabsf(u.w)));
+}
+
+/*!
+ * \brief Reads the exchange tile back with thread t holding quad q = t % 16 (columns 4q .. 4q+3) of the G rows
+ * 32(gG+k)+j (k = 0..G-1, G = max(b/32, 1)) for its row sets s = t/16 + 16i (g = s/32, j = s%32), runs the
+ * butterflies over row bits 5..LOGB-1 and calls f(row, quad, value) for each of its 64 values, unnormalised.
+ */
+template <int LOGB, typename F>
+__device__ __forceinline__ void rotate_exchanged(const float4* tile, F&& f) {
+  constexpr int G = LOGB > 5 ? 1 << (LOGB - 5) : 1;
+  const int q = threadIdx.x % kQuads, s0 = threadIdx.x / kQuads;
+#pragma unroll
+  for (int i = 0; i < 16 / G; ++i) {
+    const int s = s0 + kQuads * i, g = s / 32, j = s % 32;
+    float4 v[G];
+#pragma unroll
+    for (int k = 0; k < G; ++k) v[k] = tile[(32 * (g * G + k) + j) * kQuads + q];
+#pragma unroll
+    for (int h = 1; h < G; h <<= 1) {
+#pragma unroll
+      for (int k = 0; k < G; ++k) {
+        if ((k & h) == 0) {
+          const float4 u = v[k], w = v[k + h];
+          v[k] = f4_add(u, w);
+          v[k + h] = f4_sub(u, w);
+        }
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < G; ++k) f(32 * (g * G + k) + j, q, v[k]);
   }
 }
 
@@ -87,104 +243,165 @@ __device__ __forceinline__ void atomic_max_pos(float* p, float v) {
   atomicMax(reinterpret_cast<unsigned int*>(p), __float_as_uint(v));
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) ey_amax_kernel(EyQuantArgs a, float* ws, int logb, float rs) {
-  extern __shared__ float tile[];
-  __shared__ float red[kWarps][kTileCols];
-  const int b = 1 << logb;
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * b, c0 = static_cast<int64_t>(blockIdx.y) * kTileCols;
+/*! \brief The block's signs into shared memory (nullptr when there are none). Caller synchronises. */
+template <int LOGB>
+__device__ __forceinline__ const float* stage_signs(const float* signs, float* sgn) {
+  if (signs == nullptr) return nullptr;
+  if (threadIdx.x < (1 << LOGB)) sgn[threadIdx.x] = signs[threadIdx.x];
+  return sgn;
+}
+
+/*!
+ * \brief Pass 1: ws[c] = max over rows |ey[:, c]| (if qt), ws[cols] = max |R ey| (if q_rot), as atomic maxima.
+ * Two barriers per tile: after the column maxima / exchange tile are written, and after they are read.
+ */
+template <typename T, int LOGB>
+__global__ void __launch_bounds__(kThreads, 2) ey_amax_kernel(const __grid_constant__ EyQuantArgs a, float* ws,
+                                                              float rs) {
+  extern __shared__ float4 exchange[];
+  __shared__ float sgn_s[kEyMaxBlock];
+  __shared__ float col_red[kWarps][kTileCols];
+  __shared__ float rot_red[kWarps];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  load_tile<T>(a, tile, r0, c0, b);
-  __syncthreads();
-  if (a.qt != nullptr) {  // column absmax: warp w takes rows w, w + 8, ...; lane = column
-    float m = 0.0f;
-    for (int i = warp; i < b; i += kWarps) m = fmaxf(m, fabsf(tile[i * kPitch + lane]));
-    red[warp][lane] = m;
-    __syncthreads();
-    if (warp == 0) {
+  const float* sgn = stage_signs<LOGB>(a.signs, sgn_s);
+  __syncthreads();  // sgn_s
+  float mrot = 0.0f;  // absmax of this thread's rotated values over all its tiles
+  for_each_tile<T>(a, [&](int64_t, int64_t c0, float (&x)[32][2]) {
+    if (a.qt != nullptr) {
+      float m0 = 0.0f, m1 = 0.0f;
 #pragma unroll
-      for (int w = 1; w < kWarps; ++w) m = fmaxf(m, red[w][lane]);
-      if (c0 + lane < a.cols) atomic_max_pos(ws + c0 + lane, m);
+      for (int j = 0; j < 32; ++j) {
+        m0 = fmaxf(m0, fabsf(x[j][0]));
+        m1 = fmaxf(m1, fabsf(x[j][1]));
+      }
+      col_red[warp][2 * lane] = m0;
+      col_red[warp][2 * lane + 1] = m1;
+    }
+    if (a.q_rot != nullptr) {
+      rotate_local<LOGB>(x, sgn, warp);
+      if constexpr (LOGB <= 5) {
+#pragma unroll
+        for (int j = 0; j < 32; ++j)
+          mrot = fmaxf(mrot, fmaxf(fabsf(__fmul_rn(x[j][0], rs)), fabsf(__fmul_rn(x[j][1], rs))));
+      } else {
+        store_exchange(reinterpret_cast<float2*>(exchange), x, warp, lane);
+      }
     }
     __syncthreads();
-  }
+    if (a.qt != nullptr && threadIdx.x < kTileCols && c0 + threadIdx.x < a.cols) {
+      float m = col_red[0][threadIdx.x];
+#pragma unroll
+      for (int w = 1; w < kWarps; ++w) m = fmaxf(m, col_red[w][threadIdx.x]);
+      atomic_max_pos(ws + c0 + threadIdx.x, m);
+    }
+    if constexpr (LOGB > 5) {
+      if (a.q_rot != nullptr)
+        rotate_exchanged<LOGB>(exchange, [&](int, int, const float4& v) { mrot = fmaxf(mrot, f4_absmax(f4_mul(v, rs))); });
+    }
+    __syncthreads();
+  });
   if (a.q_rot != nullptr) {
-    rotate_tile(tile, a.signs, logb);
-    float m = 0.0f;
-    for (int p = threadIdx.x; p < b * kTileCols; p += kThreads)
-      m = fmaxf(m, fabsf(__fmul_rn(tile[(p / kTileCols) * kPitch + p % kTileCols], rs)));
-    m = warp_max(m);
-    if (lane == 0) red[warp][0] = m;
+    mrot = warp_max(mrot);
+    if (lane == 0) rot_red[warp] = mrot;
     __syncthreads();
     if (threadIdx.x == 0) {
+      float m = rot_red[0];
 #pragma unroll
-      for (int w = 1; w < kWarps; ++w) m = fmaxf(m, red[w][0]);
+      for (int w = 1; w < kWarps; ++w) m = fmaxf(m, rot_red[w]);
       atomic_max_pos(ws + a.cols, m);
     }
   }
 }
 
-template <typename T, DType Q>
-__global__ void __launch_bounds__(kThreads) ey_quant_kernel(EyQuantArgs a, const float* ws, int logb, float rs) {
-  extern __shared__ float tile[];
-  const int b = 1 << logb;
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * b, c0 = static_cast<int64_t>(blockIdx.y) * kTileCols;
+/*!
+ * \brief Pass 2: per tile, the qt codes from the loaded values, then the rotation and the q_rot codes (and the
+ * scales, written by the tiles of the first row tile / the first CTA).
+ */
+template <typename T, int LOGB, DType Q>
+__global__ void __launch_bounds__(kThreads, 2) ey_quant_kernel(const __grid_constant__ EyQuantArgs a,
+                                                               const float* ws, float rs) {
+  extern __shared__ float4 exchange[];
+  __shared__ float sgn_s[kEyMaxBlock];
   constexpr float qmax = qmax_dev(Q);
-  load_tile<T>(a, tile, r0, c0, b);
-  __syncthreads();
-  if (a.qt != nullptr) {
-    if (blockIdx.x == 0 && threadIdx.x < kTileCols && c0 + threadIdx.x < a.cols)
-      a.scale_t[c0 + threadIdx.x] = QuantScale(ws[c0 + threadIdx.x], qmax).scale;
-    // thread p: column c = p / (b/4), tokens 4*iq .. 4*iq+3 -> one 4-byte word of qt's row c
-    const int quads = b / 4;
-    for (int p = threadIdx.x; p < quads * kTileCols; p += kThreads) {
-      const int c = p / quads, iq = p % quads;
-      if (c0 + c >= a.cols) continue;
-      const float inv = QuantScale(ws[c0 + c], qmax).inv;
-      uint32_t w = 0;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const float* sgn = stage_signs<LOGB>(a.signs, sgn_s);
+  __syncthreads();  // sgn_s
+  const float rot_inv = a.q_rot != nullptr ? QuantScale(ws[a.cols], qmax).inv : 0.0f;
+  if (a.q_rot != nullptr && blockIdx.x == 0 && threadIdx.x == 0) a.scale_rot[0] = QuantScale(ws[a.cols], qmax).scale;
+  uint8_t* q_rot = static_cast<uint8_t*>(a.q_rot);
+  for_each_tile<T>(a, [&](int64_t r0, int64_t c0, float (&x)[32][2]) {
+    const int64_t r = r0 + warp * 32, c = c0 + 2 * lane;
+    if (a.qt != nullptr && c < a.cols) {
 #pragma unroll
-      for (int k = 0; k < 4; ++k) w |= quant_code<Q>(tile[(4 * iq + k) * kPitch + c], inv) << (8 * k);
-      *reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(a.qt) + (c0 + c) * a.rows + r0 + 4 * iq) = w;
+      for (int e = 0; e < 2; ++e) {
+        const QuantScale qs(ws[c + e], qmax);
+        if (r0 == 0 && warp == 0) a.scale_t[c + e] = qs.scale;
+        uint8_t* dst = static_cast<uint8_t*>(a.qt) + (c + e) * a.rows + r;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {  // rows r + 16h .. r + 16h + 15 (rows is a multiple of 16)
+          if (r + 16 * h >= a.rows) break;
+          uint32_t w[4];
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const float v[4] = {x[16 * h + 4 * k][e], x[16 * h + 4 * k + 1][e], x[16 * h + 4 * k + 2][e],
+                                x[16 * h + 4 * k + 3][e]};
+            w[k] = quant4<Q>(v, qs.inv);
+          }
+          *reinterpret_cast<uint4*>(dst + 16 * h) = make_uint4(w[0], w[1], w[2], w[3]);
+        }
+      }
     }
+    if (a.q_rot == nullptr) return;
+    rotate_local<LOGB>(x, sgn, warp);
+    store_exchange(reinterpret_cast<float2*>(exchange), x, warp, lane);
     __syncthreads();
-  }
-  if (a.q_rot != nullptr) {
-    const QuantScale qs(ws[a.cols], qmax);
-    if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) a.scale_rot[0] = qs.scale;
-    rotate_tile(tile, a.signs, logb);
-    // thread p: row i = p / 8, columns 4*cq .. 4*cq+3 -> one 4-byte word of q_rot's row r0 + i
-    for (int p = threadIdx.x; p < b * (kTileCols / 4); p += kThreads) {
-      const int i = p / (kTileCols / 4), cq = p % (kTileCols / 4);
-      if (c0 + 4 * cq >= a.cols) continue;
-      uint32_t w = 0;
-#pragma unroll
-      for (int k = 0; k < 4; ++k)
-        w |= quant_code<Q>(__fmul_rn(tile[i * kPitch + 4 * cq + k], rs), qs.inv) << (8 * k);
-      *reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(a.q_rot) + (r0 + i) * a.cols + c0 + 4 * cq) = w;
-    }
+    rotate_exchanged<LOGB>(exchange, [&](int row, int quad, const float4& v) {
+      const int64_t rr = r0 + row, cc = c0 + 4 * quad;
+      if (rr < a.rows && cc < a.cols) {
+        const float4 sv = f4_mul(v, rs);
+        const float f[4] = {sv.x, sv.y, sv.z, sv.w};
+        *reinterpret_cast<uint32_t*>(q_rot + rr * a.cols + cc) = quant4<Q>(f, rot_inv);
+      }
+    });
+    __syncthreads();  // exchange reads done before the next tile writes it
+  });
+}
+
+template <typename T, int LOGB>
+cudaError_t launch_block(const EyQuantArgs& a, float* ws, cudaStream_t stream) {
+  const float rs = static_cast<float>(1.0 / std::sqrt(static_cast<double>(1 << LOGB)));
+  const int64_t ntiles = ((a.cols + kTileCols - 1) / kTileCols) * ((a.rows + kTileRows - 1) / kTileRows);
+  // pass 1 needs the exchange tile only for the cross-warp stages; pass 2 always writes q_rot through it
+  const size_t smem1 = (a.q_rot != nullptr && LOGB > 5) ? kExchangeBytes : 0;
+  const size_t smem2 = a.q_rot != nullptr ? kExchangeBytes : 0;
+  int grid = 0;
+  auto k1 = ey_amax_kernel<T, LOGB>;
+  HALO_RETURN_IF_ERROR(detail::persistent_grid(k1, kThreads, smem1, ntiles, &grid));
+  k1<<<grid, kThreads, smem1, stream>>>(a, ws, rs);
+  HALO_RETURN_IF_ERROR(cudaGetLastError());
+  auto run2 = [&](auto k2) -> cudaError_t {
+    HALO_RETURN_IF_ERROR(detail::persistent_grid(k2, kThreads, smem2, ntiles, &grid));
+    k2<<<grid, kThreads, smem2, stream>>>(a, ws, rs);
+    return cudaGetLastError();
+  };
+  switch (a.qdtype) {
+    case DType::kInt8: return run2(ey_quant_kernel<T, LOGB, DType::kInt8>);
+    case DType::kFloat8E4M3: return run2(ey_quant_kernel<T, LOGB, DType::kFloat8E4M3>);
+    case DType::kFloat8E5M2: return run2(ey_quant_kernel<T, LOGB, DType::kFloat8E5M2>);
+    default: return cudaErrorInvalidValue;
   }
 }
 
 template <typename T>
 cudaError_t launch(const EyQuantArgs& a, float* ws, cudaStream_t stream) {
-  int logb = 0;
-  while ((1 << logb) < a.block) ++logb;
-  const float rs = static_cast<float>(1.0 / std::sqrt(static_cast<double>(a.block)));
-  const dim3 grid(static_cast<unsigned>(a.rows / a.block), static_cast<unsigned>((a.cols + kTileCols - 1) / kTileCols));
-  const size_t smem = static_cast<size_t>(a.block) * kPitch * sizeof(float);
-  ey_amax_kernel<T><<<grid, kThreads, smem, stream>>>(a, ws, logb, rs);
-  HALO_RETURN_IF_ERROR(cudaGetLastError());
-  switch (a.qdtype) {
-    case DType::kInt8: ey_quant_kernel<T, DType::kInt8><<<grid, kThreads, smem, stream>>>(a, ws, logb, rs); break;
-    case DType::kFloat8E4M3:
-      ey_quant_kernel<T, DType::kFloat8E4M3><<<grid, kThreads, smem, stream>>>(a, ws, logb, rs);
-      break;
-    case DType::kFloat8E5M2:
-      ey_quant_kernel<T, DType::kFloat8E5M2><<<grid, kThreads, smem, stream>>>(a, ws, logb, rs);
-      break;
+  switch (a.block) {
+    case 16: return launch_block<T, 4>(a, ws, stream);
+    case 32: return launch_block<T, 5>(a, ws, stream);
+    case 64: return launch_block<T, 6>(a, ws, stream);
+    case 128: return launch_block<T, 7>(a, ws, stream);
+    case 256: return launch_block<T, 8>(a, ws, stream);
     default: return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 }  // namespace
@@ -194,7 +411,7 @@ size_t ey_quantize_workspace_size(const EyQuantArgs& args) { return static_cast<
 cudaError_t ey_quantize(const EyQuantArgs& a, void* workspace, cudaStream_t stream) {
   if (a.rows == 0 || a.cols == 0 || (a.q_rot == nullptr && a.qt == nullptr)) return cudaSuccess;
   if (a.block < 16 || a.block > kEyMaxBlock || (a.block & (a.block - 1)) != 0 || a.rows % a.block != 0 ||
-      a.cols % 16 != 0 || a.rows / a.block > 0x7fffffff || (a.cols + kTileCols - 1) / kTileCols > 65535)
+      a.cols % 16 != 0)
     return cudaErrorInvalidValue;
   float* ws = static_cast<float*>(workspace);
   HALO_RETURN_IF_ERROR(cudaMemsetAsync(ws, 0, ey_quantize_workspace_size(a), stream));
