@@ -65,6 +65,52 @@ def make_variant(name: str, preset: str, seq: int, seed: int, base_state):
     return model, info
 
 
+# Kernel categories of the profile (first match wins, on the lower-cased kernel name). CUTLASS kernels are halo-ext's
+# 8-bit GEMMs; cuBLAS-style names are the bf16 GEMMs (block linears of the bf16 run, lm_head and the HALO-2 token
+# rotation bmm in every run); halo-ext's own kernels are all in namespace halo.
+_CATEGORIES = (
+    ("gemm_8bit", ("cutlass",)),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn")),
+    ("gemm_bf16", ("gemm", "nvjet", "xmma", "cublas", "sm90_", "splitk")),
+    ("halo_rotate_quantize", ("halo",)),
+)
+
+
+def _category(name: str) -> str:
+    n = name.lower()
+    for cat, keys in _CATEGORIES:
+        if any(k in n for k in keys):
+            return cat
+    return "other"
+
+
+def kernel_profile(fn) -> dict:
+    """GPU kernel time (ms) of one call of fn, by category (torch.profiler, CUDA activity), and the total. The sum
+    of kernel times is below the wall time when the GPU idles (host-bound gaps); both are reported."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+    out = {c: 0.0 for c, _ in _CATEGORIES}
+    out["other"] = 0.0
+    for e in prof.key_averages():
+        t = getattr(e, "self_device_time_total", None)
+        if t is None:
+            t = getattr(e, "self_cuda_time_total", 0.0)
+        if t:
+            out[_category(e.key)] += t / 1e3
+    out = {k: round(v, 3) for k, v in out.items()}
+    out["kernels_total"] = round(sum(out.values()), 3)
+    out["wall"] = round(start.elapsed_time(end), 3)
+    return out
+
+
 def _cpu_time_ms(fn, warmup: int = 1, iters: int = 3, flush_l2: bool = False) -> float:
     import statistics
 
@@ -76,6 +122,17 @@ def _cpu_time_ms(fn, warmup: int = 1, iters: int = 3, flush_l2: bool = False) ->
         fn()
         ts.append((time.perf_counter() - t) * 1e3)
     return statistics.median(ts)
+
+
+def amdahl_bound(base_row):
+    """Upper bounds on the forward+backward speedup from faster GEMMs alone, from the bf16 run's kernel profile:
+    kernel time T, bf16 GEMM time G -> T / (T - G + G / s) for GEMMs s times faster (None without a profile)."""
+    prof = (base_row or {}).get("fwdbwd_profile_ms")
+    if not prof or not prof.get("kernels_total"):
+        return None
+    t, g = prof["kernels_total"], prof["gemm_bf16"]
+    return {"gemm_share": g / t, "speedup_if_gemms_2x": t / (t - g / 2), "speedup_if_gemms_3x": t / (t - 2 * g / 3),
+            "wall_over_kernels": prof["wall"] / t}
 
 
 def main(argv=None) -> int:
@@ -91,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--summary", default=os.path.join(RESULTS, "finetune.json"),
                     help="file whose speedup_halo2_int8_vs_bf16 key is updated ('' to skip)")
     ap.add_argument("--device", default="cuda", help="cuda; cpu only smoke-tests this script (wall-clock timing)")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="skip the per-variant kernel-time breakdown of one forward+backward (torch.profiler)")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("finetune_bench: needs a CUDA GPU", file=sys.stderr)
@@ -146,6 +205,8 @@ def main(argv=None) -> int:
             row.update(step_ms=step_ms, fwdbwd_ms=fb_ms, tokens_per_s=tokens / step_ms * 1e3,
                        fwdbwd_tokens_per_s=tokens / fb_ms * 1e3, loss=loss,
                        peak_mem_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if DEVICE == "cuda" else None)
+            if DEVICE == "cuda" and not args.no_profile:
+                row["fwdbwd_profile_ms"] = kernel_profile(lambda: (fwdbwd(), opt.zero_grad()))
         except ImportError as e:
             row["error"] = f"skipped: {e}"
         except UserError as e:
@@ -169,12 +230,20 @@ def main(argv=None) -> int:
             r["fwdbwd_speedup_vs_bf16"] = r["fwdbwd_tokens_per_s"] / base_row["fwdbwd_tokens_per_s"]
     print_table(rows, ["variant", "step_ms", "fwdbwd_ms", "tokens_per_s", "speedup_vs_bf16",
                        "fwdbwd_speedup_vs_bf16", "peak_mem_gb"])
+    amdahl = amdahl_bound(base_row)
+    if amdahl:
+        print("finetune_bench: bf16 forward+backward kernel time by category (ms): " +
+              ", ".join(f"{k} {v}" for k, v in base_row["fwdbwd_profile_ms"].items()))
+        print(f"finetune_bench: bf16 GEMMs are {amdahl['gemm_share']:.1%} of its kernel time; with every bf16 GEMM "
+              f"(lm_head included) 2x faster and nothing else changed, forward+backward would be at most "
+              f"{amdahl['speedup_if_gemms_2x']:.2f}x faster (3x: {amdahl['speedup_if_gemms_3x']:.2f}x)")
     h2 = next((r for r in rows if r["variant"] == "halo2-int8" and "speedup_vs_bf16" in r), None)
     speedup = h2["speedup_vs_bf16"] if h2 else None
     cfg = {"preset": args.preset, "params": n_params, "batch": args.batch, "seq": args.seq, "warmup": args.warmup,
            "iters": args.iters, "mode": "eager (torchao-fp8: torch.compile)",
            "step": "forward + backward + clip + AdamW(fp32 master weights)", "halo_ext": halo_ext.__version__}
     path = write_results(args.name, rows, extra={"config": cfg, "speedup_halo2_int8_vs_bf16": speedup,
+                                                 "amdahl_bf16_fwdbwd": amdahl,
                                                  "wall_s": round(time.time() - t_all, 1)})
     print(f"finetune_bench: wrote {path}")
     if args.summary:

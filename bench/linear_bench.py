@@ -6,7 +6,8 @@ int8/fp8. torchao runs when importable (torchao.float8.convert_to_float8_trainin
 Writes bench/results/linear.json: rows {M, K, N, level, precision, halo_ms, bf16_ms, torchao_ms, speedup_vs_bf16,
 torchao_speedup_vs_bf16, halo_vs_torchao}.
 --breakdown prints (and stores under "breakdown") the time of each step of the HALO pipeline, timed separately.
-Usage: python bench/linear_bench.py [--breakdown] [--shapes 0,1] [--levels 0,2] [--precisions int8]
+Usage: python bench/linear_bench.py [--breakdown] [--shape-set llama3-8b|1b] [--shapes 0,1] [--levels 0,2]
+       [--precisions int8]
 """
 import argparse
 import os
@@ -22,6 +23,10 @@ import halo_ext  # noqa: E402
 from halo_ext.linear import _rotate_tokens, _token_block, _token_hadamard, _token_signs  # noqa: E402
 
 SHAPES = [(8192, 4096, 4096), (8192, 4096, 14336), (8192, 14336, 4096), (4096, 4096, 4096), (2048, 8192, 8192)]
+# --shape-set 1b: the block linears of bench/finetune_bench.py's ~1B preset (TinyLlama-1.1B) at its 8192 tokens/step:
+# q/o 2048->2048, k/v 2048->256, gate/up 2048->5632, down 5632->2048
+SHAPE_SETS = {"llama3-8b": SHAPES,
+              "1b": [(8192, 2048, 2048), (8192, 2048, 256), (8192, 2048, 5632), (8192, 5632, 2048)]}
 QD = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
@@ -107,7 +112,8 @@ def breakdown(M, K, N, level, prec, rb=None):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--breakdown", action="store_true")
-    ap.add_argument("--shapes", default=",".join(str(i) for i in range(len(SHAPES))))
+    ap.add_argument("--shape-set", default="llama3-8b", choices=sorted(SHAPE_SETS))
+    ap.add_argument("--shapes", default=None, help="indices into the shape set (default: all)")
     ap.add_argument("--levels", default="0,1,2")
     ap.add_argument("--precisions", default="int8,fp8")
     ap.add_argument("--no-torchao", action="store_true")
@@ -122,8 +128,10 @@ def main():
     levels = [int(v) for v in args.levels.split(",")]
     precs = args.precisions.split(",")
     rows, bd_rows = [], []
-    for si in (int(v) for v in args.shapes.split(",")):
-        M, K, N = SHAPES[si]
+    shapes = SHAPE_SETS[args.shape_set]
+    idx = range(len(shapes)) if args.shapes is None else [int(v) for v in args.shapes.split(",")]
+    for si in idx:
+        M, K, N = shapes[si]
         torch.manual_seed(0)
         lin = nn.Linear(K, N, bias=False, device="cuda", dtype=torch.bfloat16)
         x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, requires_grad=True)

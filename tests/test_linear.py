@@ -432,3 +432,69 @@ def test_autocast_bf16_cpu():
     assert x.grad.dtype == torch.float32 and lin.weight.grad.dtype == torch.float32
     b = BOUND[("int8", None)] * 1.1  # + bf16 roundings (2^-9) of x, E_Y and the outputs
     assert max(_rel(y, yr), _rel(x.grad, gx), _rel(lin.weight.grad, gw)) < b
+
+
+def _sibling_run(x, layers, share):
+    """q/k/v-style siblings: every layer reads x itself (share) or its own copy of x (no sharing possible)."""
+    xs = [x if share else x.detach().clone().requires_grad_() for _ in layers]
+    ys = [m(xi) for m, xi in zip(layers, xs)]
+    sum((y * g).sum() for y, g in zip(ys, _sibling_run.grads)).backward()
+    gx = x.grad.clone() if share else sum(xi.grad for xi in xs)
+    return [y.detach() for y in ys], gx, [m.weight.grad.clone() for m in layers]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("level", [0, 2])
+def test_sibling_layers_share_input_quantization(device, level, monkeypatch):
+    # q/k/v read one tensor: it is rotated and quantized once (one hadamard_quantize call instead of three), with
+    # bit-identical outputs and gradients to three independent quantizations
+    import halo_ext.linear as L
+
+    torch.manual_seed(0)
+    layers = [HaloLinear(128, n, level=level).to(device) for n in (64, 32, 32)]
+    x = torch.randn(3, 40, 128, device=device, requires_grad=True)
+    _sibling_run.grads = [torch.randn(3, 40, m.out_features, device=device) for m in layers]
+    calls = []
+    real = L._hq
+    # _hq also quantizes the weights ([64|32, 128]) and, at level 0, E_Y ([128, 64|32]): count the inputs x [128, 128]
+    monkeypatch.setattr(L, "_hq", lambda *a: calls.append(tuple(a[0].shape) == (128, 128)) or real(*a))
+    ys0, gx0, gw0 = _sibling_run(x, layers, share=False)
+    calls[:] = [c for c in calls if c]
+    assert len(calls) == 3
+    for m in layers:
+        m.weight.grad = None
+    x.grad = None
+    calls.clear()
+    ys1, gx1, gw1 = _sibling_run(x, layers, share=True)
+    assert sum(calls) == 1
+    for a, b in zip(ys0 + gw0, ys1 + gw1):
+        assert torch.equal(a, b)
+    assert torch.allclose(gx0, gx1, rtol=1e-6, atol=1e-7)  # the same three terms, summed in autograd's order
+
+
+def test_input_quantization_cache_invalidation(monkeypatch):
+    import gc
+
+    import halo_ext.linear as L
+
+    calls = []
+    real = L._hq
+    monkeypatch.setattr(L, "_hq", lambda *a: (calls.append(1) if tuple(a[0].shape) == (32, 64) else None) or real(*a))
+    a, b = HaloLinear(64, 48, level=2), HaloLinear(64, 48, level=2)  # weights [48, 64]; x padded to [32, 64]
+    x = torch.randn(20, 64)
+    ya = a(x)
+    with torch.no_grad():
+        x.mul_(3.0)  # in-place change: _version moves on, the next sibling must not reuse the old codes
+    yb = b(x)
+    assert len(calls) == 2
+    assert torch.equal(yb, HaloLinear.from_linear(b, level=2)(x.clone()))  # a copy: computed afresh (3 calls)
+    # a different quantization (precision, level 0 = no rotation) of the same tensor is not shared either
+    HaloLinear.from_linear(b, level=2, precision="fp8")(x)
+    HaloLinear.from_linear(b, level=0)(x)
+    assert len(calls) == 5
+    # the entry goes with its tensor: nothing kept alive, a new tensor (even at the same address) recomputes
+    del x, ya, yb
+    gc.collect()
+    assert L._XQ_CACHE.ref is None and L._XQ_CACHE.value is None
+    a(torch.randn(20, 64))
+    assert len(calls) == 6

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -136,11 +137,21 @@ def quantize_weight(weight: torch.Tensor, level: int, qdtype: torch.dtype, want_
 _HB_CACHE: dict = {}
 
 
+def _make_token_signs(b: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0x4A10 + b)
+    return (torch.randint(0, 2, (b,), generator=g) * 2 - 1).to(torch.float32)
+
+
+# Made at import for every power-of-two order up to 8192 (32 KB in all): torch.compile cannot create the generator
+# inside a traced backward, so a compiled HALO-2 layer must find its signs made already.
+_TOKEN_SIGNS = {1 << p: _make_token_signs(1 << p) for p in range(4, 14)}
+
+
 def _token_signs(b: int) -> torch.Tensor:
     """The fixed ±1 signs d of the token rotation of order b (float32, CPU): a function of b only, the same on every
     machine, rank and run (generated from a fixed seed, not drawn from the global RNG)."""
-    g = torch.Generator().manual_seed(0x4A10 + b)
-    return (torch.randint(0, 2, (b,), generator=g) * 2 - 1).to(torch.float32)
+    d = _TOKEN_SIGNS.get(b)
+    return _make_token_signs(b) if d is None else d
 
 
 def _token_hadamard(b: int, device, dtype) -> torch.Tensor:
@@ -157,7 +168,8 @@ def _token_hadamard(b: int, device, dtype) -> torch.Tensor:
     if h is None:
         hb = _had(torch.eye(b, dtype=torch.float32, device=device), None, 0, None, False)
         h = (hb * _token_signs_on(b, device)).to(dtype)
-        _HB_CACHE[key] = h
+        if not torch.compiler.is_compiling():  # a traced backward may not write to a global (dynamo)
+            _HB_CACHE[key] = h
     return h
 
 
@@ -170,7 +182,8 @@ def _token_signs_on(b: int, device) -> torch.Tensor:
     d = _SIGNS_CACHE.get(key)
     if d is None:
         d = _token_signs(b).to(device)
-        _SIGNS_CACHE[key] = d
+        if not torch.compiler.is_compiling():
+            _SIGNS_CACHE[key] = d
     return d
 
 
@@ -211,13 +224,64 @@ def _wgrad_mode(wgrad_scale: Optional[str], gdtype: Optional[torch.dtype]) -> st
     return wgrad_scale
 
 
+class _XKey:
+    """The tensor a layer was called with (the user's x, before reshape/padding), handed to _HaloLinearFn as a
+    plain object so autograd does not treat it as an input: the key of :func:`_input_quant`'s cache."""
+    __slots__ = ("x",)
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+
+def _xkey(x: torch.Tensor) -> Optional[_XKey]:
+    return None if torch.compiler.is_compiling() else _XKey(x)
+
+
+class _InputQuantCache:
+    """One entry: the last layer input's ``(Q(X H_m), Q(X H_m)ᵀ, scale)``. Sibling layers that read the same tensor
+    (q/k/v of an attention block, gate/up of a SwiGLU MLP) quantize it once: a call hits when it gets the very same
+    tensor object (held by a weak reference, so a freed tensor whose memory is reused can never match), unmodified
+    (same ``_version``), with the same quantization parameters. The entry is dropped when that tensor is freed."""
+    __slots__ = ("ref", "version", "key", "value")
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self):
+        self.ref = self.version = self.key = self.value = None
+
+
+_XQ_CACHE = _InputQuantCache()
+
+
+def _drop_input_quant(r):
+    if _XQ_CACHE.ref is r:
+        _XQ_CACHE.clear()
+
+
+def _input_quant(xkey: Optional[_XKey], x2: torch.Tensor, mp: int, qd, blk: int, want_qt: bool):
+    """``hadamard_quantize`` of the layer input padded to mp rows (blk = 1: no rotation), through the one-entry cache
+    of :class:`_InputQuantCache` (bypassed under torch.compile and without a key). Also saves the sibling layers'
+    memory: they save one shared ``Q(X H_m)ᵀ`` for their weight gradients instead of one copy each."""
+    x = None if xkey is None else xkey.x
+    key = (qd, blk, want_qt, mp, x2.shape, x2.dtype, x2.device)
+    c = _XQ_CACHE
+    if x is not None and c.ref is not None and c.ref() is x and c.version == x._version and c.key == key:
+        return c.value
+    value = _hq(_pad_rows(x2, mp), qd, None, blk, None, False, True, want_qt, None)
+    if x is not None:
+        c.ref, c.version, c.key, c.value = weakref.ref(x, _drop_input_quant), x._version, key, value
+    return value
+
+
 class _HaloLinearFn(torch.autograd.Function):
     """One autograd node per layer call. Inputs: x2 [M, K] (2-D), weight [N, K] (values unread when wq is given),
     bias or None, wq/ws/wqt (pre-quantized weight or None), cfg = (level, qdtype, gdtype, token_block, kb, wgs),
-    kb = block of H_m (0 = full length), wgs = scaling of E_Y in the weight-gradient GEMM ("tensor" | "channel")."""
+    kb = block of H_m (0 = full length), wgs = scaling of E_Y in the weight-gradient GEMM ("tensor" | "channel"),
+    xkey = the caller's input tensor (an _XKey) or None: key of the shared input quantization."""
 
     @staticmethod
-    def forward(ctx, x2, weight, bias, wq, ws, wqt, cfg):
+    def forward(ctx, x2, weight, bias, wq, ws, wqt, cfg, xkey=None):
         level, qd, gd, tb, kb, wgs = cfg
         m, k = x2.shape
         need_gw = ctx.needs_input_grad[1]
@@ -229,13 +293,10 @@ class _HaloLinearFn(torch.autograd.Function):
         else:
             b = 0
             mp = -(-m // _ALIGN) * _ALIGN if need_gw else m
-        xp = _pad_rows(x2, mp)
         if wq is None:
             wq, ws, wqt = quantize_weight(weight, level, qd, want_qt=need_gx, block=kb)
-        if level == 0:
-            qx, qxt, sx = _hq(xp, qd, None, 1, None, False, True, need_gw, None)  # block=1: no rotation
-        else:
-            qx, qxt, sx = _hq(xp, qd, None, kb, None, False, True, need_gw, None)
+        # Q(X H_m) and (for the weight gradient) its transpose; level 0: block=1, no rotation
+        qx, qxt, sx = _input_quant(xkey, x2, mp, qd, 1 if level == 0 else kb, need_gw)
         out_dtype = x2.dtype
         y = _mm(qx, wq, sx, ws, out_dtype, None if bias is None else bias.to(out_dtype))
         if mp != m:
@@ -299,7 +360,7 @@ class _HaloLinearFn(torch.autograd.Function):
             gw = g if g.dtype == wdtype else g.to(wdtype)
         if need_gb and ctx.bias_dtype is not None:
             gb = ey.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
-        return gx, gw, gb, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None
 
 
 def _bf16_linear(x, weight, bias, wq):
@@ -325,7 +386,7 @@ def halo_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     gd = gdtype or qdtype
     y = _HaloLinearFn.apply(x2, weight, bias, wq, ws, wqt, (level, qdtype, gd, token_block,
                                                        _rotation_block(x.shape[-1], rotation_block),
-                                                       _wgrad_mode(wgrad_scale, gd)))
+                                                       _wgrad_mode(wgrad_scale, gd)), _xkey(x))
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
@@ -417,6 +478,7 @@ class HaloLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._qd is None:
             return F.linear(x, self.weight, self.bias)
+        xkey = _xkey(x)  # the caller's tensor (before an autocast copy): siblings reading it share its quantization
         if torch.is_autocast_enabled(x.device.type):  # like F.linear under autocast: compute in the autocast dtype
             dt = torch.get_autocast_dtype(x.device.type)
             if x.dtype != dt:
@@ -425,9 +487,9 @@ class HaloLinear(nn.Linear):
         k = x.shape[-1]
         x2 = x.reshape(-1, k)
         if qw is None:
-            y = _HaloLinearFn.apply(x2, self.weight, self.bias, None, None, None, self._cfg)
+            y = _HaloLinearFn.apply(x2, self.weight, self.bias, None, None, None, self._cfg, xkey)
         else:
-            y = _HaloLinearFn.apply(x2, self.weight, self.bias, qw.q, qw.scale, qw.qt, self._cfg)
+            y = _HaloLinearFn.apply(x2, self.weight, self.bias, qw.q, qw.scale, qw.qt, self._cfg, xkey)
         return y.view(*x.shape[:-1], self.out_features)
 
 
