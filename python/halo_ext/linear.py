@@ -310,6 +310,15 @@ class _HaloLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, ey):
+        if torch.compiler.is_compiling():
+            return _HaloLinearFn._backward(ctx, ey)
+        # below the Autograd dispatch key: halo.hadamard has a Python autograd formula whose wrapper (grad mode is
+        # off here, so it would only redispatch) costs more host time than the op's own dispatch
+        with torch._C._AutoDispatchBelowAutograd():
+            return _HaloLinearFn._backward(ctx, ey)
+
+    @staticmethod
+    def _backward(ctx, ey):
         level, gd, b, m, mp, kb, wgs = ctx.cfg
         qxt, sx, wq, wqt, ws = ctx.saved_tensors
         need_gx, need_gw, need_gb = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
