@@ -498,3 +498,19 @@ def test_input_quantization_cache_invalidation(monkeypatch):
     assert L._XQ_CACHE.ref is None and L._XQ_CACHE.value is None
     a(torch.randn(20, 64))
     assert len(calls) == 6
+
+
+def test_inference_mode_siblings():
+    # inference tensors have no version counter: the layers must not share (and must not fail on) them
+    a, b = HaloLinear(64, 48, level=2), HaloLinear(64, 48, level=0)
+    with torch.inference_mode():
+        x = torch.randn(20, 64)
+        ya = a(x)
+        x.mul_(2.0)
+        yb = b(x)
+    assert ya.shape == yb.shape == (20, 48)
+    with torch.no_grad():
+        assert torch.equal(yb, b(x.clone()))
+    with torch.inference_mode():  # a layer made in inference mode: inference-tensor weights, frozen
+        m = HaloLinear(64, 48, level=2).requires_grad_(False)
+        assert m(torch.randn(20, 64)).shape == (20, 48)

@@ -234,7 +234,9 @@ class _XKey:
 
 
 def _xkey(x: torch.Tensor) -> Optional[_XKey]:
-    return None if torch.compiler.is_compiling() else _XKey(x)
+    # no sharing under torch.compile (traced, no Python state) nor for inference tensors (no version counter:
+    # an in-place change inside inference_mode could not be seen)
+    return None if torch.compiler.is_compiling() or x.is_inference() else _XKey(x)
 
 
 class _InputQuantCache:
@@ -480,7 +482,8 @@ class HaloLinear(nn.Linear):
         hook = getattr(w, "halo_qweight", None)
         if hook is not None and callable(hook):
             return hook(self.level, self.precision)
-        if not w.requires_grad and not torch.compiler.is_compiling():
+        # (an inference tensor has no version counter to key the cache on: quantized every call)
+        if not w.requires_grad and not torch.compiler.is_compiling() and not w.is_inference():
             return self._frozen_qweight()
         return None
 
