@@ -23,7 +23,7 @@
  *
  * Both passes are persistent (two CTAs per SM, tiles in column-fastest order) and keep the next tile's loads in
  * flight while a tile is transformed and stored: for 16-bit inputs a thread's 32 raw words are reloaded for tile
- * i + grid as soon as tile i has been unpacked into floats (64 KB of loads in flight per SM at any time). The first
+ * i + grid as soon as tile i has been unpacked into floats (up to 64 KB of loads in flight per SM). The first
  * version (one tile per CTA, load -> barrier -> transform -> store) kept loads in flight only at the start of each
  * CTA and ran at 0.33 of its byte bound on an H100.
  */
