@@ -514,3 +514,26 @@ def test_inference_mode_siblings():
     with torch.inference_mode():  # a layer made in inference mode: inference-tensor weights, frozen
         m = HaloLinear(64, 48, level=2).requires_grad_(False)
         assert m(torch.randn(20, 64)).shape == (20, 48)
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_activation_checkpointing(use_reentrant):
+    # the recomputation runs inside the layer's backward (non-reentrant: when the saved tensors are unpacked); it
+    # must record autograd state like the original forward and give the same gradients
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    q, k, o = HaloLinear(64, 64, level=2), HaloLinear(64, 32, level=2), HaloLinear(96, 64, level=1)
+
+    def block(x):
+        return o(torch.cat([q(x), k(x)], -1)) + x
+
+    x = torch.randn(2, 24, 64, requires_grad=True)
+    block(x).square().sum().backward()
+    ref = [x.grad.clone()] + [m.weight.grad.clone() for m in (q, k, o)]
+    x.grad = None
+    for m in (q, k, o):
+        m.weight.grad = None
+    checkpoint(block, x, use_reentrant=use_reentrant).square().sum().backward()
+    for a, b in zip(ref, [x.grad] + [m.weight.grad for m in (q, k, o)]):
+        assert torch.equal(a, b)

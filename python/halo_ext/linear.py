@@ -312,17 +312,20 @@ class _HaloLinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, ey):
+        # Unpacked first: under non-reentrant activation checkpointing this access recomputes the forward, which
+        # must run with autograd (it records the tensors to save) - not under the guard below.
+        saved = ctx.saved_tensors
         if torch.compiler.is_compiling():
-            return _HaloLinearFn._backward(ctx, ey)
+            return _HaloLinearFn._backward(ctx, ey, saved)
         # below the Autograd dispatch key: halo.hadamard has a Python autograd formula whose wrapper (grad mode is
         # off here, so it would only redispatch) costs more host time than the op's own dispatch
         with torch._C._AutoDispatchBelowAutograd():
-            return _HaloLinearFn._backward(ctx, ey)
+            return _HaloLinearFn._backward(ctx, ey, saved)
 
     @staticmethod
-    def _backward(ctx, ey):
+    def _backward(ctx, ey, saved):
         level, gd, b, m, mp, kb, wgs = ctx.cfg
-        qxt, sx, wq, wqt, ws = ctx.saved_tensors
+        qxt, sx, wq, wqt, ws = saved
         need_gx, need_gw, need_gb = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         if not ey.is_contiguous():  # e.g. the expanded gradient of a .sum()
             ey = ey.contiguous()
