@@ -232,12 +232,6 @@ __device__ __forceinline__ void rotate_exchanged(const float4* tile, F&& f) {
   }
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
 /*! \brief Non-negative float atomic max through its bit pattern (ordered like unsigned integers). */
 __device__ __forceinline__ void atomic_max_pos(float* p, float v) {
   atomicMax(reinterpret_cast<unsigned int*>(p), __float_as_uint(v));
@@ -301,7 +295,7 @@ __global__ void __launch_bounds__(kThreads, 2) ey_amax_kernel(const __grid_const
     __syncthreads();
   });
   if (a.q_rot != nullptr) {
-    mrot = warp_max(mrot);
+    mrot = detail::group_max(mrot, 32);
     if (lane == 0) rot_red[warp] = mrot;
     __syncthreads();
     if (threadIdx.x == 0) {
