@@ -86,9 +86,8 @@ def breakdown(M, K, N, level, prec, rb=None):
             lambda: eyq(ey, qd, tb, signs, True, per_channel))
         if not per_channel:
             t["quant_ey(qt)"] = time_ms(lambda: hq(ey, qd, None, 1, None, False, False, True, None))
-    elif per_channel:
-        t["ey_quantize(t)"] = time_ms(lambda: eyq(ey, qd, 16, None, False, True))
-        t["quant_ey(q)"] = time_ms(lambda: hq(ey, qd, None, 1, None, False, True, False, None))
+    elif per_channel:  # block 1: per-tensor Q(E_Y) and per-channel Q(E_Y)ᵀ from one op
+        t["ey_quantize(q+t)"] = time_ms(lambda: eyq(ey, qd, 1, None, True, True))
     else:
         t["quant_ey(q+qt)"] = time_ms(lambda: hq(ey, qd, None, 1, None, False, True, True, None))
     t["gemm_ex"] = time_ms(lambda: mm(qe, qwt, se, sw, torch.bfloat16, None))

@@ -47,6 +47,11 @@ def main():
                 ("hadamard_quantize_q_qt", lambda: halo_ext.hadamard_quantize(x, qd, want_qt=True), 4 * n, 6 * n),
                 # HALO-2's E_Y [tokens, channels]: Q(R E_Y) per tensor + Q(E_Y)ᵀ per channel, fused vs composed
                 ("ey_quantize", lambda: torch.ops.halo.ey_quantize(x, qd, 256, signs), 4 * n, 6 * n),
+                # HALO-0/1 int8's E_Y: per-tensor Q(E_Y) + per-channel Q(E_Y)^T, one op (block 1) vs two
+                ("ey_quantize_block1(q+t)", lambda: torch.ops.halo.ey_quantize(x, qd, 1, None), 4 * n, 6 * n),
+                ("ey_q_then_t(hq q, ey_quantize t)", lambda: (
+                    halo_ext.hadamard_quantize(x, qd, block=1),
+                    torch.ops.halo.ey_quantize(x, qd, 16, None, False, True)), 4 * n, 10 * n),
                 ("ey_composed(bmm+quant, t+quant_row)", lambda: (
                     halo_ext.quantize(_rotate_tokens(x, r256), qd, "tensor"),
                     halo_ext.quantize(x.t().contiguous(), qd, "row")), 4 * n, 6 * n),

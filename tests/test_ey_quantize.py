@@ -20,6 +20,8 @@ def _rot_ref(ey, b, signs):
     """R E_Y in float64: per block of b rows, H_b diag(signs) = the block Hadamard of E_Yᵀ along its rows (H_b is
     symmetric)."""
     s = None if signs is None else signs.cpu().repeat(ey.shape[0] // b)
+    if b == 1:  # R = diag(signs)
+        return ey.double().cpu() * (1.0 if s is None else s.double()[:, None])
     return hadamard_ref(ey.t(), block=b, signs=s).t()
 
 
@@ -37,7 +39,8 @@ def _check_codes(q, scale, ref, qdtype):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("qdtype", DTYPES)
 @pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rows,cols,b", [(256, 64, 256), (96, 48, 16), (512, 80, 128), (64, 16, 32)])
+@pytest.mark.parametrize("rows,cols,b", [(256, 64, 256), (96, 48, 16), (512, 80, 128), (64, 16, 32), (48, 32, 1),
+                                         (32, 48, 8)])
 def test_against_float64(device, qdtype, in_dtype, rows, cols, b):
     ey = (torch.randn(rows, cols) * torch.rand(1, cols) * 4).to(device, in_dtype)
     ey[:, 3 % cols] *= 20  # an outlier channel: its own scale must not touch the others
@@ -60,7 +63,8 @@ def test_against_float64(device, qdtype, in_dtype, rows, cols, b):
 # the kernel's CTA tile is 256 rows x 64 columns and each thread holds 32 rows: shapes below cover partial row
 # tiles (384, 1056, 1040: last thread half full), partial column tiles (80, 272, 48) and every block 16..256
 @pytest.mark.parametrize("rows,cols,b", [(4096, 1024, 256), (1040, 272, 16), (768, 96, 64), (384, 80, 128),
-                                         (1056, 48, 32), (512, 4096, 256)])
+                                         (1056, 48, 32), (512, 4096, 256), (1040, 272, 1), (96, 48, 8),
+                                         (512, 80, 2)])
 @pytest.mark.parametrize("want", [(True, True), (True, False), (False, True)])
 def test_cuda_matches_cpu_bits(qdtype, in_dtype, rows, cols, b, want):
     import halo_ext
@@ -90,6 +94,19 @@ def test_outputs_optional_strided_and_no_signs(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("qdtype", DTYPES)
+def test_block1_is_plain_per_tensor_quantize(device, qdtype):
+    # block = 1 (no rotation): q_rot is hadamard_quantize(block=1)'s per-tensor Q(E_Y), bit for bit (HaloLinear's
+    # levels 0/1 take Q(E_Y) and the per-channel Q(E_Y)^T from this one op)
+    ey = torch.randn(1040, 272, device=device, dtype=torch.bfloat16) * torch.rand(1, 272, device=device).bfloat16()
+    q, s, qt, st = torch.ops.halo.ey_quantize(ey, qdtype, 1, None, True, True)
+    q2, _, s2 = torch.ops.halo.hadamard_quantize(ey, qdtype, None, 1, None, False, True, False, None)
+    assert torch.equal(q.view(torch.uint8), q2.view(torch.uint8)) and torch.equal(s, s2)
+    _, _, qt3, st3 = torch.ops.halo.ey_quantize(ey, qdtype, 16, None, False, True)
+    assert torch.equal(qt.view(torch.uint8), qt3.view(torch.uint8)) and torch.equal(st, st3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_zero_and_empty(device):
     z = torch.zeros(64, 32, device=device, dtype=torch.bfloat16)
     q_rot, s_rot, qt, s_t = torch.ops.halo.ey_quantize(z, torch.int8, 16)
@@ -109,8 +126,10 @@ def test_opcheck(device):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(ey=torch.randn(64, 32), block=24), "power of two"),
+    (dict(ey=torch.randn(64, 32), block=0), "power of two"),
     (dict(ey=torch.randn(64, 32), block=512), "power of two"),
     (dict(ey=torch.randn(40, 32), block=16), "multiple of block"),
+    (dict(ey=torch.randn(40, 32), block=8), "multiple of 16"),  # the transposed output needs 16-token rows
     (dict(ey=torch.randn(64, 24), block=16), "multiple of 16"),
     (dict(ey=torch.randn(2, 64, 32), block=16), "2-D"),
     (dict(ey=torch.randn(64, 32), block=16, dtype=torch.bfloat16), "dtype"),

@@ -26,7 +26,8 @@ for qd in (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2):
         halo_ext.hadamard_quantize(xi, qd, block=1, want_qt=True)
         halo_ext.hadamard_quantize(xi, qd, block=1, want_q=False, want_qt=True, amax=torch.ones(1, device=dev))
     # ey_quantize: partial row tiles (96, 384, 1040, 192 rows of a 256-row CTA tile) and column tiles (48, 272, 80)
-    for rows, cols, blk in ((512, 48, 256), (48, 16, 16), (96, 272, 32), (384, 80, 128), (1040, 64, 16), (192, 16, 64)):
+    for rows, cols, blk in ((512, 48, 256), (48, 16, 16), (96, 272, 32), (384, 80, 128), (1040, 64, 16), (192, 16, 64),
+                           (1040, 272, 1), (96, 48, 8)):
         e = torch.randn(rows, cols, device=dev, dtype=torch.bfloat16)
         sg = (torch.randint(0, 2, (blk,), device=dev) * 2 - 1).float()
         torch.ops.halo.ey_quantize(e, qd, blk, sg, True, True)

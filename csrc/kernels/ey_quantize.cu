@@ -93,8 +93,8 @@ struct Pair<__half> {
 };
 
 /*!
- * \brief raw[j] = ey[r + j][c, c + 1] for j < 32 (zero for rows >= rows or columns >= cols). rows and cols are
- * multiples of 16, so a thread's pair of columns is all in or all out.
+ * \brief raw[j] = ey[r + j][c, c + 1] for j < 32 (zero for rows >= rows or columns >= cols). cols is a multiple of
+ * 16, so a thread's pair of columns is all in or all out.
  */
 template <typename T>
 __device__ __forceinline__ void load_rows(const EyQuantArgs& a, int64_t r, int64_t c,
@@ -332,7 +332,7 @@ __global__ void __launch_bounds__(kThreads, 2) ey_quant_kernel(const __grid_cons
         if (r0 == 0 && warp == 0) a.scale_t[c + e] = qs.scale;
         uint8_t* dst = static_cast<uint8_t*>(a.qt) + (c + e) * a.rows + r;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {  // rows r + 16h .. r + 16h + 15 (rows is a multiple of 16)
+        for (int h = 0; h < 2; ++h) {  // rows r + 16h .. r + 16h + 15 (with qt, rows is a multiple of 16)
           if (r + 16 * h >= a.rows) break;
           uint32_t w[4];
 #pragma unroll
@@ -389,6 +389,10 @@ cudaError_t launch_block(const EyQuantArgs& a, float* ws, cudaStream_t stream) {
 template <typename T>
 cudaError_t launch(const EyQuantArgs& a, float* ws, cudaStream_t stream) {
   switch (a.block) {
+    case 1: return launch_block<T, 0>(a, ws, stream);  // no rotation: per-tensor Q(E_Y) (+ per-column Q(E_Y)^T)
+    case 2: return launch_block<T, 1>(a, ws, stream);
+    case 4: return launch_block<T, 2>(a, ws, stream);
+    case 8: return launch_block<T, 3>(a, ws, stream);
     case 16: return launch_block<T, 4>(a, ws, stream);
     case 32: return launch_block<T, 5>(a, ws, stream);
     case 64: return launch_block<T, 6>(a, ws, stream);
@@ -404,8 +408,8 @@ size_t ey_quantize_workspace_size(const EyQuantArgs& args) { return static_cast<
 
 cudaError_t ey_quantize(const EyQuantArgs& a, void* workspace, cudaStream_t stream) {
   if (a.rows == 0 || a.cols == 0 || (a.q_rot == nullptr && a.qt == nullptr)) return cudaSuccess;
-  if (a.block < 16 || a.block > kEyMaxBlock || (a.block & (a.block - 1)) != 0 || a.rows % a.block != 0 ||
-      a.cols % 16 != 0)
+  if (a.block < 1 || a.block > kEyMaxBlock || (a.block & (a.block - 1)) != 0 || a.rows % a.block != 0 ||
+      a.cols % 16 != 0 || (a.qt != nullptr && a.rows % 16 != 0))
     return cudaErrorInvalidValue;
   float* ws = static_cast<float*>(workspace);
   HALO_RETURN_IF_ERROR(cudaMemsetAsync(ws, 0, ey_quantize_workspace_size(a), stream));

@@ -6,7 +6,8 @@
  * For E_Y [rows = tokens, cols = output channels] (row-major, row stride ld):
  *  - q_rot [rows, cols] = Q(R E_Y), one scale for the tensor (scale_rot [1]): R = I (x) (H_b diag(signs)) rotates
  *    each block of `block` consecutive rows (tokens), H_b the orthonormal Sylvester matrix (1/sqrt(b) * +-1),
- *    `signs` a +-1 vector of length b (nullptr: all +1). Input of the input-gradient GEMM (E_X).
+ *    `signs` a +-1 vector of length b (nullptr: all +1). Input of the input-gradient GEMM (E_X). block = 1 (no
+ *    rotation) gives the plain per-tensor Q(E_Y) of HALO levels 0/1.
  *  - qt [cols, rows] = Q(E_Y)^T, one scale per column of E_Y = per row of qt (scale_t [cols]). A operand of the
  *    weight-gradient GEMM G = E_Y^T X with per-row scales.
  * Quantization follows the rule of hadamard.h (absmax, kMinAmax, round to nearest even, int8 clamped to +-127).
@@ -22,10 +23,10 @@ namespace halo {
 struct EyQuantArgs {
   const void* ey = nullptr;         //!< [rows, cols] float32 / float16 / bfloat16, 16-byte aligned
   DType dtype = DType::kBFloat16;   //!< dtype of ey
-  int64_t rows = 0;                 //!< tokens; a multiple of block
+  int64_t rows = 0;                 //!< tokens; a multiple of block, and of 16 when qt is written
   int64_t cols = 0;                 //!< output channels; a multiple of 16
   int64_t ld = 0;                   //!< elements between row starts of ey; a multiple of 16 bytes / element size
-  int block = 0;                    //!< token block b of the rotation: a power of two, 2..256
+  int block = 0;                    //!< token block b of the rotation: a power of two, 1..256 (1: no rotation)
   const float* signs = nullptr;     //!< [block] +-1 or nullptr (device memory)
   DType qdtype = DType::kInt8;      //!< kInt8, kFloat8E4M3 or kFloat8E5M2
   void* q_rot = nullptr;            //!< [rows, cols] contiguous, or nullptr

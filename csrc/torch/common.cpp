@@ -164,11 +164,14 @@ EyQuantPlan plan_ey_quantize(const at::Tensor& ey, at::ScalarType qdtype, int64_
   check_float_input(ey, "ey");
   check_8bit(qdtype, "dtype");
   TORCH_CHECK_VALUE(ey.dim() == 2, "halo.ey_quantize: ey must be 2-D [tokens, channels], got shape ", S(ey.sizes()));
-  TORCH_CHECK_VALUE(block >= 16 && block <= kEyMaxBlock && (block & (block - 1)) == 0,
-                    "halo.ey_quantize: block must be a power of two in [16, ", S(kEyMaxBlock), "], got ", S(block));
+  TORCH_CHECK_VALUE(block >= 1 && block <= kEyMaxBlock && (block & (block - 1)) == 0,
+                    "halo.ey_quantize: block must be a power of two in [1, ", S(kEyMaxBlock), "], got ", S(block));
   const int64_t rows = ey.size(0), cols = ey.size(1);
   TORCH_CHECK_VALUE(rows % block == 0, "halo.ey_quantize: tokens (", S(rows), ") must be a multiple of block (",
                     S(block), "): pad E_Y with zero rows");
+  TORCH_CHECK_VALUE(!want_t || rows % 16 == 0, "halo.ey_quantize: tokens (", S(rows),
+                    ") must be a multiple of 16 for the transposed output (the rows of the weight-gradient GEMM's "
+                    "operand): pad E_Y with zero rows");
   TORCH_CHECK_VALUE(cols % 16 == 0, "halo.ey_quantize: channels (", S(cols), ") must be a multiple of 16");
   EyQuantPlan p;
   const int64_t esz = ey.element_size();

@@ -16,7 +16,8 @@ TORCH_LIBRARY(halo, m) {
         "bool transpose=False, bool want_q=True, bool want_qt=False, Tensor? amax=None) -> (Tensor, Tensor, Tensor)");
   // HALO-2's E_Y [tokens, channels] -> (q_rot, scale_rot, qt, scale_t): q_rot = Q(R E_Y) per tensor with R the
   // token rotation I (x) H_block diag(signs) (orthonormal), qt = Q(E_Y)^T with one scale per channel ([channels]);
-  // tokens a multiple of block (16..256, power of two); an output not wanted is empty.
+  // tokens a multiple of block (1..256, power of two; 1 = no rotation) and, with qt, of 16; an output not wanted is
+  // empty.
   m.def("ey_quantize(Tensor ey, ScalarType dtype, int block, Tensor? signs=None, bool want_rot=True, "
         "bool want_t=True) -> (Tensor, Tensor, Tensor, Tensor)");
   // out[M,N] = (scale_a o a[M,K]) (scale_b o b[N,K])^T (+ bias[N]); int8 x int8 or float8 x float8_e4m3; scales

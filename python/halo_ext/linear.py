@@ -331,24 +331,35 @@ class _HaloLinearFn(torch.autograd.Function):
             ey = ey.contiguous()
         eyp = _pad_rows(ey, mp)
         gx = gw = gb = None
-        qe = qet = se = None
-        # Q(E_Y) (input gradient, levels 0/1) and Q(E_Y)ᵀ (weight gradient, per tensor) from one read (block=1: no
-        # rotation). Per channel, Q(E_Y)ᵀ [N, Mp] with one scale per output channel comes from ey_quantize, which at
-        # level 2 also writes the token-rotated Q(H_Tᵀ E_Y) from the same two reads of E_Y.
+        qe = qet = se = set_ = qr = sr = None
+        # The 8-bit copies of E_Y, each op reading E_Y twice (absmax pass, then codes) and writing all it is asked:
+        #  - qe/se: Q(E_Y) per tensor, A operand of the input-gradient GEMM at levels 0/1;
+        #  - qr/sr: Q(H_Tᵀ E_Y) per tensor, the same at level 2 (token rotation fused when b <= 256);
+        #  - qet/set_: Q(E_Y)ᵀ [N, Mp], A operand of the weight-gradient GEMM, one scale per output channel
+        #    ("channel") or per tensor.
+        # ey_quantize writes the rotated (block b) or plain (block 1) per-tensor copy and the per-channel transpose;
+        # hadamard_quantize(block=1) the per-tensor copy and the per-tensor transpose.
         want_q = need_gx and level != 2
         want_qt = need_gw and wgs == "tensor"
-        if want_q or want_qt:
-            qe, qet, se = _hq(eyp, gd, None, 1, None, False, want_q, want_qt, None)
-        set_ = se
-        qr = sr = None
-        fused_rot = level == 2 and need_gx and b <= _EYQ_MAX_BLOCK
         want_ct = need_gw and wgs == "channel"
-        if fused_rot or want_ct:
-            bb = b if level == 2 and b <= _EYQ_MAX_BLOCK else _ALIGN                # any block dividing Mp
+        fused_rot = level == 2 and need_gx and b <= _EYQ_MAX_BLOCK
+        if want_ct or fused_rot:
+            rot = want_q or fused_rot
+            bb = b if fused_rot else 1
             signs = _token_signs_on(bb, eyp.device) if fused_rot else None
-            qr, sr, qct, sct = _eyq(eyp, gd, bb, signs, fused_rot, want_ct)
+            q1, s1, qct, sct = _eyq(eyp, gd, bb, signs, rot, want_ct)
+            if fused_rot:
+                qr, sr = q1, s1
+            elif want_q:
+                qe, se = q1, s1
             if want_ct:
                 qet, set_ = qct, sct
+        if (want_q and qe is None) or want_qt:
+            qe2, qet2, se2 = _hq(eyp, gd, None, 1, None, False, want_q and qe is None, want_qt, None)
+            if want_q and qe is None:
+                qe, se = qe2, se2
+            if want_qt:
+                qet, set_ = qet2, se2
         if need_gx:
             if wqt is None:
                 wqt = wq.t().contiguous()
