@@ -12,6 +12,8 @@
 #include <cuda_fp8.h>
 
 #include <cstdint>
+#include <mutex>
+#include <vector>
 
 #include "hadamard.h"
 
@@ -279,16 +281,79 @@ inline cudaError_t sm_count(int* sms) {
 }
 
 /*!
+ * \brief Host-side launch facts of one kernel, cached per process: the occupancy query and the shared-memory
+ * attribute cost more host time than the launch itself (they were made on every call), and the layers of a ~1B
+ * model are bound by host time. Entries: (kernel, device, threads, dynamic smem) -> resident CTAs per SM, SM count;
+ * (kernel, device) -> the largest dynamic shared memory limit set so far (only ever raised, so a launch with less
+ * shared memory never lowers what another configuration of the same kernel needs).
+ */
+class LaunchCache {
+ public:
+  static LaunchCache& get() {
+    static LaunchCache c;
+    return c;
+  }
+  /*! \brief Raises `fn`'s dynamic shared memory limit on `device` to at least `smem` (cudaFuncSetAttribute). */
+  cudaError_t ensure_smem(const void* fn, int device, size_t smem) {
+    if (smem <= 48 * 1024) return cudaSuccess;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& e : smem_)
+      if (e.fn == fn && e.device == device) {
+        if (e.smem >= smem) return cudaSuccess;
+        HALO_RETURN_IF_ERROR(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+        e.smem = smem;
+        return cudaSuccess;
+      }
+    HALO_RETURN_IF_ERROR(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    smem_.push_back({fn, device, smem});
+    return cudaSuccess;
+  }
+  /*! \brief Resident CTAs per SM of `fn` with `threads` and `smem`, and the SM count of `device`. */
+  cudaError_t occupancy(const void* fn, int device, int threads, size_t smem, int* per_sm, int* sms) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& e : occ_)
+        if (e.fn == fn && e.device == device && e.threads == threads && e.smem == smem) {
+          *per_sm = e.per_sm;
+          *sms = e.sms;
+          return cudaSuccess;
+        }
+    }
+    HALO_RETURN_IF_ERROR(ensure_smem(fn, device, smem));
+    HALO_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, fn, threads, smem));
+    HALO_RETURN_IF_ERROR(cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device));
+    std::lock_guard<std::mutex> lock(mu_);
+    occ_.push_back({fn, device, threads, smem, *per_sm, *sms});
+    return cudaSuccess;
+  }
+
+ private:
+  struct Smem {
+    const void* fn;
+    int device;
+    size_t smem;
+  };
+  struct Occ {
+    const void* fn;
+    int device, threads;
+    size_t smem;
+    int per_sm, sms;
+  };
+  std::mutex mu_;
+  std::vector<Smem> smem_;
+  std::vector<Occ> occ_;
+};
+
+/*!
  * \brief Persistent-grid size for `kernel`: resident CTAs per SM times SMs, at most `work` CTAs. Raises the
- * kernel's dynamic shared memory limit first when `smem` exceeds 48 KB.
+ * kernel's dynamic shared memory limit first when `smem` exceeds 48 KB. Both are cached (LaunchCache).
  */
 template <typename Kernel>
 cudaError_t persistent_grid(Kernel kernel, int threads, size_t smem, int64_t work, int* grid) {
-  if (smem > 48 * 1024)
-    HALO_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  int per_sm = 0, sms = 0;
-  HALO_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
-  HALO_RETURN_IF_ERROR(sm_count(&sms));
+  int dev = 0, per_sm = 0, sms = 0;
+  HALO_RETURN_IF_ERROR(cudaGetDevice(&dev));
+  HALO_RETURN_IF_ERROR(
+      LaunchCache::get().occupancy(reinterpret_cast<const void*>(kernel), dev, threads, smem, &per_sm, &sms));
   if (per_sm < 1) return cudaErrorInvalidConfiguration;
   const int64_t g = int64_t(per_sm) * sms;
   *grid = static_cast<int>(work < g ? (work < 1 ? 1 : work) : g);
