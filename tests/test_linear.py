@@ -455,12 +455,11 @@ def test_sibling_layers_share_input_quantization(device, level, monkeypatch):
     x = torch.randn(3, 40, 128, device=device, requires_grad=True)
     _sibling_run.grads = [torch.randn(3, 40, m.out_features, device=device) for m in layers]
     calls = []
-    real = L._hq
-    # _hq also quantizes the weights ([64|32, 128]) and, at level 0, E_Y ([128, 64|32]): count the inputs x [128, 128]
-    monkeypatch.setattr(L, "_hq", lambda *a: calls.append(tuple(a[0].shape) == (128, 128)) or real(*a))
+    real = L._lin_fwd
+    # the forward op quantizes the input itself when it is not handed the shared codes (qx, argument 5)
+    monkeypatch.setattr(L, "_lin_fwd", lambda *a: calls.append(a[5] is None) or real(*a))
     ys0, gx0, gw0 = _sibling_run(x, layers, share=False)
-    calls[:] = [c for c in calls if c]
-    assert len(calls) == 3
+    assert sum(calls) == 3 and len(calls) == 3
     for m in layers:
         m.weight.grad = None
     x.grad = None
@@ -478,8 +477,8 @@ def test_input_quantization_cache_invalidation(monkeypatch):
     import halo_ext.linear as L
 
     calls = []
-    real = L._hq
-    monkeypatch.setattr(L, "_hq", lambda *a: (calls.append(1) if tuple(a[0].shape) == (32, 64) else None) or real(*a))
+    real = L._lin_fwd  # counts the forward calls that quantize their input (not handed shared codes, argument 5)
+    monkeypatch.setattr(L, "_lin_fwd", lambda *a: (calls.append(1) if a[5] is None else None) or real(*a))
     a, b = HaloLinear(64, 48, level=2), HaloLinear(64, 48, level=2)  # weights [48, 64]; x padded to [32, 64]
     x = torch.randn(20, 64)
     ya = a(x)
@@ -537,3 +536,73 @@ def test_activation_checkpointing(use_reentrant):
     checkpoint(block, x, use_reentrant=use_reentrant).square().sum().backward()
     for a, b in zip(ref, [x.grad] + [m.weight.grad for m in (q, k, o)]):
         assert torch.equal(a, b)
+
+
+def _fwd_bwd_args(device, level, m, k, n, b, wgs_channel, bias, qd=torch.int8, gd=torch.int8):
+    """Arguments of halo.linear_forward / linear_backward for one layer call (what _HaloLinearFn passes)."""
+    import halo_ext.linear as L
+
+    x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+    w = torch.randn(n, k, device=device, dtype=torch.bfloat16)
+    bb = torch.randn(n, device=device, dtype=torch.float32) if bias else None
+    mp = -(-m // b) * b if level == 2 else -(-m // 16) * 16
+    fwd = (x, w, bb, None, None, None, None, level, qd, mp, 0, True, True)
+    y, wq, ws, wqt, qx, qxt, sx = torch.ops.halo.linear_forward(*fwd)
+    rot = L._token_hadamard(b, device, torch.bfloat16) if level == 2 else None
+    signs = L._token_signs_on(b, device) if level == 2 and b <= 256 else None
+    ey = torch.randn(m, n, device=device, dtype=torch.bfloat16)
+    bwd = (ey, qxt, sx, wqt, ws, rot, signs, level, gd, b if level == 2 else 0, mp, 0, wgs_channel, True, True,
+           torch.bfloat16, torch.float32 if bias else None)
+    return fwd, bwd, (y, wq, ws, wqt, qx, qxt, sx)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("level,m,b,wgs_channel,bias", [(0, 40, 0, True, True), (1, 32, 0, False, False),
+                                                        (2, 40, 16, True, True), (2, 20, 32, False, False)])
+def test_linear_ops_opcheck(device, level, m, b, wgs_channel, bias):
+    torch.manual_seed(0)
+    fwd, bwd, (y, wq, ws, wqt, qx, qxt, sx) = _fwd_bwd_args(device, level, m, 64, 48, b, wgs_channel, bias)
+    assert y.shape == (m, 48) and qxt.shape == (64, fwd[9]) and wqt.shape == (64, 48)
+    torch.library.opcheck(torch.ops.halo.linear_forward.default, fwd)
+    # pre-quantized weight and shared input codes: nothing quantized again, those outputs empty
+    fwd2 = fwd[:3] + (wq, ws, qx, sx) + fwd[7:]
+    out2 = torch.ops.halo.linear_forward(*fwd2)
+    assert torch.equal(out2[0], y) and all(t.numel() == 0 for t in out2[1:])
+    torch.library.opcheck(torch.ops.halo.linear_forward.default, fwd2)
+    torch.library.opcheck(torch.ops.halo.linear_backward.default, bwd)
+    gx, gw, gb = torch.ops.halo.linear_backward(*bwd)
+    assert gx.shape == (m, 64) and gw.shape == (48, 64) and gw.dtype == torch.bfloat16
+    assert (gb.shape == (48,) and torch.equal(gb, bwd[0].float().sum(0))) if bias else gb.numel() == 0
+    # only one of the gradients
+    gx1, gw1, _ = torch.ops.halo.linear_backward(*bwd[:13], True, False, None, None)
+    assert torch.equal(gx1, gx) and gw1.numel() == 0
+    _, gw2, _ = torch.ops.halo.linear_backward(*bwd[:13], False, True, torch.float32, None)
+    # the same GEMM; the bf16 call rounds its output before the H_m undo: within a few bf16 ulps of the max
+    assert gw2.dtype == torch.float32 and (gw2 - gw.float()).abs().max() <= 2 ** -6 * gw.float().abs().max()
+
+
+def test_linear_backward_token_block_above_256():
+    # HALO-2 with a token block ey_quantize does not fuse (> 256): the batched-GEMM rotation + quantize path
+    torch.manual_seed(0)
+    fwd, bwd, _ = _fwd_bwd_args("cpu", 2, 600, 64, 32, 512, True, False)
+    assert bwd[6] is None and bwd[5].shape == (512, 512)
+    torch.library.opcheck(torch.ops.halo.linear_backward.default, bwd)
+    gx, gw, _ = torch.ops.halo.linear_backward(*bwd)
+    assert gx.shape == (600, 64) and gw.shape == (32, 64) and torch.isfinite(gx.float()).all()
+
+
+def test_linear_ops_errors():
+    torch.manual_seed(0)
+    fwd, bwd, _ = _fwd_bwd_args("cpu", 2, 40, 64, 48, 16, True, False)
+    with pytest.raises(ValueError, match="wqt"):
+        torch.ops.halo.linear_backward(*bwd[:3], None, *bwd[4:])
+    with pytest.raises(ValueError, match="token_rot"):
+        torch.ops.halo.linear_backward(*bwd[:5], None, *bwd[6:])
+    with pytest.raises(ValueError, match="multiple of token_block"):
+        torch.ops.halo.linear_backward(*bwd[:10], 40, *bwd[11:])
+    with pytest.raises(ValueError, match="2-D"):
+        torch.ops.halo.linear_backward(bwd[0].flatten(), *bwd[1:])
+    with pytest.raises(ValueError, match="level must be"):
+        torch.ops.halo.linear_forward(*fwd[:7], 3, *fwd[8:])
+    with pytest.raises(ValueError, match="padded_tokens"):
+        torch.ops.halo.linear_forward(*fwd[:9], 8, *fwd[10:])

@@ -66,7 +66,10 @@ def main(argv=None) -> int:
     from halo_ext.finetune import data as D
     from halo_ext.finetune import model as M
 
-    L._mm = fast_qgemm
+    # the layers' ops are composed in C++ (halo.linear_forward/backward) and call halo.qgemm through the dispatcher:
+    # override its CPU kernel for this process (a warning says so)
+    lib = torch.library.Library("halo", "IMPL")
+    lib.impl("qgemm", fast_qgemm, "CPU")
     base = M.build_preset(args.preset, 0, "cpu", torch.float32)
     if args.checkpoint:
         blob = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
@@ -96,6 +99,7 @@ def main(argv=None) -> int:
     for cname in args.configs.split(","):
         level, prec, wgs, signs = CONFIGS[cname]
         L._HB_CACHE.clear()
+        L._SIGNS_CACHE.clear()
         L._token_signs = orig_signs if signs else (lambda b: torch.ones(b))
         model = M.build_preset(args.preset, 0, "cpu", torch.float32)
         model.load_state_dict(state)

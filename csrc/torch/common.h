@@ -99,4 +99,20 @@ at::Tensor hadamard_qgemm_composite(const at::Tensor& x, const at::Tensor& w, at
                                     std::optional<at::ScalarType> out_dtype, int64_t block,
                                     const std::optional<at::Tensor>& signs);
 
+/*! \brief halo.linear_forward: one HaloLinear forward composed from the dispatcher ops (csrc/torch/linear.cpp). */
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_forward(
+    const at::Tensor& x2, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& wq, const std::optional<at::Tensor>& ws, const std::optional<at::Tensor>& qx,
+    const std::optional<at::Tensor>& sx, int64_t level, at::ScalarType qdtype, int64_t padded_tokens, int64_t rotation_block, bool want_wqt,
+    bool want_xqt);
+
+/*! \brief halo.linear_backward: one HaloLinear backward composed from the dispatcher ops (csrc/torch/linear.cpp). */
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(
+    const at::Tensor& ey, const std::optional<at::Tensor>& qxt, const std::optional<at::Tensor>& sx,
+    const std::optional<at::Tensor>& wqt, const std::optional<at::Tensor>& ws,
+    const std::optional<at::Tensor>& token_rot, const std::optional<at::Tensor>& token_signs, int64_t level,
+    at::ScalarType gdtype, int64_t token_block, int64_t padded_tokens, int64_t rotation_block,
+    bool wgrad_per_channel, bool need_gx, bool need_gw, std::optional<at::ScalarType> gw_dtype,
+    std::optional<at::ScalarType> gb_dtype);
+
 }  // namespace halo::glue

@@ -125,6 +125,8 @@ TORCH_LIBRARY_IMPL(halo, CPU, m) {
   m.impl("ey_quantize", &ey_quantize_cpu);
   m.impl("qgemm", &qgemm_cpu);
   m.impl("hadamard_qgemm", &hadamard_qgemm_composite);
+  m.impl("linear_forward", &linear_forward);
+  m.impl("linear_backward", &linear_backward);
 }
 
 }  // namespace halo::glue

@@ -271,6 +271,8 @@ TORCH_LIBRARY_IMPL(halo, CUDA, m) {
   m.impl("ey_quantize", &ey_quantize_cuda);
   m.impl("qgemm", &qgemm_cuda);
   m.impl("hadamard_qgemm", &hadamard_qgemm_composite);
+  m.impl("linear_forward", &linear_forward);
+  m.impl("linear_backward", &linear_backward);
   m.impl("qcomm_pack_into", &qcomm_pack_into_cuda);
   m.impl("qcomm_reduce_into", &qcomm_reduce_into_cuda);
   m.impl("qcomm_unpack_into", &qcomm_unpack_into_cuda);

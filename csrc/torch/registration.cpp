@@ -27,6 +27,22 @@ TORCH_LIBRARY(halo, m) {
   // pre-rotated and pre-quantized (8-bit dtype, with w_scale).
   m.def("hadamard_qgemm(Tensor x, Tensor w, ScalarType dtype, Tensor? w_scale=None, Tensor? bias=None, "
         "ScalarType? out_dtype=None, int block=0, Tensor? signs=None) -> Tensor");
+  // One HaloLinear forward (x2 [M, K], weight [N, K]): Q(X H_m) (padded to padded_tokens rows, transposed copy when
+  // want_xqt) and Q(W H_m) (transposed copy when want_wqt) unless given, then y = Q(X H_m) Q(W H_m)^T + bias [M, N];
+  // H_m of order rotation_block (0 = K) at levels 1/2, none at level 0. Returns (y, wq, ws, wqt, qx, qxt, sx) with
+  // empty tensors for what was given (wq/ws, qx/sx) or not asked for; weight is not read (may be None) with wq.
+  m.def("linear_forward(Tensor x2, Tensor? weight, Tensor? bias, Tensor? wq, Tensor? ws, Tensor? qx, Tensor? sx, "
+        "int level, ScalarType qdtype, int padded_tokens, int rotation_block, "
+        "bool want_wqt, bool want_xqt) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // One HaloLinear backward from grad_output ey [M, N] and the saved 8-bit operands (qxt = Q(X H_m)^T [K, Mp],
+  // wqt = Q(W H_m)^T [K, N]): (grad_x [M, K], grad_w [N, K] in gw_dtype, grad_bias [N] in gb_dtype), each empty when
+  // not asked for (need_gx / need_gw / gb_dtype None). Level 2 rotates E_Y along tokens with R_b = token_rot
+  // ([b, b], b = token_block, fused into the quantization with token_signs when b <= 256); wgrad_per_channel scales
+  // Q(E_Y)^T of the weight gradient per output channel.
+  m.def("linear_backward(Tensor ey, Tensor? qxt, Tensor? sx, Tensor? wqt, Tensor? ws, Tensor? token_rot, "
+        "Tensor? token_signs, int level, ScalarType gdtype, int token_block, int padded_tokens, int rotation_block, "
+        "bool wgrad_per_channel, bool need_gx, bool need_gw, ScalarType? gw_dtype=None, "
+        "ScalarType? gb_dtype=None) -> (Tensor, Tensor, Tensor)");
   // Block-quantized two-shot collectives (kernels/qcomm.h): quantize the `world` chunks of flat x (chunk c =
   // x[c*chunk, (c+1)*chunk), zero padded) into out = [world * chunk_bytes] uint8 (codes + fp32 block scales);
   // chunk `skip` (the caller's own chunk, -1 = none) is neither quantized nor written.

@@ -66,6 +66,41 @@ def _hadamard_qgemm_fake(x, w, dtype, w_scale=None, bias=None, out_dtype: Option
     return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=out_dtype or x.dtype)
 
 
+@register_fake("halo::linear_forward")
+def _linear_forward_fake(x2, weight, bias, wq, ws, qx, sx, level, qdtype, padded_tokens, rotation_block, want_wqt,
+                         want_xqt):
+    w = weight if wq is None else wq
+    torch._check(x2.dim() == 2 and w.dim() == 2, lambda: "halo.linear_forward: x2 and weight must be 2-D")
+    (m, k), n = x2.shape, w.shape[0]
+    dev = x2.device
+    f32 = dict(dtype=torch.float32, device=dev)
+    y = torch.empty((m, n), dtype=x2.dtype, device=dev)
+    if wq is None:
+        w_out = (torch.empty((n, k), dtype=qdtype, device=dev), torch.empty((1,), **f32),
+                 torch.empty((k, n) if want_wqt else (0,), dtype=qdtype, device=dev))
+    else:
+        w_out = (wq.new_empty((0,)), ws.new_empty((0,)), wq.new_empty((0,)))
+    if qx is None:
+        x_out = (torch.empty((padded_tokens, k), dtype=qdtype, device=dev),
+                 torch.empty((k, padded_tokens) if want_xqt else (0,), dtype=qdtype, device=dev),
+                 torch.empty((1,), **f32))
+    else:
+        x_out = (qx.new_empty((0,)), qx.new_empty((0,)), sx.new_empty((0,)))
+    return (y, *w_out, *x_out)
+
+
+@register_fake("halo::linear_backward")
+def _linear_backward_fake(ey, qxt, sx, wqt, ws, token_rot, token_signs, level, gdtype, token_block, padded_tokens,
+                          rotation_block, wgrad_per_channel, need_gx, need_gw, gw_dtype=None, gb_dtype=None):
+    torch._check(ey.dim() == 2, lambda: "halo.linear_backward: grad_output must be 2-D")
+    m, n = ey.shape
+    dev = ey.device
+    gx = torch.empty((m, wqt.shape[0]) if need_gx else (0,), dtype=ey.dtype, device=dev)
+    gw = torch.empty((n, qxt.shape[0]), dtype=gw_dtype or ey.dtype, device=dev) if need_gw else ey.new_empty((0,))
+    gb = torch.empty((n,), dtype=gb_dtype, device=dev) if gb_dtype is not None else ey.new_empty((0,))
+    return gx, gw, gb
+
+
 @register_fake("halo::qcomm_pack_into")
 def _qcomm_pack_into_fake(x, out, world, chunk, block, dtype, skip=-1):
     return None

@@ -46,9 +46,6 @@ __all__ = ["HaloLinear", "HaloLoraLinear", "QuantizedWeight", "convert", "prepar
 log = logging.getLogger("halo_ext.linear")
 
 _hq = torch.ops.halo.hadamard_quantize
-_eyq = torch.ops.halo.ey_quantize
-_quant = torch.ops.halo.quantize
-_mm = torch.ops.halo.qgemm
 _had = torch.ops.halo.hadamard
 
 _PRECISIONS = {"int8": torch.int8, "fp8": torch.float8_e4m3fn, "bf16": None}
@@ -192,16 +189,12 @@ _EYQ_MAX_BLOCK = 256  # ey_quantize's largest token block (kEyMaxBlock)
 
 def _rotate_tokens(y: torch.Tensor, r: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """``(I ⊗ R_b) y`` (``transpose``: ``(I ⊗ R_bᵀ) y``, the inverse) for ``y [Mp, C]`` (Mp % b == 0): one batched
-    GEMM over the blocks of b tokens, no copies of y."""
+    GEMM over the blocks of b tokens, no copies of y. (What halo.linear_backward does in C++; kept for the benches'
+    breakdowns.)"""
     b = r.shape[0]
     yb = y.view(-1, b, y.shape[-1])
     rr = r.t() if transpose else r
     return torch.bmm(rr.expand(yb.shape[0], b, b), yb).view(y.shape)
-
-
-def _pad_rows(x2: torch.Tensor, mp: int) -> torch.Tensor:
-    m = x2.shape[0]
-    return x2 if mp == m else F.pad(x2, (0, 0, 0, mp - m))
 
 
 def _token_block(m: int, token_block: int) -> int:
@@ -261,19 +254,33 @@ def _drop_input_quant(r):
         _XQ_CACHE.clear()
 
 
-def _input_quant(xkey: Optional[_XKey], x2: torch.Tensor, mp: int, qd, blk: int, want_qt: bool):
-    """``hadamard_quantize`` of the layer input padded to mp rows (blk = 1: no rotation), through the one-entry cache
-    of :class:`_InputQuantCache` (bypassed under torch.compile and without a key). Also saves the sibling layers'
-    memory: they save one shared ``Q(X H_m)ᵀ`` for their weight gradients instead of one copy each."""
-    x = None if xkey is None else xkey.x
-    key = (qd, blk, want_qt, mp, x2.shape, x2.dtype, x2.device)
+def _input_quant_key(xkey: Optional[_XKey], x2: torch.Tensor, mp: int, qd, blk: int, want_qt: bool):
+    """The cache key of the layer input's quantization (padded to mp rows; blk = 1: no rotation), or None when the
+    call has no key (torch.compile, inference tensors)."""
+    return None if xkey is None else (qd, blk, want_qt, mp, x2.shape, x2.dtype, x2.device)
+
+
+def _input_quant_get(xkey: Optional[_XKey], key):
+    """``(Q(X H_m), Q(X H_m)ᵀ, scale)`` of :class:`_InputQuantCache` when this call's input hits it, else None. Also
+    saves the sibling layers' memory: they save one shared ``Q(X H_m)ᵀ`` for their weight gradients instead of one
+    copy each."""
     c = _XQ_CACHE
-    if x is not None and c.ref is not None and c.ref() is x and c.version == x._version and c.key == key:
+    if key is None or c.ref is None:
+        return None
+    x = xkey.x
+    if c.ref() is x and c.version == x._version and c.key == key:
         return c.value
-    value = _hq(_pad_rows(x2, mp), qd, None, blk, None, False, True, want_qt, None)
-    if x is not None:
-        c.ref, c.version, c.key, c.value = weakref.ref(x, _drop_input_quant), x._version, key, value
-    return value
+    return None
+
+
+def _input_quant_put(xkey: _XKey, key, value):
+    x = xkey.x
+    c = _XQ_CACHE
+    c.ref, c.version, c.key, c.value = weakref.ref(x, _drop_input_quant), x._version, key, value
+
+
+_lin_fwd = torch.ops.halo.linear_forward
+_lin_bwd = torch.ops.halo.linear_backward
 
 
 class _HaloLinearFn(torch.autograd.Function):
@@ -295,14 +302,22 @@ class _HaloLinearFn(torch.autograd.Function):
         else:
             b = 0
             mp = -(-m // _ALIGN) * _ALIGN if need_gw else m
+        # One C++ op quantizes what is missing (the weight unless pre-quantized, the input unless a sibling layer
+        # quantized this very tensor already: _InputQuantCache) and runs the forward GEMM (level 0: no rotation).
+        blk = 1 if level == 0 else kb
+        key = _input_quant_key(xkey, x2, mp, qd, blk, need_gw)
+        xq = _input_quant_get(xkey, key)
+        qx_in, sx_in = (None, None) if xq is None else (xq[0], xq[2])
+        # (the weight's values are not read when it comes pre-quantized: not passed, e.g. an FSDP-gathered subclass)
+        y, wq2, ws2, wqt2, qx, qxt, sx = _lin_fwd(x2, weight if wq is None else None, bias, wq, ws, qx_in, sx_in,
+                                                  level, qd, mp, kb, need_gx, need_gw)
         if wq is None:
-            wq, ws, wqt = quantize_weight(weight, level, qd, want_qt=need_gx, block=kb)
-        # Q(X H_m) and (for the weight gradient) its transpose; level 0: block=1, no rotation
-        qx, qxt, sx = _input_quant(xkey, x2, mp, qd, 1 if level == 0 else kb, need_gw)
-        out_dtype = x2.dtype
-        y = _mm(qx, wq, sx, ws, out_dtype, None if bias is None else bias.to(out_dtype))
-        if mp != m:
-            y = y[:m]
+            wq, ws, wqt = wq2, ws2, (wqt2 if need_gx else None)
+        if xq is None:
+            if key is not None:
+                _input_quant_put(xkey, key, (qx, qxt, sx))
+        else:
+            qx, qxt, sx = xq
         ctx.cfg = (level, gd, b, m, mp, kb, wgs)
         ctx.w_meta = (weight.shape, weight.dtype)
         ctx.bias_dtype = None if bias is None else bias.dtype
@@ -327,65 +342,21 @@ class _HaloLinearFn(torch.autograd.Function):
         level, gd, b, m, mp, kb, wgs = ctx.cfg
         qxt, sx, wq, wqt, ws = saved
         need_gx, need_gw, need_gb = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        if not ey.is_contiguous():  # e.g. the expanded gradient of a .sum()
-            ey = ey.contiguous()
-        eyp = _pad_rows(ey, mp)
-        gx = gw = gb = None
-        qe = qet = se = set_ = qr = sr = None
-        # The 8-bit copies of E_Y, each op reading E_Y twice (absmax pass, then codes) and writing all it is asked:
-        #  - qe/se: Q(E_Y) per tensor, A operand of the input-gradient GEMM at levels 0/1;
-        #  - qr/sr: Q(H_Tᵀ E_Y) per tensor, the same at level 2 (token rotation fused when b <= 256);
-        #  - qet/set_: Q(E_Y)ᵀ [N, Mp], A operand of the weight-gradient GEMM, one scale per output channel
-        #    ("channel") or per tensor.
-        # ey_quantize writes the rotated (block b) or plain (block 1) per-tensor copy and the per-channel transpose;
-        # hadamard_quantize(block=1) the per-tensor copy and the per-tensor transpose.
-        want_q = need_gx and level != 2
-        want_qt = need_gw and wgs == "tensor"
-        want_ct = need_gw and wgs == "channel"
-        fused_rot = level == 2 and need_gx and b <= _EYQ_MAX_BLOCK
-        if want_ct or fused_rot:
-            rot = want_q or fused_rot
-            bb = b if fused_rot else 1
-            signs = _token_signs_on(bb, eyp.device) if fused_rot else None
-            q1, s1, qct, sct = _eyq(eyp, gd, bb, signs, rot, want_ct)
-            if fused_rot:
-                qr, sr = q1, s1
-            elif want_q:
-                qe, se = q1, s1
-            if want_ct:
-                qet, set_ = qct, sct
-        if (want_q and qe is None) or want_qt:
-            qe2, qet2, se2 = _hq(eyp, gd, None, 1, None, False, want_q and qe is None, want_qt, None)
-            if want_q and qe is None:
-                qe, se = qe2, se2
-            if want_qt:
-                qet, set_ = qet2, se2
-        if need_gx:
-            if wqt is None:
-                wqt = wq.t().contiguous()
-            if level == 2:
-                r = _token_hadamard(b, eyp.device, eyp.dtype)
-                if not fused_rot:                                                # token block > 256: bmm + quantize
-                    qr, sr = _quant(_rotate_tokens(eyp, r), gd, "tensor", 0)    # Q(H_Tᵀ E_Y) [Mp, N], H_T = R_bᵀ
-                z = _mm(qr, wqt, sr, ws, ey.dtype, None)                         # Q(H_Tᵀ E_Y)·Q(W H_m)  [Mp, K]
-                z = _rotate_tokens(z, r, transpose=True)                         # H_T · (...)
-                gx = _had(z, None, kb, None, True)[:m]                            # ... · H_mᵀ
-            else:
-                z = _mm(qe, wqt, se, ws, ey.dtype, None)                         # [Mp, K]
-                gx = (z if level == 0 else _had(z, None, kb, None, True))
-                if mp != m:
-                    gx = gx[:m]
-        if need_gw:
-            # qet: Q(E_Y)ᵀ [N, Mp]
-            wshape, wdtype = ctx.w_meta
-            out_t = wdtype if wdtype in (torch.bfloat16, torch.float16, torch.float32) else torch.float32
-            g = _mm(qet, qxt, set_, sx, out_t, None)                             # [N, K]
-            if level != 0:
-                g = _had(g, None, kb, None, True)                                 # ... · H_mᵀ
-            gw = g if g.dtype == wdtype else g.to(wdtype)
-        if need_gb and ctx.bias_dtype is not None:
-            gb = ey.sum(0, dtype=torch.float32).to(ctx.bias_dtype)
-        return gx, gw, gb, None, None, None, None, None
+        if need_gx and wqt is None:
+            wqt = wq.t().contiguous()
+        rot = signs = None
+        if level == 2 and need_gx:
+            rot = _token_hadamard(b, ey.device, ey.dtype)                    # R_b, H_T = I ⊗ R_bᵀ
+            if b <= _EYQ_MAX_BLOCK:
+                signs = _token_signs_on(b, ey.device)
+        gb_dtype = ctx.bias_dtype if need_gb else None
+        # linear_backward (csrc/torch/linear.cpp), per level: the 8-bit copies of E_Y (ey_quantize / hadamard_quantize,
+        # each reading E_Y twice), E_X = [Q(E_Y)·Q(W H_m)]·H_mᵀ (level 2: H_T·[Q(H_Tᵀ E_Y)·Q(W H_m)]·H_mᵀ; level 0
+        # no rotations) and G = [Q(E_Y)ᵀ·Q(X H_m)]·H_mᵀ with Q(E_Y)ᵀ per channel or per tensor
+        gx, gw, gb = _lin_bwd(ey, qxt, sx, wqt, ws, rot, signs, level, gd, b, mp, kb, wgs == "channel", need_gx,
+                              need_gw, ctx.w_meta[1] if need_gw else None, gb_dtype)
+        return (gx if need_gx else None, gw if need_gw else None, gb if gb_dtype is not None else None,
+                None, None, None, None, None)
 
 
 def _bf16_linear(x, weight, bias, wq):

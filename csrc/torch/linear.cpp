@@ -1,0 +1,232 @@
+/*!
+ * \file linear.cpp
+ * \brief halo.linear_forward / halo.linear_backward: the whole tensor work of one HaloLinear call (forward, and
+ * backward for levels 0/1/2) composed in C++ from the dispatcher ops, so a layer costs two host calls from Python
+ * instead of ~10 (each Python -> dispatcher crossing and each Python wrapper line costs host time; at the shapes of
+ * a ~1B model the layers were bound by it: notes/halo_linear.md, "host time"). The same code runs for every
+ * backend: the sub-ops dispatch to their CPU or CUDA kernels (current stream, device guard) as usual.
+ */
+#include <ATen/ATen.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
+#include <optional>
+#include <tuple>
+
+#include "common.h"
+
+namespace halo::glue {
+namespace {
+
+using OptT = std::optional<at::Tensor>;
+using T3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using T4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Typed handles of the ops the composites call (looked up once).
+struct Ops {
+  c10::TypedOperatorHandle<T3(const at::Tensor&, at::ScalarType, std::optional<double>, int64_t, const OptT&, bool,
+                              bool, bool, const OptT&)>
+      hq;
+  c10::TypedOperatorHandle<T4(const at::Tensor&, at::ScalarType, int64_t, const OptT&, bool, bool)> eyq;
+  c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::ScalarType, const std::string&,
+                                                              int64_t)>
+      quant;
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      std::optional<at::ScalarType>, const OptT&)>
+      mm;
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, std::optional<double>, int64_t, const OptT&, bool)> had;
+
+  static const Ops& get() {
+    static const Ops ops = [] {
+      auto& d = c10::Dispatcher::singleton();
+      Ops o{d.findSchemaOrThrow("halo::hadamard_quantize", "").typed<T3(const at::Tensor&, at::ScalarType,
+                                                                       std::optional<double>, int64_t, const OptT&,
+                                                                       bool, bool, bool, const OptT&)>(),
+            d.findSchemaOrThrow("halo::ey_quantize", "")
+                .typed<T4(const at::Tensor&, at::ScalarType, int64_t, const OptT&, bool, bool)>(),
+            d.findSchemaOrThrow("halo::quantize", "")
+                .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::ScalarType, const std::string&,
+                                                          int64_t)>(),
+            d.findSchemaOrThrow("halo::qgemm", "")
+                .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  std::optional<at::ScalarType>, const OptT&)>(),
+            d.findSchemaOrThrow("halo::hadamard", "")
+                .typed<at::Tensor(const at::Tensor&, std::optional<double>, int64_t, const OptT&, bool)>()};
+      return o;
+    }();
+    return ops;
+  }
+};
+
+at::Tensor none_like(const at::Tensor& t) { return at::empty({0}, t.options()); }
+
+// (I (x) R_b) y, or (I (x) R_b^T) y with transpose, for y [rows, C] (rows % b == 0): one batched GEMM over the
+// token blocks (the same computation as HaloLinear's Python _rotate_tokens).
+at::Tensor rotate_tokens(const at::Tensor& y, const at::Tensor& r, bool transpose) {
+  const int64_t b = r.size(0), c = y.size(1);
+  const at::Tensor rr = transpose ? r.t() : r;
+  return at::bmm(rr.expand({y.size(0) / b, b, b}), y.view({-1, b, c})).view(y.sizes());
+}
+
+const at::Tensor& need(const OptT& t, const char* what) {
+  TORCH_CHECK_VALUE(t.has_value() && t->defined(), "halo.linear_backward: ", what, " is required for this call");
+  return *t;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_forward(
+    const at::Tensor& x2, const OptT& weight, const OptT& bias, const OptT& wq_in, const OptT& ws_in,
+    const OptT& qx_in, const OptT& sx_in, int64_t level,
+    at::ScalarType qdtype, int64_t padded_tokens, int64_t rotation_block, bool want_wqt, bool want_xqt) {
+  const Ops& ops = Ops::get();
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // the sub-ops: straight to their kernels
+  TORCH_CHECK_VALUE(level >= 0 && level <= 2, "halo.linear_forward: level must be 0, 1 or 2, got ", S(level));
+  TORCH_CHECK_VALUE(x2.dim() == 2, "halo.linear_forward: x must be 2-D [tokens, in_features], got ",
+                    S(x2.sizes()));
+  const int64_t m = x2.size(0);
+  TORCH_CHECK_VALUE(padded_tokens >= m, "halo.linear_forward: padded_tokens (", S(padded_tokens),
+                    ") < tokens (", S(m), ")");
+  const int64_t blk = level == 0 ? 1 : rotation_block;
+  // the weight: Q(W H_m) (and its transpose for the input gradient) unless given pre-quantized
+  at::Tensor wq, ws, wqt, wq_out, ws_out, wqt_out;
+  if (wq_in.has_value()) {
+    TORCH_CHECK_VALUE(ws_in.has_value(), "halo.linear_forward: a pre-quantized weight needs its scale");
+    wq = *wq_in;
+    ws = *ws_in;
+    wq_out = none_like(wq);
+    ws_out = none_like(ws);
+    wqt_out = none_like(wq);
+  } else {
+    TORCH_CHECK_VALUE(weight.has_value() && weight->defined(), "halo.linear_forward: needs weight or wq");
+    auto r = ops.hq.call(*weight, qdtype, std::nullopt, blk, std::nullopt, false, true, want_wqt, std::nullopt);
+    wq = wq_out = std::get<0>(r);
+    wqt_out = std::get<1>(r);
+    ws = ws_out = std::get<2>(r);
+  }
+  // the input, padded to padded_tokens rows: Q(X H_m) and, for the weight gradient, Q(X H_m)^T (unless given)
+  at::Tensor qx, sx, qx_out, qxt_out, sx_out;
+  if (qx_in.has_value()) {
+    TORCH_CHECK_VALUE(sx_in.has_value(), "halo.linear_forward: a pre-quantized input needs its scale");
+    qx = *qx_in;
+    sx = *sx_in;
+    qx_out = none_like(qx);
+    qxt_out = none_like(qx);
+    sx_out = none_like(sx);
+  } else {
+    const at::Tensor xp = padded_tokens == m ? x2 : at::constant_pad_nd(x2, {0, 0, 0, padded_tokens - m}, 0);
+    auto r = ops.hq.call(xp, qdtype, std::nullopt, blk, std::nullopt, false, true, want_xqt, std::nullopt);
+    qx = qx_out = std::get<0>(r);
+    qxt_out = std::get<1>(r);
+    sx = sx_out = std::get<2>(r);
+  }
+  OptT b;
+  if (bias.has_value() && bias->defined()) b = bias->scalar_type() == x2.scalar_type() ? *bias : bias->to(x2.scalar_type());
+  at::Tensor y = ops.mm.call(qx, wq, sx, ws, x2.scalar_type(), b);
+  if (y.size(0) != m) y = y.narrow(0, 0, m);  // the padded rows are dropped (a view of the op's own result)
+  return {y, wq_out, ws_out, wqt_out, qx_out, qxt_out, sx_out};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(
+    const at::Tensor& ey_in, const OptT& qxt, const OptT& sx, const OptT& wqt, const OptT& ws, const OptT& token_rot,
+    const OptT& token_signs, int64_t level, at::ScalarType gdtype, int64_t token_block, int64_t padded_tokens,
+    int64_t rotation_block, bool wgrad_per_channel, bool need_gx, bool need_gw, std::optional<at::ScalarType> gw_dtype,
+    std::optional<at::ScalarType> gb_dtype) {
+  const Ops& ops = Ops::get();
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // the sub-ops: straight to their kernels
+  TORCH_CHECK_VALUE(level >= 0 && level <= 2, "halo.linear_backward: level must be 0, 1 or 2, got ", S(level));
+  TORCH_CHECK_VALUE(ey_in.dim() == 2, "halo.linear_backward: grad_output must be 2-D [tokens, out_features], got ",
+                    S(ey_in.sizes()));
+  check_float_input(ey_in, "grad_output");
+  const at::Tensor ey = ey_in.contiguous();  // e.g. the expanded gradient of a .sum()
+  const int64_t m = ey.size(0);
+  const int64_t b = token_block;
+  TORCH_CHECK_VALUE(padded_tokens >= m && (level != 2 || (b > 0 && padded_tokens % b == 0)),
+                    "halo.linear_backward: padded_tokens (", S(padded_tokens), ") must be >= tokens (", S(m),
+                    ") and, at level 2, a multiple of token_block (", S(b), ")");
+  const at::Tensor eyp = padded_tokens == m ? ey : at::constant_pad_nd(ey, {0, 0, 0, padded_tokens - m}, 0);
+  // The 8-bit copies of E_Y, each op reading E_Y twice (absmax pass, then codes) and writing all it is asked:
+  //  - qe/se: Q(E_Y) per tensor, A operand of the input-gradient GEMM at levels 0/1;
+  //  - qr/sr: Q(H_T^T E_Y) per tensor, the same at level 2 (token rotation fused when b <= kEyMaxBlock);
+  //  - qet/set: Q(E_Y)^T [N, Mp], A operand of the weight-gradient GEMM, one scale per output channel or per tensor.
+  // ey_quantize writes the rotated (block b) or plain (block 1) per-tensor copy and the per-channel transpose;
+  // hadamard_quantize(block=1) the per-tensor copy and the per-tensor transpose.
+  const bool want_q = need_gx && level != 2;
+  const bool want_qt = need_gw && !wgrad_per_channel;
+  const bool want_ct = need_gw && wgrad_per_channel;
+  const bool fused_rot = level == 2 && need_gx && b <= kEyMaxBlock;
+  at::Tensor qe, se, qr, sr, qet, set;
+  if (want_ct || fused_rot) {
+    const int64_t bb = fused_rot ? b : 1;
+    OptT signs;
+    if (fused_rot) signs = need(token_signs, "token_signs");
+    auto r = ops.eyq.call(eyp, gdtype, bb, signs, want_q || fused_rot, want_ct);
+    if (fused_rot) {
+      qr = std::get<0>(r);
+      sr = std::get<1>(r);
+    } else if (want_q) {
+      qe = std::get<0>(r);
+      se = std::get<1>(r);
+    }
+    if (want_ct) {
+      qet = std::get<2>(r);
+      set = std::get<3>(r);
+    }
+  }
+  const bool hq_q = want_q && !qe.defined();
+  if (hq_q || want_qt) {
+    auto r = ops.hq.call(eyp, gdtype, std::nullopt, 1, std::nullopt, false, hq_q, want_qt, std::nullopt);
+    if (hq_q) {
+      qe = std::get<0>(r);
+      se = std::get<2>(r);
+    }
+    if (want_qt) {
+      qet = std::get<1>(r);
+      set = std::get<2>(r);
+    }
+  }
+  at::Tensor gx, gw, gb;
+  if (need_gx) {
+    const at::Tensor& wt = need(wqt, "wqt (Q(W H_m)^T)");
+    const at::Tensor& wsc = need(ws, "ws (the weight scale)");
+    at::Tensor z;
+    if (level == 2) {
+      const at::Tensor& r = need(token_rot, "token_rot");
+      if (!fused_rot) {  // token block > kEyMaxBlock: batched GEMM + quantize
+        static const std::string kTensor = "tensor";
+        auto q = ops.quant.call(rotate_tokens(eyp, r, false), gdtype, kTensor, 0);
+        qr = std::get<0>(q);
+        sr = std::get<1>(q);
+      }
+      z = ops.mm.call(qr, wt, sr, wsc, ey.scalar_type(), std::nullopt);  // Q(H_T^T E_Y) Q(W H_m)  [Mp, K]
+      z = rotate_tokens(z, r, true);                                      // H_T (...)
+      z = ops.had.call(z, std::nullopt, rotation_block, std::nullopt, true);  // (...) H_m^T
+    } else {
+      z = ops.mm.call(qe, wt, se, wsc, ey.scalar_type(), std::nullopt);  // [Mp, K]
+      if (level == 1) z = ops.had.call(z, std::nullopt, rotation_block, std::nullopt, true);
+    }
+    gx = z.size(0) == m ? z : z.narrow(0, 0, m);
+  } else {
+    gx = none_like(ey);
+  }
+  if (need_gw) {
+    const at::ScalarType wdt = gw_dtype.value_or(ey.scalar_type());
+    const bool float_w = wdt == at::kBFloat16 || wdt == at::kHalf || wdt == at::kFloat;
+    at::Tensor g = ops.mm.call(qet, need(qxt, "qxt (Q(X H_m)^T)"), set, need(sx, "sx (the input scale)"),
+                               float_w ? wdt : at::kFloat, std::nullopt);  // [N, K]
+    if (level != 0) g = ops.had.call(g, std::nullopt, rotation_block, std::nullopt, true);
+    gw = g.scalar_type() == wdt ? g : g.to(wdt);
+  } else {
+    gw = none_like(ey);
+  }
+  if (gb_dtype.has_value()) {
+    gb = ey.sum(0, /*keepdim=*/false, at::kFloat);
+    if (*gb_dtype != at::kFloat) gb = gb.to(*gb_dtype);
+  } else {
+    gb = none_like(ey);
+  }
+  return {gx, gw, gb};
+}
+
+}  // namespace halo::glue
