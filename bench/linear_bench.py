@@ -52,7 +52,7 @@ def torchao_fn(lin, x, g):
     return fwd_bwd(torch.compile(m), x, g, w)
 
 
-def breakdown(M, K, N, level, prec, rb=None):
+def breakdown(M, K, N, level, prec, rb=None, wgs=None):
     """Each step of HaloLinear's pipeline (bf16 in, as linear.py runs it), timed separately, in ms."""
     qd = QD[prec]
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
@@ -75,7 +75,7 @@ def breakdown(M, K, N, level, prec, rb=None):
     t["gemm_fwd"] = time_ms(lambda: mm(qx, qw, sx, sw, torch.bfloat16, None))
     qe, qet, se = hq(ey, qd, None, 1, None, False, True, True, None)
     # E_Y of the weight-gradient GEMM: per output channel for int8 (HaloLinear's default), per tensor for fp8
-    per_channel = prec == "int8"
+    per_channel = prec == "int8" if wgs is None else wgs == "channel"
     eyq = torch.ops.halo.ey_quantize
     if level == 2:
         tb = _token_block(M, 256)
@@ -119,6 +119,9 @@ def main():
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--rotation-block", type=int, default=None,
                     help="H_m block for levels 1/2 (default: halo_ext.rotation_block(K); 0 = full length)")
+    ap.add_argument("--wgrad-scale", default=None, choices=["tensor", "channel"],
+                    help="scaling of E_Y in the weight-gradient GEMM (default: HaloLinear's, per precision)")
+    ap.add_argument("--name", default="linear", help="results file bench/results/<name>.json")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("linear_bench needs a CUDA GPU")
@@ -146,16 +149,18 @@ def main():
         for level in levels:
             for prec in precs:
                 h = halo_ext.HaloLinear.from_linear(lin, level=level, precision=prec,
-                                                    rotation_block=args.rotation_block)
+                                                    rotation_block=args.rotation_block,
+                                                    wgrad_scale=args.wgrad_scale)
                 halo_ms = time_ms(fwd_bwd(h, x, g), iters=args.iters)
                 rows.append({"M": M, "K": K, "N": N, "level": level, "precision": prec,
-                             "rotation_block": h.rotation_block if level else None, "halo_ms": halo_ms,
+                             "rotation_block": h.rotation_block if level else None,
+                             "wgrad_scale": h.wgrad_scale, "halo_ms": halo_ms,
                              "bf16_ms": bf16_ms, "torchao_ms": torchao_ms, "speedup_vs_bf16": bf16_ms / halo_ms,
                              "torchao_speedup_vs_bf16": bf16_ms / torchao_ms if torchao_ms else None,
                              "halo_vs_torchao": torchao_ms / halo_ms if torchao_ms else None})
                 print_table(rows[-1:], list(rows[-1]))
                 if args.breakdown:
-                    b = breakdown(M, K, N, level, prec, args.rotation_block)
+                    b = breakdown(M, K, N, level, prec, args.rotation_block, args.wgrad_scale)
                     bd_rows.append({"M": M, "K": K, "N": N, "level": level, "precision": prec, **b})
                     print("  breakdown (ms): " + ", ".join(f"{k}={v:.3f}" for k, v in b.items()))
                 del h
@@ -165,7 +170,7 @@ def main():
             "torchao_speedup_vs_bf16"]
     print_table(rows, cols)
     extra = {"breakdown": bd_rows} if bd_rows else None
-    print("wrote", write_results("linear", rows, merge_key=("M", "K", "N", "level", "precision", "rotation_block"),
+    print("wrote", write_results(args.name, rows, merge_key=("M", "K", "N", "level", "precision", "rotation_block"),
                                      extra=extra))
 
 

@@ -4,6 +4,7 @@
 # (both refreshed after every step, so a call cut short still returns what it did).
 # Usage (repo root, with the wheels of ../shared/tools/gpu-wheels.sh in .whl/):  bash tools/device_run.sh [steps]
 # Single-GPU steps: build test test-comm sanitize bench-hadamard bench-quant bench-gemm bench-linear bench-linear-1b
+#                   bench-linear-fp8ch
 #                   bench-host finetune-bench finetune-acc
 # Multi-GPU steps (torchrun over all visible GPUs): dist-test bench-allreduce bench-fsdp bench-fsdp-perf (no loss
 #                   curves) ar-trace (all-reduce time breakdown and kernel timelines, tools/ar_trace.py)
@@ -57,6 +58,9 @@ for step in $steps; do
     bench-quant) run_step bench-quant 34 python3 bench/quant_bench.py ;;
     bench-gemm) for d in int8 fp8 bf16; do run_step bench-gemm-$d 40 python3 bench/gemm_bench.py --dtype $d; done ;;
     bench-linear) run_step bench-linear 90 python3 bench/linear_bench.py --breakdown ;;
+    bench-linear-fp8ch)  # A/B: fp8 layers with E_Y of the weight gradient scaled per channel (not the default)
+      run_step bench-linear-fp8ch 40 python3 bench/linear_bench.py --breakdown --precisions fp8 --no-torchao \
+        --wgrad-scale channel --name linear_fp8_wgrad_channel ;;
     bench-linear-1b) run_step bench-linear-1b 60 python3 bench/linear_bench.py --breakdown --shape-set 1b ;;
     bench-host) run_step bench-host 20 python3 bench/host_overhead.py ;;
     finetune-bench) run_step finetune-bench 40 python3 bench/finetune_bench.py ;;
