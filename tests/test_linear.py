@@ -606,3 +606,47 @@ def test_linear_ops_errors():
         torch.ops.halo.linear_forward(*fwd[:7], 3, *fwd[8:])
     with pytest.raises(ValueError, match="padded_tokens"):
         torch.ops.halo.linear_forward(*fwd[:9], 8, *fwd[10:])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("level", [0, 2])
+def test_cache_weight_gradient_accumulation(device, level, monkeypatch):
+    # cache_weight=True: a trainable weight is quantized once per optimizer step, not once per micro-batch; outputs
+    # and gradients are bit-identical to quantizing every call, and an optimizer step (in place, version bump) or a
+    # write through .data + invalidate_weight_cache() re-quantizes
+    import halo_ext.linear as L
+
+    torch.manual_seed(0)
+    ref = nn.Linear(64, 48, bias=True).to(device)
+    a = HaloLinear.from_linear(ref, level=level)
+    b = HaloLinear.from_linear(nn.Linear(64, 48).to(device), level=level, cache_weight=True)
+    with torch.no_grad():
+        b.weight.copy_(a.weight)
+        b.bias.copy_(a.bias)
+    assert "cache_weight=True" in repr(b)
+    calls = []
+    real = L.quantize_weight  # what the cache calls to (re)make the 8-bit weight
+    monkeypatch.setattr(L, "quantize_weight", lambda *a_, **k: calls.append(1) or real(*a_, **k))
+    opt_a = torch.optim.SGD(a.parameters(), lr=0.1)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1)
+    for step in range(2):
+        for micro in range(3):
+            x = torch.randn(32, 64, device=device)
+            g = torch.randn(32, 48, device=device)
+            calls.clear()
+            ya, yb = a(x), b(x)
+            assert len(calls) == (1 if micro == 0 else 0), (step, micro, calls)  # once per optimizer step
+            assert torch.equal(ya, yb)
+            ya.backward(g)
+            yb.backward(g)
+        assert torch.equal(a.weight.grad, b.weight.grad) and torch.equal(a.bias.grad, b.bias.grad)
+        opt_a.step()
+        opt_b.step()
+        opt_a.zero_grad()
+        opt_b.zero_grad()
+    with torch.no_grad():
+        a.weight.data.mul_(0.5)
+        b.weight.data.mul_(0.5)  # invisible to the version counter
+    b.invalidate_weight_cache()
+    x = torch.randn(32, 64, device=device)
+    assert torch.equal(a(x), b(x))

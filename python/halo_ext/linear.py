@@ -401,12 +401,17 @@ class HaloLinear(nn.Linear):
     weight-gradient GEMM, "tensor" or "channel" (one scale per output channel); None = "channel" for int8
     gradients, "tensor" for fp8 (which keeps a relative precision per element; per channel measured no better).
     A frozen weight (``requires_grad=False``) is quantized once and cached (re-quantized when its
-    ``_version``, device or dtype changes). Memory: saves M·K bytes of activations per call vs nn.Linear (bf16)."""
+    ``_version``, device or dtype changes). ``cache_weight=True`` does the same for a trainable weight: its 8-bit
+    copies (2 bytes per parameter) are kept between calls and re-made only after the weight changed (an optimizer
+    step, a load), so with gradient accumulation the weight is quantized once per optimizer step instead of once
+    per micro-batch (what TransformerEngine's ``is_first_microbatch`` does, without the flag). The cache is keyed on
+    the parameter's version counter: torch.optim's in-place updates are seen, a write through ``weight.data`` is
+    not (call ``invalidate_weight_cache()`` after one). Off by default for the memory. Memory: saves M·K bytes of activations per call vs nn.Linear (bf16)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, level: int = 2,
                  precision: str = "int8", grad_precision: Optional[str] = None, device=None, dtype=None,
                  token_block: int = 256, rotation_block: Optional[int] = None,
-                 wgrad_scale: Optional[str] = None):
+                 wgrad_scale: Optional[str] = None, cache_weight: bool = False):
         self._qd, self._gd = _check_config(level, precision, grad_precision)
         wgs = _wgrad_mode(wgrad_scale, self._gd)
         rotation_block = _rotation_block(in_features, rotation_block)
@@ -420,12 +425,14 @@ class HaloLinear(nn.Linear):
         self.level, self.precision, self.grad_precision, self.token_block = level, precision, grad_precision, token_block
         self.rotation_block, self.wgrad_scale = rotation_block, wgs
         self._cfg = (level, self._qd, self._gd, token_block, rotation_block, wgs)
+        self.cache_weight = bool(cache_weight)
         self._wcache = None  # (key, QuantizedWeight)
 
     @classmethod
     def from_linear(cls, lin: nn.Linear, level: int = 2, precision: str = "int8",
                     grad_precision: Optional[str] = None, token_block: int = 256,
-                    rotation_block: Optional[int] = None, wgrad_scale: Optional[str] = None) -> "HaloLinear":
+                    rotation_block: Optional[int] = None, wgrad_scale: Optional[str] = None,
+                    cache_weight: bool = False) -> "HaloLinear":
         """A HaloLinear sharing ``lin``'s parameters (no copy)."""
         new = cls.__new__(cls)
         new._qd, new._gd = _check_config(level, precision, grad_precision)
@@ -442,6 +449,7 @@ class HaloLinear(nn.Linear):
         new.level, new.precision, new.grad_precision, new.token_block = level, precision, grad_precision, token_block
         new.rotation_block, new.wgrad_scale = rotation_block, wgs
         new._cfg = (level, new._qd, new._gd, token_block, rotation_block, wgs)
+        new.cache_weight = bool(cache_weight)
         new._wcache = None
         new.train(lin.training)
         return new
@@ -449,9 +457,14 @@ class HaloLinear(nn.Linear):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, level={self.level}, precision={self.precision}"
                 + (f", grad_precision={self.grad_precision}" if self.grad_precision else "")
-                + (f", wgrad_scale={self.wgrad_scale}" if self._qd is not None else ""))
+                + (f", wgrad_scale={self.wgrad_scale}" if self._qd is not None else "")
+                + (", cache_weight=True" if getattr(self, "cache_weight", False) else ""))
 
-    def _frozen_qweight(self) -> QuantizedWeight:
+    def invalidate_weight_cache(self) -> None:
+        """Drop the cached 8-bit weight (needed only after writing the weight through ``.data``)."""
+        self._wcache = None
+
+    def _cached_qweight(self) -> QuantizedWeight:
         w = self.weight
         key = (w._version, w.device, w.dtype, w.data_ptr())
         c = self._wcache
@@ -462,14 +475,15 @@ class HaloLinear(nn.Linear):
 
     def qweight(self) -> Optional[QuantizedWeight]:
         """The QuantizedWeight this call uses: from ``weight.halo_qweight`` if present, else the cache of a frozen
-        weight, else None (quantized inside the autograd function)."""
+        weight (or of any weight with ``cache_weight``), else None (quantized inside the autograd function)."""
         w = self.weight
         hook = getattr(w, "halo_qweight", None)
         if hook is not None and callable(hook):
             return hook(self.level, self.precision)
         # (an inference tensor has no version counter to key the cache on: quantized every call)
-        if not w.requires_grad and not torch.compiler.is_compiling() and not w.is_inference():
-            return self._frozen_qweight()
+        if ((not w.requires_grad or getattr(self, "cache_weight", False)) and not torch.compiler.is_compiling()
+                and not w.is_inference()):
+            return self._cached_qweight()
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -546,9 +560,10 @@ def _is_adapter(name: str) -> bool:
 
 def convert(model: nn.Module, level: int = 2, precision: str = "int8", grad_precision: Optional[str] = None,
             skip: Callable[[str, nn.Module], bool] = _default_skip, token_block: int = 256,
-            wgrad_scale: Optional[str] = None) -> nn.Module:
+            wgrad_scale: Optional[str] = None, cache_weight: bool = False) -> nn.Module:
     """Swap every eligible ``nn.Linear`` of ``model`` for a :class:`HaloLinear` sharing its parameters, in place.
 
+    ``cache_weight``: see :class:`HaloLinear` (8-bit weight copies kept between calls; for gradient accumulation).
     Skipped (one ``logging`` line each on logger ``halo_ext.linear``): ``lm_head``, layers ``skip(name, module)``
     selects, layers with unsupported dims (:func:`linear_supported`). PEFT models work: the frozen ``base_layer`` of
     each peft LoRA layer is converted (8-bit base GEMMs, cached quantized weight), the adapters stay in bf16.
@@ -578,7 +593,7 @@ def convert(model: nn.Module, level: int = 2, precision: str = "int8", grad_prec
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, HaloLinear.from_linear(getattr(parent, child), level=level, precision=precision,
                                                       grad_precision=grad_precision, token_block=token_block,
-                                                      wgrad_scale=wgrad_scale))
+                                                      wgrad_scale=wgrad_scale, cache_weight=cache_weight))
     log.info("halo_ext.convert: %d linear layers converted to HALO-%d %s", len(todo), level, precision)
     return model
 
