@@ -606,6 +606,9 @@ def test_linear_ops_errors():
         torch.ops.halo.linear_forward(*fwd[:7], 3, *fwd[8:])
     with pytest.raises(ValueError, match="padded_tokens"):
         torch.ops.halo.linear_forward(*fwd[:9], 8, *fwd[10:])
+    qx, sx = torch.zeros(8, 64, dtype=torch.int8), torch.ones(1)
+    with pytest.raises(ValueError, match="pre-quantized input must be"):
+        torch.ops.halo.linear_forward(*fwd[:5], qx, sx, *fwd[7:])
 
 
 @pytest.mark.parametrize("device", DEVICES)

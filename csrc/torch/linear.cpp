@@ -109,6 +109,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor qx, sx, qx_out, qxt_out, sx_out;
   if (qx_in.has_value()) {
     TORCH_CHECK_VALUE(sx_in.has_value(), "halo.linear_forward: a pre-quantized input needs its scale");
+    TORCH_CHECK_VALUE(qx_in->dim() == 2 && qx_in->size(0) == padded_tokens && qx_in->size(1) == x2.size(1),
+                      "halo.linear_forward: a pre-quantized input must be [padded_tokens, in_features] = [",
+                      S(padded_tokens), ", ", S(x2.size(1)), "], got ", S(qx_in->sizes()));
     qx = *qx_in;
     sx = *sx_in;
     qx_out = none_like(qx);
@@ -122,7 +125,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     sx = sx_out = std::get<2>(r);
   }
   OptT b;
-  if (bias.has_value() && bias->defined()) b = bias->scalar_type() == x2.scalar_type() ? *bias : bias->to(x2.scalar_type());
+  if (bias.has_value() && bias->defined())
+    b = bias->scalar_type() == x2.scalar_type() ? *bias : bias->to(x2.scalar_type());
   at::Tensor y = ops.mm.call(qx, wq, sx, ws, x2.scalar_type(), b);
   if (y.size(0) != m) y = y.narrow(0, 0, m);  // the padded rows are dropped (a view of the op's own result)
   return {y, wq_out, ws_out, wqt_out, qx_out, qxt_out, sx_out};

@@ -399,14 +399,16 @@ class HaloLinear(nn.Linear):
     H_T of level 2 (with fixed random signs per token, see ``_token_hadamard``; tokens are zero-padded internally
     to a multiple of it, capped to the next power of two of the token count). ``wgrad_scale``: scaling of E_Y in the
     weight-gradient GEMM, "tensor" or "channel" (one scale per output channel); None = "channel" for int8
-    gradients, "tensor" for fp8 (which keeps a relative precision per element; per channel measured no better).
+    gradients, "tensor" for fp8 (which keeps a relative precision per element; per channel measured no better,
+    though at level 2 it was 1.01-1.17x faster for fp8 layers: notes/halo_linear.md).
     A frozen weight (``requires_grad=False``) is quantized once and cached (re-quantized when its
     ``_version``, device or dtype changes). ``cache_weight=True`` does the same for a trainable weight: its 8-bit
     copies (2 bytes per parameter) are kept between calls and re-made only after the weight changed (an optimizer
     step, a load), so with gradient accumulation the weight is quantized once per optimizer step instead of once
     per micro-batch (what TransformerEngine's ``is_first_microbatch`` does, without the flag). The cache is keyed on
     the parameter's version counter: torch.optim's in-place updates are seen, a write through ``weight.data`` is
-    not (call ``invalidate_weight_cache()`` after one). Off by default for the memory. Memory: saves M·K bytes of activations per call vs nn.Linear (bf16)."""
+    not (call ``invalidate_weight_cache()`` after one). Off by default for the memory. Memory: saves M·K bytes of
+    activations per call vs nn.Linear (bf16)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, level: int = 2,
                  precision: str = "int8", grad_precision: Optional[str] = None, device=None, dtype=None,
