@@ -61,6 +61,11 @@ struct Ops {
 
 at::Tensor none_like(const at::Tensor& t) { return at::empty({0}, t.options()); }
 
+// t [m, C] with zero rows appended up to `rows` (t itself when it has them already).
+at::Tensor pad_rows(const at::Tensor& t, int64_t rows) {
+  return t.size(0) == rows ? t : at::constant_pad_nd(t, {0, 0, 0, rows - t.size(0)}, 0);
+}
+
 // (I (x) R_b) y, or (I (x) R_b^T) y with transpose, for y [rows, C] (rows % b == 0): one batched GEMM over the
 // token blocks (the same computation as HaloLinear's Python _rotate_tokens).
 at::Tensor rotate_tokens(const at::Tensor& y, const at::Tensor& r, bool transpose) {
@@ -118,8 +123,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     qxt_out = none_like(qx);
     sx_out = none_like(sx);
   } else {
-    const at::Tensor xp = padded_tokens == m ? x2 : at::constant_pad_nd(x2, {0, 0, 0, padded_tokens - m}, 0);
-    auto r = ops.hq.call(xp, qdtype, std::nullopt, blk, std::nullopt, false, true, want_xqt, std::nullopt);
+    auto r = ops.hq.call(pad_rows(x2, padded_tokens), qdtype, std::nullopt, blk, std::nullopt, false, true, want_xqt,
+                         std::nullopt);
     qx = qx_out = std::get<0>(r);
     qxt_out = std::get<1>(r);
     sx = sx_out = std::get<2>(r);
@@ -149,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(
   TORCH_CHECK_VALUE(padded_tokens >= m && (level != 2 || (b > 0 && padded_tokens % b == 0)),
                     "halo.linear_backward: padded_tokens (", S(padded_tokens), ") must be >= tokens (", S(m),
                     ") and, at level 2, a multiple of token_block (", S(b), ")");
-  const at::Tensor eyp = padded_tokens == m ? ey : at::constant_pad_nd(ey, {0, 0, 0, padded_tokens - m}, 0);
+  const at::Tensor eyp = pad_rows(ey, padded_tokens);
   // The 8-bit copies of E_Y, each op reading E_Y twice (absmax pass, then codes) and writing all it is asked:
   //  - qe/se: Q(E_Y) per tensor, A operand of the input-gradient GEMM at levels 0/1;
   //  - qr/sr: Q(H_T^T E_Y) per tensor, the same at level 2 (token rotation fused when b <= kEyMaxBlock);

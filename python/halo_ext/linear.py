@@ -319,7 +319,7 @@ class _HaloLinearFn(torch.autograd.Function):
         else:
             qx, qxt, sx = xq
         ctx.cfg = (level, gd, b, m, mp, kb, wgs)
-        ctx.w_meta = (weight.shape, weight.dtype)
+        ctx.w_dtype = weight.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.save_for_backward(qxt if need_gw else None, sx if need_gw else None, wq if need_gx and wqt is None
                               else None, wqt if need_gx else None, ws if need_gx else None)
@@ -332,8 +332,8 @@ class _HaloLinearFn(torch.autograd.Function):
         saved = ctx.saved_tensors
         if torch.compiler.is_compiling():
             return _HaloLinearFn._backward(ctx, ey, saved)
-        # below the Autograd dispatch key: halo.hadamard has a Python autograd formula whose wrapper (grad mode is
-        # off here, so it would only redispatch) costs more host time than the op's own dispatch
+        # below the Autograd dispatch key: linear_backward has no autograd formula (its results are not
+        # differentiable), so the call skips the autograd fallback
         with torch._C._AutoDispatchBelowAutograd():
             return _HaloLinearFn._backward(ctx, ey, saved)
 
@@ -354,7 +354,7 @@ class _HaloLinearFn(torch.autograd.Function):
         # each reading E_Y twice), E_X = [Q(E_Y)·Q(W H_m)]·H_mᵀ (level 2: H_T·[Q(H_Tᵀ E_Y)·Q(W H_m)]·H_mᵀ; level 0
         # no rotations) and G = [Q(E_Y)ᵀ·Q(X H_m)]·H_mᵀ with Q(E_Y)ᵀ per channel or per tensor
         gx, gw, gb = _lin_bwd(ey, qxt, sx, wqt, ws, rot, signs, level, gd, b, mp, kb, wgs == "channel", need_gx,
-                              need_gw, ctx.w_meta[1] if need_gw else None, gb_dtype)
+                              need_gw, ctx.w_dtype if need_gw else None, gb_dtype)
         return (gx if need_gx else None, gw if need_gw else None, gb if gb_dtype is not None else None,
                 None, None, None, None, None)
 
@@ -460,7 +460,7 @@ class HaloLinear(nn.Linear):
         return (f"{super().extra_repr()}, level={self.level}, precision={self.precision}"
                 + (f", grad_precision={self.grad_precision}" if self.grad_precision else "")
                 + (f", wgrad_scale={self.wgrad_scale}" if self._qd is not None else "")
-                + (", cache_weight=True" if getattr(self, "cache_weight", False) else ""))
+                + (", cache_weight=True" if self.cache_weight else ""))
 
     def invalidate_weight_cache(self) -> None:
         """Drop the cached 8-bit weight (needed only after writing the weight through ``.data``)."""
@@ -483,8 +483,7 @@ class HaloLinear(nn.Linear):
         if hook is not None and callable(hook):
             return hook(self.level, self.precision)
         # (an inference tensor has no version counter to key the cache on: quantized every call)
-        if ((not w.requires_grad or getattr(self, "cache_weight", False)) and not torch.compiler.is_compiling()
-                and not w.is_inference()):
+        if (not w.requires_grad or self.cache_weight) and not torch.compiler.is_compiling() and not w.is_inference():
             return self._cached_qweight()
         return None
 
