@@ -21,7 +21,8 @@
  * of the rotated tensor (a register maximum over the CTA's tiles, one atomic max per CTA). Pass 2 loads and
  * transforms again and writes both outputs.
  *
- * Both passes are persistent (two CTAs per SM, tiles in column-fastest order) and keep the next tile's loads in
+ * Both passes are persistent (two CTAs per SM, tiles in column-fastest order; pass 2 walks them backwards, so it
+ * starts on the tiles pass 1 read last, which L2 still holds) and keep the next tile's loads in
  * flight while a tile is transformed and stored: for 16-bit inputs a thread's 32 raw words are reloaded for tile
  * i + grid as soon as tile i has been unpacked into floats (up to 64 KB of loads in flight per SM). The first
  * version (one tile per CTA, load -> barrier -> transform -> store) kept loads in flight only at the start of each
@@ -112,17 +113,18 @@ __device__ __forceinline__ void unpack_rows(const typename Pair<T>::Raw (&raw)[3
 }
 
 /*!
- * \brief The tiles of a persistent CTA (column-fastest order) with the next tile's loads in flight: calls
+ * \brief The tiles of a persistent CTA (column-fastest order, or its reverse) with the next tile's loads in flight: calls
  * body(r0, c0, x) for each tile, x = the thread's 32 x 2 values. For 16-bit T the loads of tile i + grid are
  * issued right after tile i is unpacked (raw words: 32 registers); float32 loads each tile when it starts (its raw
  * words would need 64 more registers).
  */
-template <typename T, typename Body>
+template <bool REVERSE, typename T, typename Body>
 __device__ __forceinline__ void for_each_tile(const EyQuantArgs& a, Body&& body) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t ncol = (a.cols + kTileCols - 1) / kTileCols;
   const int64_t ntiles = ncol * ((a.rows + kTileRows - 1) / kTileRows);
   auto origin = [&](int64_t id, int64_t& r0, int64_t& c0) {
+    if (REVERSE) id = ntiles - 1 - id;
     r0 = (id / ncol) * kTileRows;
     c0 = (id % ncol) * kTileCols;
   };
@@ -260,7 +262,7 @@ __global__ void __launch_bounds__(kThreads, 2) ey_amax_kernel(const __grid_const
   const float* sgn = stage_signs<LOGB>(a.signs, sgn_s);
   __syncthreads();  // sgn_s
   float mrot = 0.0f;  // absmax of this thread's rotated values over all its tiles
-  for_each_tile<T>(a, [&](int64_t, int64_t c0, float (&x)[32][2]) {
+  for_each_tile<false, T>(a, [&](int64_t, int64_t c0, float (&x)[32][2]) {
     if (a.qt != nullptr) {
       float m0 = 0.0f, m1 = 0.0f;
 #pragma unroll
@@ -323,7 +325,7 @@ __global__ void __launch_bounds__(kThreads, 2) ey_quant_kernel(const __grid_cons
   const float rot_inv = a.q_rot != nullptr ? QuantScale(ws[a.cols], qmax).inv : 0.0f;
   if (a.q_rot != nullptr && blockIdx.x == 0 && threadIdx.x == 0) a.scale_rot[0] = QuantScale(ws[a.cols], qmax).scale;
   uint8_t* q_rot = static_cast<uint8_t*>(a.q_rot);
-  for_each_tile<T>(a, [&](int64_t r0, int64_t c0, float (&x)[32][2]) {
+  for_each_tile<true, T>(a, [&](int64_t r0, int64_t c0, float (&x)[32][2]) {
     const int64_t r = r0 + warp * 32, c = c0 + 2 * lane;
     if (a.qt != nullptr && c < a.cols) {
 #pragma unroll

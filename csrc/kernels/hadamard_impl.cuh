@@ -201,7 +201,21 @@ struct Pow2Params {
   uint32_t num_groups = 0;       //!< rows * cols / n (< 2^31)
   uint32_t num_tiles = 0;        //!< ceil(num_groups / groups per tile)
   FastDivmod gpr;                //!< groups per row
+  bool reverse = false;          //!< tiles in descending order (see tile_order)
 };
+
+/*!
+ * \brief Tile (or group) of a persistent CTA's linear step index lin = blockIdx.x + i * gridDim.x: lin itself, or
+ * count - 1 - lin when reverse; `count` (out of range) once lin >= count.
+ *
+ * Why reverse: the second pass of a two-pass kernel (absmax, then codes) that runs right after the first one finds
+ * in L2 (50 MB on H100) the data the first pass read last. Walking the tiles backwards reads that data first, while
+ * it is still there; walking forwards evicts it before getting to it.
+ */
+__device__ __forceinline__ uint32_t tile_order(uint32_t lin, uint32_t count, bool reverse) {
+  if (lin >= count) return count;
+  return reverse ? count - 1u - lin : lin;
+}
 
 /*! \brief Row and group-column of group g. */
 __device__ __forceinline__ void group_coords(const Pow2Params& p, uint32_t g, uint32_t& row, uint32_t& gcol) {
@@ -263,8 +277,8 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
     group_coords(prm, g, row, gcol);
     return x + int64_t(row) * prm.x_stride + int64_t(gcol) * prm.n;
   };
-  /*! The tile a CTA processes at its i-th step. */
-  auto tile_of = [&](uint32_t i) { return blockIdx.x + i * gridDim.x; };
+  /*! The tile a CTA processes at its i-th step (num_tiles once it is done). */
+  auto tile_of = [&](uint32_t i) { return tile_order(blockIdx.x + i * gridDim.x, prm.num_tiles, prm.reverse); };
   /*! cp.async of a tile into a stage in the F layout (coalesced; in single-pass plans also the read layout). */
   auto issue_copy = [&](uint32_t tile, int st) {
     unsigned char* sb = stage + st * kStageBytes;
@@ -816,7 +830,7 @@ inline bool pow2_fast_ok(const HadamardArgs& a, int elem_bytes) {
  */
 template <typename T, int P, class Epi, template <typename, int> class CfgT = Pow2Config>
 cudaError_t launch_pow2(const HadamardArgs& a, const typename Epi::Params& ep, int max_grid, cudaStream_t stream,
-                        int* grid_out = nullptr) {
+                        int* grid_out = nullptr, bool reverse = false) {
   using Cfg = CfgT<T, P>;
   using Plan = typename Cfg::Plan;
   Pow2Params p;
@@ -825,6 +839,7 @@ cudaError_t launch_pow2(const HadamardArgs& a, const typename Epi::Params& ep, i
   p.num_groups = static_cast<uint32_t>(a.rows * (a.cols / a.n));
   p.num_tiles = (p.num_groups + Plan::kGroupsPerTile - 1) / Plan::kGroupsPerTile;
   p.gpr = FastDivmod(static_cast<uint32_t>(a.cols / a.n));
+  p.reverse = reverse;
   const size_t smem = pow2_smem_bytes<T, P, CfgT>();
   auto kernel = pow2_kernel<T, Plan, Cfg::kNst, Epi>;
   int grid = 0;

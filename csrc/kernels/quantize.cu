@@ -96,15 +96,16 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t step = int64_t(gridDim.x) * kThreads;
   for (int64_t k0 = int64_t(blockIdx.x) * kThreads * kUnroll + threadIdx.x; k0 < pm.total; k0 += step * kUnroll) {
     float v[kUnroll][VEC];
+    // packets in descending order: the ones amax_kernel read last (still in L2) first
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t k = k0 + u * int64_t(kThreads);
-      if (k < pm.total) load_packet<T, VEC>(x + pm.offset<VEC>(k), v[u]);
+      if (k < pm.total) load_packet<T, VEC>(x + pm.offset<VEC>(pm.total - 1 - k), v[u]);
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t k = k0 + u * int64_t(kThreads);
-      if (k < pm.total) store_codes<Q, VEC>(q + k * VEC, v[u], qs.inv);
+      if (k < pm.total) store_codes<Q, VEC>(q + (pm.total - 1 - k) * VEC, v[u], qs.inv);
     }
   }
 }
@@ -139,7 +140,9 @@ __global__ void __launch_bounds__(kTileThreads) quant_tensor_t_kernel(const __gr
   const float amax = p.count > 0 ? reduce_partials(p.partials, p.count, red) : *p.amax_in;
   const QuantScale qs(amax, qmax_dev(Q));
   if (blockIdx.x == 0 && threadIdx.x == 0) *p.scale = qs.scale;
-  const int64_t tr = blockIdx.x / p.col_tiles, tc = blockIdx.x - tr * p.col_tiles;
+  // tiles in descending order (grid = tiles): the rows amax_kernel read last, still in L2, come first
+  const int64_t t_id = int64_t(gridDim.x) - 1 - blockIdx.x;
+  const int64_t tr = t_id / p.col_tiles, tc = t_id - tr * p.col_tiles;
   const int64_t r0 = tr * kTile, c0 = tc * kTile;
   const int lr = threadIdx.x >> 2, lc = (threadIdx.x & 3) * 16;
   const int64_t r = r0 + lr, c = c0 + lc;
