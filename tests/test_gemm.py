@@ -94,6 +94,38 @@ def test_sm90_alignment_errors():
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(not halo_ext.sm90_available(), reason="needs an sm_90 GPU and the sm90a build")
+@pytest.mark.parametrize("ta,tb", PAIRS)
+def test_sm90_forced_config(ta, tb):
+    """set_qgemm_sm90_config runs every configuration of the family; int8 ones agree bit for bit (exact integer
+    accumulation, same epilogue), float8 ones within the fp8 accumulation bound; -1 restores the heuristic; a family
+    without the index keeps its heuristic."""
+    C = halo_ext._C
+    M, N, K = 300, 528, 1024
+    a, b = _rand8((M, K), ta, "cuda"), _rand8((N, K), tb, "cuda")
+    sa, sb = torch.rand(M, device="cuda") + 0.5, torch.rand(1, device="cuda") * 1e-2
+    ref = _ref(a, b, sa, sb)
+    names = C.qgemm_sm90_configs({torch.int8: "int8", torch.float8_e5m2: "e5m2"}.get(ta, "e4m3"))
+    assert len(names) >= 2
+    outs = []
+    try:
+        for i in range(len(names)):
+            C.set_qgemm_sm90_config(i)
+            assert C.qgemm_sm90_config() == i
+            outs.append(halo_ext.qgemm(a, b, sa, sb, torch.bfloat16))
+            f32 = halo_ext.qgemm(a, b, sa, sb, torch.float32)  # the fp32-out families have one configuration
+            assert rel_err(f32, ref) <= (1e-6 if ta == torch.int8 else 2.5e-4)
+    finally:
+        C.set_qgemm_sm90_config(-1)
+    assert C.qgemm_sm90_config() == -1
+    base = rel_err(ref.to(torch.bfloat16), ref)
+    for i, out in enumerate(outs):
+        assert rel_err(out, ref) <= 2 * base + (1e-6 if ta == torch.int8 else 2.5e-4), names[i]
+        if ta == torch.int8:
+            assert torch.equal(out, outs[0]), names[i]
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(not halo_ext.cuda_available(), reason="needs CUDA")
 @pytest.mark.parametrize("ta,tb", PAIRS)
 @pytest.mark.parametrize("M,N,K", [(4096, 4096, 4096), (1000, 14336, 4096), (8200, 1024, 2048), (64, 256, 8192)])

@@ -4,7 +4,7 @@
 # (both refreshed after every step, so a call cut short still returns what it did).
 # Usage (repo root, with the wheels of ../shared/tools/gpu-wheels.sh in .whl/):  bash tools/device_run.sh [steps]
 # Single-GPU steps: build test test-comm sanitize bench-hadamard bench-quant bench-gemm bench-linear bench-linear-1b
-#                   bench-linear-fp8ch
+#                   bench-linear-fp8ch bench-linear-cfg1
 #                   bench-host finetune-bench finetune-acc
 # Multi-GPU steps (torchrun over all visible GPUs): dist-test bench-allreduce bench-fsdp bench-fsdp-perf (no loss
 #                   curves) ar-trace (all-reduce time breakdown and kernel timelines, tools/ar_trace.py)
@@ -61,6 +61,9 @@ for step in $steps; do
     bench-linear-fp8ch)  # A/B: fp8 layers with E_Y of the weight gradient scaled per channel (not the default)
       run_step bench-linear-fp8ch 40 python3 bench/linear_bench.py --breakdown --precisions fp8 --no-torchao \
         --wgrad-scale channel --name linear_fp8_wgrad_channel ;;
+    bench-linear-cfg1)  # A/B: every GEMM forced to configuration 1 (128x128 pingpong: epilogue overlapped)
+      run_step bench-linear-cfg1 40 python3 bench/linear_bench.py --breakdown --levels 0,2 --no-torchao \
+        --gemm-config 1 --name linear_gemm_cfg1 ;;
     bench-linear-1b) run_step bench-linear-1b 60 python3 bench/linear_bench.py --breakdown --shape-set 1b ;;
     bench-host) run_step bench-host 20 python3 bench/host_overhead.py ;;
     finetune-bench) run_step finetune-bench 40 python3 bench/finetune_bench.py ;;

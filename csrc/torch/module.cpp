@@ -17,6 +17,10 @@
 #include "kernels/gemm.h"
 namespace halo::glue {
 std::string qgemm_cuda_backend();
+#ifdef HALO_ENABLE_SM90
+void set_qgemm_sm90_config(int config);
+int qgemm_sm90_config();
+#endif
 }
 #endif
 
@@ -79,5 +83,10 @@ PYBIND11_MODULE(_C, m) {
     for (int i = 0; i < halo::qgemm_sm90_num_configs(g); ++i) names.emplace_back(halo::qgemm_sm90_config_name(g, i));
     return names;
   }, py::arg("a_dtype"), "Names of the sm90 GEMM configurations for a dtype ('int8', 'e4m3', 'e5m2')");
+  m.def("set_qgemm_sm90_config", &halo::glue::set_qgemm_sm90_config, py::arg("config"),
+        "Tuning: run every sm90 qgemm whose dtype family has configuration `config` (an index of qgemm_sm90_configs) "
+        "with it, the others with the shape heuristic; -1 restores the heuristic everywhere. Process-wide.");
+  m.def("qgemm_sm90_config", &halo::glue::qgemm_sm90_config,
+        "The configuration set_qgemm_sm90_config forces (-1: none, the shape heuristic picks)");
 #endif
 }

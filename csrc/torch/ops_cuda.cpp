@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <map>
 #include <mutex>
 
@@ -156,6 +157,12 @@ void qgemm_fallback(const at::Tensor& a, const at::Tensor& b, const at::Tensor& 
   d.copy_(acc);
 }
 
+#ifdef HALO_ENABLE_SM90
+// Configuration index forced on every sm90 qgemm whose dtype family has it (-1: the shape heuristic). Set only by
+// the tuning helper set_qgemm_sm90_config (benchmarks compare configurations through whole layers with it).
+std::atomic<int> g_qgemm_sm90_config{-1};
+#endif
+
 at::Tensor qgemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
                       std::optional<at::ScalarType> out_dtype, const std::optional<at::Tensor>& bias) {
   check_on_cuda(a, "a");
@@ -172,6 +179,8 @@ at::Tensor qgemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor
   }
 #ifdef HALO_ENABLE_SM90
   if (current_device_is_sm90()) {
+    const int forced = g_qgemm_sm90_config.load(std::memory_order_relaxed);
+    if (forced >= 0 && forced < qgemm_sm90_num_configs(g)) g.config = forced;
     const char* why = qgemm_sm90_unsupported_reason(g);
     TORCH_CHECK_VALUE(why == nullptr, "halo.qgemm: ", why);
     at::Tensor ws = workspace(qgemm_sm90_workspace_size(g), a);
@@ -262,6 +271,11 @@ std::string qgemm_cuda_backend() {
 #endif
   return "fallback_fp32_matmul";
 }
+
+#ifdef HALO_ENABLE_SM90
+void set_qgemm_sm90_config(int config) { g_qgemm_sm90_config.store(config < 0 ? -1 : config); }
+int qgemm_sm90_config() { return g_qgemm_sm90_config.load(); }
+#endif
 
 TORCH_LIBRARY_IMPL(halo, CUDA, m) {
   m.impl("hadamard", &hadamard_cuda);
