@@ -4,20 +4,31 @@ Shapes are tokens x in -> out (LLaMA projections). One timed call = forward + ba
 input and the weight, no bias; the same for every peer, so no gradient accumulation is timed). Levels 0/1/2 x
 int8/fp8. torchao runs when importable (torchao.float8.convert_to_float8_training, tensorwise, torch.compile).
 Writes bench/results/linear.json: rows {M, K, N, level, precision, halo_ms, bf16_ms, torchao_ms, speedup_vs_bf16,
-torchao_speedup_vs_bf16, halo_vs_torchao}.
+torchao_speedup_vs_bf16, halo_vs_torchao, ...}.
+Timing (bench/_common.py): L2 flushed before each call, median of CUDA-event samples, three ways:
+  *_ms       back to back (one synchronize at the end, as triton.testing.do_bench and a training loop do): host time
+             shows only where the host cannot keep up with the GPU (the headline figures);
+  *_sync_ms  each call waited for before the next is queued: the host's latency to the first kernel is in every
+             sample (the only method of the results of sessions 1-5);
+  *_gpu_ms   each call queued behind a ~5 ms spin kernel: GPU time alone, whatever the host does.
+The bf16 peer and every variant are timed in --rounds interleaved rounds and each figure is the median over them.
+halo_cached_w_ms: the layer with cache_weight=True and an unchanged weight (back to back), i.e. the micro-steps of
+gradient accumulation after the first (no weight quantization).
+--gemm-config N forces one sm90 GEMM configuration (A/B against the shape heuristic; pair it with --name).
 --breakdown prints (and stores under "breakdown") the time of each step of the HALO pipeline, timed separately.
 Usage: python bench/linear_bench.py [--breakdown] [--shape-set llama3-8b|1b] [--shapes 0,1] [--levels 0,2]
        [--precisions int8]
 """
 import argparse
 import os
+import statistics
 import sys
 
 import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import print_table, time_ms, write_results  # noqa: E402
+from _common import print_table, time_ms, time_ms_gpu, write_results  # noqa: E402
 
 import halo_ext  # noqa: E402
 from halo_ext.linear import _rotate_tokens, _token_block, _token_hadamard, _token_signs  # noqa: E402
@@ -117,16 +128,33 @@ def main():
     ap.add_argument("--precisions", default="int8,fp8")
     ap.add_argument("--no-torchao", action="store_true")
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median over them)")
     ap.add_argument("--rotation-block", type=int, default=None,
                     help="H_m block for levels 1/2 (default: halo_ext.rotation_block(K); 0 = full length)")
     ap.add_argument("--wgrad-scale", default=None, choices=["tensor", "channel"],
                     help="scaling of E_Y in the weight-gradient GEMM (default: HaloLinear's, per precision)")
     ap.add_argument("--name", default="linear", help="results file bench/results/<name>.json")
+    ap.add_argument("--gemm-config", type=int, default=-1,
+                    help="force this sm90 qgemm configuration index (halo_ext._C.qgemm_sm90_configs) on every GEMM "
+                         "whose dtype family has it; -1: the shape heuristic")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("linear_bench needs a CUDA GPU")
         return
     print(halo_ext.capabilities())
+    if args.gemm_config >= 0:
+        halo_ext._C.set_qgemm_sm90_config(args.gemm_config)
+        print("forced qgemm configuration", args.gemm_config, ":", halo_ext._C.qgemm_sm90_configs("int8"),
+              halo_ext._C.qgemm_sm90_configs("e4m3"))
+
+    def timed(fn) -> dict:  # one round of every timing mode (see the module docstring)
+        return {"ms": time_ms(fn, iters=args.iters, sync_each=False),
+                "sync_ms": time_ms(fn, iters=args.iters, sync_each=True),
+                "gpu_ms": time_ms_gpu(fn, iters=args.iters)}
+
+    def med(samples: list, mode: str) -> float:  # median over the rounds
+        return statistics.median(t[mode] for t in samples)
+
     levels = [int(v) for v in args.levels.split(",")]
     precs = args.precisions.split(",")
     rows, bd_rows = [], []
@@ -138,36 +166,63 @@ def main():
         lin = nn.Linear(K, N, bias=False, device="cuda", dtype=torch.bfloat16)
         x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         g = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
-        bf16_ms = time_ms(fwd_bwd(lin, x, g), iters=args.iters)
+        variants = []  # (level, precision, layer, layer with cache_weight)
+        for level in levels:
+            for prec in precs:
+                kw = dict(level=level, precision=prec, rotation_block=args.rotation_block,
+                          wgrad_scale=args.wgrad_scale)
+                # cache_weight: the micro-steps of gradient accumulation (weight unchanged, its 8-bit copies reused)
+                variants.append((level, prec, halo_ext.HaloLinear.from_linear(lin, **kw),
+                                 halo_ext.HaloLinear.from_linear(lin, cache_weight=True, **kw)))
+        # Interleaved rounds: bf16 peer, then every variant, args.rounds times; each figure is the median over the
+        # rounds of per-round medians, so a slow stretch of the (shared) host or a clock dip hits one round only.
+        bf16_t, halo_t, cw_t = [], [[] for _ in variants], [[] for _ in variants]
+        for _ in range(args.rounds):
+            bf16_t.append(timed(fwd_bwd(lin, x, g)))
+            for vi, (_, _, h, hc) in enumerate(variants):
+                halo_t[vi].append(timed(fwd_bwd(h, x, g)))
+                cw_t[vi].append({"ms": time_ms(fwd_bwd(hc, x, g), iters=args.iters, sync_each=False)})
         tao = None if args.no_torchao else torchao_fn(lin, x, g)
         torchao_ms = None
         if tao is not None:
             try:
-                torchao_ms = time_ms(tao, warmup=10, iters=args.iters)
+                torchao_ms = time_ms(tao, warmup=10, iters=args.iters, sync_each=False)
             except Exception as e:  # noqa: BLE001  (a torchao/compile failure must not lose the HALO rows)
                 print(f"torchao peer failed at {M}x{K}->{N}: {type(e).__name__}: {e}")
-        for level in levels:
-            for prec in precs:
-                h = halo_ext.HaloLinear.from_linear(lin, level=level, precision=prec,
-                                                    rotation_block=args.rotation_block,
-                                                    wgrad_scale=args.wgrad_scale)
-                halo_ms = time_ms(fwd_bwd(h, x, g), iters=args.iters)
-                rows.append({"M": M, "K": K, "N": N, "level": level, "precision": prec,
-                             "rotation_block": h.rotation_block if level else None,
-                             "wgrad_scale": h.wgrad_scale, "halo_ms": halo_ms,
-                             "bf16_ms": bf16_ms, "torchao_ms": torchao_ms, "speedup_vs_bf16": bf16_ms / halo_ms,
-                             "torchao_speedup_vs_bf16": bf16_ms / torchao_ms if torchao_ms else None,
-                             "halo_vs_torchao": torchao_ms / halo_ms if torchao_ms else None})
-                print_table(rows[-1:], list(rows[-1]))
-                if args.breakdown:
+        bf16 = {m: med(bf16_t, m) for m in ("ms", "sync_ms", "gpu_ms")}
+        shape_rows = []
+        for vi, (level, prec, h, _) in enumerate(variants):
+            hm = {m: med(halo_t[vi], m) for m in ("ms", "sync_ms", "gpu_ms")}
+            cw = med(cw_t[vi], "ms")
+            shape_rows.append({
+                "M": M, "K": K, "N": N, "level": level, "precision": prec,
+                "rotation_block": h.rotation_block if level else None, "wgrad_scale": h.wgrad_scale,
+                "gemm_config": args.gemm_config, "rounds": args.rounds,
+                "halo_ms": hm["ms"], "bf16_ms": bf16["ms"], "torchao_ms": torchao_ms,
+                "speedup_vs_bf16": bf16["ms"] / hm["ms"],
+                "halo_sync_ms": hm["sync_ms"], "bf16_sync_ms": bf16["sync_ms"],
+                "speedup_vs_bf16_sync": bf16["sync_ms"] / hm["sync_ms"],
+                "halo_gpu_ms": hm["gpu_ms"], "bf16_gpu_ms": bf16["gpu_ms"],
+                "speedup_vs_bf16_gpu": bf16["gpu_ms"] / hm["gpu_ms"],
+                "halo_cached_w_ms": cw, "speedup_cached_w_vs_bf16": bf16["ms"] / cw,
+                "halo_ms_rounds": [t["ms"] for t in halo_t[vi]], "bf16_ms_rounds": [t["ms"] for t in bf16_t],
+                "torchao_speedup_vs_bf16": bf16["ms"] / torchao_ms if torchao_ms else None,
+                "halo_vs_torchao": torchao_ms / hm["ms"] if torchao_ms else None})
+        print_table(shape_rows, ["M", "K", "N", "level", "precision", "halo_ms", "bf16_ms", "speedup_vs_bf16",
+                                 "speedup_vs_bf16_sync", "speedup_vs_bf16_gpu", "speedup_cached_w_vs_bf16",
+                                 "torchao_speedup_vs_bf16"])
+        rows += shape_rows
+        del variants, tao
+        if args.breakdown:
+            for level in levels:
+                for prec in precs:
                     b = breakdown(M, K, N, level, prec, args.rotation_block, args.wgrad_scale)
                     bd_rows.append({"M": M, "K": K, "N": N, "level": level, "precision": prec, **b})
-                    print("  breakdown (ms): " + ", ".join(f"{k}={v:.3f}" for k, v in b.items()))
-                del h
-        del lin, x, g, tao
+                    print(f"  breakdown level {level} {prec} (ms): " + ", ".join(f"{k}={v:.3f}" for k, v in b.items()))
+        del lin, x, g
         torch.cuda.empty_cache()
     cols = ["M", "K", "N", "level", "precision", "halo_ms", "bf16_ms", "torchao_ms", "speedup_vs_bf16",
-            "torchao_speedup_vs_bf16"]
+            "speedup_vs_bf16_sync", "speedup_vs_bf16_gpu", "speedup_cached_w_vs_bf16", "torchao_speedup_vs_bf16"]
     print_table(rows, cols)
     extra = {"breakdown": bd_rows} if bd_rows else None
     print("wrote", write_results(args.name, rows, merge_key=("M", "K", "N", "level", "precision", "rotation_block"),
