@@ -205,8 +205,9 @@ struct Pow2Params {
 };
 
 /*!
- * \brief Tile (or group) of a persistent CTA's linear step index lin = blockIdx.x + i * gridDim.x: lin itself, or
- * count - 1 - lin when reverse; `count` (out of range) once lin >= count.
+ * \brief Tile of a persistent CTA's linear step index lin = blockIdx.x + i * gridDim.x: lin itself, or
+ * count - 1 - lin when reverse; `count` (out of range) once lin >= count. (pow2_kernel; hadamard_quantize's pass 2
+ * sets reverse.)
  *
  * Why reverse: the second pass of a two-pass kernel (absmax, then codes) that runs right after the first one finds
  * in L2 (50 MB on H100) the data the first pass read last. Walking the tiles backwards reads that data first, while

@@ -10,7 +10,8 @@
  *
  * On the power-of-two route pass 2 walks the tiles in the reverse order of pass 1 (tile_order in hadamard_impl.cuh),
  * so it starts on the part of x that pass 1 read last and L2 still holds; transpose_kernel then walks forwards and
- * starts on the part of q that pass 2 wrote last (H100, 16384 rows: q+qt 1.7-2.8 % faster, q alone 0-1.3 %).
+ * starts on the part of q that pass 2 wrote last (H100, 16384 rows, three runs: q+qt 1.2-3.0 % faster, q alone
+ * 0-1.3 %).
  *
  * The transposed output: pass 2 writes q (into the workspace when the caller wants qt only) and transpose_kernel
  * turns it into qt (+2 B/element, at 0.84 of clone bandwidth on H100). Writing qt from pass 2 itself, through a
