@@ -74,6 +74,20 @@ at::Tensor rotate_tokens(const at::Tensor& y, const at::Tensor& r, bool transpos
   return at::bmm(rr.expand({y.size(0) / b, b, b}), y.view({-1, b, c})).view(y.sizes());
 }
 
+// An 8-bit operand of the forward: codes q and scale s for the GEMM, and what linear_forward returns of it (the codes,
+// transposed codes and scale it computed; empty tensors when the caller gave them).
+struct Quantized {
+  at::Tensor q, s, q_out, qt_out, s_out;
+};
+
+Quantized given(const at::Tensor& q, const at::Tensor& s) { return {q, s, none_like(q), none_like(q), none_like(s)}; }
+
+// Q(src H_m) per tensor (H_m of block blk; 1: no rotation) and, when want_t, its transpose: one hadamard_quantize.
+Quantized quantize(const Ops& ops, const at::Tensor& src, at::ScalarType qdtype, int64_t blk, bool want_t) {
+  auto r = ops.hq.call(src, qdtype, std::nullopt, blk, std::nullopt, false, true, want_t, std::nullopt);
+  return {std::get<0>(r), std::get<2>(r), std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+}
+
 const at::Tensor& need(const OptT& t, const char* what) {
   TORCH_CHECK_VALUE(t.has_value() && t->defined(), "halo.linear_backward: ", what, " is required for this call");
   return *t;
@@ -95,46 +109,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                     ") < tokens (", S(m), ")");
   const int64_t blk = level == 0 ? 1 : rotation_block;
   // the weight: Q(W H_m) (and its transpose for the input gradient) unless given pre-quantized
-  at::Tensor wq, ws, wqt, wq_out, ws_out, wqt_out;
   if (wq_in.has_value()) {
     TORCH_CHECK_VALUE(ws_in.has_value(), "halo.linear_forward: a pre-quantized weight needs its scale");
-    wq = *wq_in;
-    ws = *ws_in;
-    wq_out = none_like(wq);
-    ws_out = none_like(ws);
-    wqt_out = none_like(wq);
   } else {
     TORCH_CHECK_VALUE(weight.has_value() && weight->defined(), "halo.linear_forward: needs weight or wq");
-    auto r = ops.hq.call(*weight, qdtype, std::nullopt, blk, std::nullopt, false, true, want_wqt, std::nullopt);
-    wq = wq_out = std::get<0>(r);
-    wqt_out = std::get<1>(r);
-    ws = ws_out = std::get<2>(r);
   }
+  const Quantized w = wq_in.has_value() ? given(*wq_in, *ws_in) : quantize(ops, *weight, qdtype, blk, want_wqt);
   // the input, padded to padded_tokens rows: Q(X H_m) and, for the weight gradient, Q(X H_m)^T (unless given)
-  at::Tensor qx, sx, qx_out, qxt_out, sx_out;
   if (qx_in.has_value()) {
     TORCH_CHECK_VALUE(sx_in.has_value(), "halo.linear_forward: a pre-quantized input needs its scale");
     TORCH_CHECK_VALUE(qx_in->dim() == 2 && qx_in->size(0) == padded_tokens && qx_in->size(1) == x2.size(1),
                       "halo.linear_forward: a pre-quantized input must be [padded_tokens, in_features] = [",
                       S(padded_tokens), ", ", S(x2.size(1)), "], got ", S(qx_in->sizes()));
-    qx = *qx_in;
-    sx = *sx_in;
-    qx_out = none_like(qx);
-    qxt_out = none_like(qx);
-    sx_out = none_like(sx);
-  } else {
-    auto r = ops.hq.call(pad_rows(x2, padded_tokens), qdtype, std::nullopt, blk, std::nullopt, false, true, want_xqt,
-                         std::nullopt);
-    qx = qx_out = std::get<0>(r);
-    qxt_out = std::get<1>(r);
-    sx = sx_out = std::get<2>(r);
   }
+  const Quantized x = qx_in.has_value() ? given(*qx_in, *sx_in)
+                                        : quantize(ops, pad_rows(x2, padded_tokens), qdtype, blk, want_xqt);
   OptT b;
   if (bias.has_value() && bias->defined())
     b = bias->scalar_type() == x2.scalar_type() ? *bias : bias->to(x2.scalar_type());
-  at::Tensor y = ops.mm.call(qx, wq, sx, ws, x2.scalar_type(), b);
+  at::Tensor y = ops.mm.call(x.q, w.q, x.s, w.s, x2.scalar_type(), b);
   if (y.size(0) != m) y = y.narrow(0, 0, m);  // the padded rows are dropped (a view of the op's own result)
-  return {y, wq_out, ws_out, wqt_out, qx_out, qxt_out, sx_out};
+  return {y, w.q_out, w.s_out, w.qt_out, x.q_out, x.qt_out, x.s_out};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(
