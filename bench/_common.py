@@ -13,14 +13,17 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def time_ms(fn: Callable[[], object], warmup: int = 5, iters: int = 30, flush_l2: bool = True,
-            sync_each: bool = True) -> float:
+            sync_each: bool = True, spin_cycles: int = 0) -> float:
     """Median milliseconds of fn() timed with CUDA events, after warm-up; the L2 cache is flushed before each
     timed call (a 256 MB write) so small problems are not measured out of the cache.
 
     sync_each=True waits for each call before queueing the next, so the host time until fn's first kernel is
     launched is inside every sample (the GPU idles while the host catches up). sync_each=False queues all calls
     back to back and synchronizes once at the end, like triton.testing.do_bench and like a training loop, where
-    the host runs ahead of the GPU: a sample then holds host time only where the host cannot keep up."""
+    the host runs ahead of the GPU: a sample then holds host time only where the host cannot keep up.
+    spin_cycles > 0 (with sync_each) queues a spin kernel of that many clock cycles (10_000_000: ~5 ms) before each
+    start event, so the host has issued all of fn's kernels before the GPU gets to them: GPU time alone, however
+    slow or busy the host is."""
     flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda") if flush_l2 else None
     for _ in range(warmup):
         fn()
@@ -29,6 +32,8 @@ def time_ms(fn: Callable[[], object], warmup: int = 5, iters: int = 30, flush_l2
     for _ in range(iters):
         if flush is not None:
             flush.zero_()
+        if spin_cycles > 0:
+            torch.cuda._sleep(spin_cycles)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -38,27 +43,6 @@ def time_ms(fn: Callable[[], object], warmup: int = 5, iters: int = 30, flush_l2
         events.append((start, end))
     torch.cuda.synchronize()
     times: List[float] = [s.elapsed_time(e) for s, e in events]
-    return statistics.median(times)
-
-
-def time_ms_gpu(fn: Callable[[], object], warmup: int = 5, iters: int = 30, spin_cycles: int = 10_000_000) -> float:
-    """Median GPU milliseconds of fn() with no host time inside: each sample (L2 flushed first) queues a spin
-    kernel of spin_cycles clock cycles (~5 ms) before the start event, so the host has issued all of fn's kernels
-    before the GPU gets to them. What the GPU work costs however slow or busy the host is."""
-    flush = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
-    for _ in range(warmup):
-        fn()
-    times: List[float] = []
-    for _ in range(iters):
-        torch.cuda.synchronize()
-        flush.zero_()
-        torch.cuda._sleep(spin_cycles)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
     return statistics.median(times)
 
 
