@@ -2,11 +2,14 @@
 
 Peers: bf16 torch.mm; int8: torch._int_mm; fp8: torch._scaled_mm tensorwise and rowwise (use_fast_accum matched
 to the halo configuration it is compared with). Shapes are M(tokens) x K x N, incl. the LLaMA-3-8B MLP backward.
+Every call is timed in 3 interleaved rounds, back to back (headline `ratio`, as triton's do_bench times) and waiting
+for each call (`ratio_sync`, the only method before the seventh session); see bench_shape.
 Writes bench/results/gemm.json (rows of other dtypes from earlier runs are kept).
 Usage: python bench/gemm_bench.py --dtype {fp8,int8,bf16}
 """
 import argparse
 import os
+import statistics
 import sys
 
 import torch
@@ -28,60 +31,90 @@ def tflops(M, K, N, ms):
     return 2 * M * K * N / ms / 1e9
 
 
-def bench_shape(M, K, N, dtype, rows):
+def timers(M, K, N, dtype):
+    """(name, fn) of every call timed at one shape: the bf16 peer first, then ours and the other peers."""
     dev = "cuda"
     xb = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
     wb = torch.randn(N, K, device=dev, dtype=torch.bfloat16) / K ** 0.5
-    t_bf16 = time_ms(lambda: torch.mm(xb, wb.t()))
-    base = {"M": M, "K": K, "N": N, "dtype": dtype}
+    t = [("bf16", lambda: torch.mm(xb, wb.t()))]
     if dtype == "bf16":
-        rows.append({**base, "op": "torch.mm", "halo_tflops": None, "peer": "bf16 torch.mm",
-                     "peer_tflops": tflops(M, K, N, t_bf16)})
-        return
+        return t
     qd = torch.int8 if dtype == "int8" else torch.float8_e4m3fn
     a, sa = halo_ext.quantize(xb, qd)
     b, sb = halo_ext.quantize(wb, qd)
-    t_halo = time_ms(lambda: halo_ext.qgemm(a, b, sa, sb, torch.bfloat16))
-    halo_tf = tflops(M, K, N, t_halo)
-    rows.append({**base, "op": "qgemm", "halo_tflops": halo_tf, "peer": "bf16 torch.mm",
-                 "peer_tflops": tflops(M, K, N, t_bf16)})
+    t.append(("qgemm", lambda: halo_ext.qgemm(a, b, sa, sb, torch.bfloat16)))
     if dtype == "int8":
-        t_int = time_ms(lambda: torch._int_mm(a, b.t()))
-        rows.append({**base, "op": "qgemm", "halo_tflops": halo_tf, "peer": "torch._int_mm",
-                     "peer_tflops": tflops(M, K, N, t_int)})
+        t.append(("int_mm", lambda: torch._int_mm(a, b.t())))
     else:
         for fast in (True, False):
-            t_st = time_ms(lambda: torch._scaled_mm(a, b.t(), sa, sb, out_dtype=torch.bfloat16, use_fast_accum=fast))
-            rows.append({**base, "op": "qgemm", "halo_tflops": halo_tf,
-                         "peer": f"torch._scaled_mm tensorwise fast_accum={fast}", "peer_tflops": tflops(M, K, N, t_st)})
+            t.append((f"scaled_mm_fast{fast}",
+                      lambda fast=fast: torch._scaled_mm(a, b.t(), sa, sb, out_dtype=torch.bfloat16,
+                                                         use_fast_accum=fast)))
         ra = torch.rand(M, 1, device=dev) + 0.5
         rb = torch.rand(1, N, device=dev) + 0.5
-        t_rw = time_ms(lambda: torch._scaled_mm(a, b.t(), ra, rb, out_dtype=torch.bfloat16, use_fast_accum=True))
-        t_halo_rw = time_ms(lambda: halo_ext.qgemm(a, b, ra.reshape(-1), rb.reshape(-1), torch.bfloat16))
-        rows.append({**base, "op": "qgemm rowwise", "halo_tflops": tflops(M, K, N, t_halo_rw),
-                     "peer": "torch._scaled_mm rowwise fast_accum=True", "peer_tflops": tflops(M, K, N, t_rw)})
+        t.append(("scaled_mm_rowwise", lambda: torch._scaled_mm(a, b.t(), ra, rb, out_dtype=torch.bfloat16,
+                                                                use_fast_accum=True)))
+        t.append(("qgemm_rowwise", lambda: halo_ext.qgemm(a, b, ra.reshape(-1), rb.reshape(-1), torch.bfloat16)))
     # End to end: rotate + quantize x, GEMM against a pre-rotated, pre-quantized weight; vs bf16 x @ w.T.
     qw, _, sw = halo_ext.hadamard_quantize(wb, qd)
-    t_hq = time_ms(lambda: halo_ext.hadamard_qgemm(xb, qw, qd, w_scale=sw))
-    rows.append({**base, "op": "hadamard_qgemm (w pre-quantized)", "halo_tflops": tflops(M, K, N, t_hq),
-                 "peer": "bf16 torch.mm", "peer_tflops": tflops(M, K, N, t_bf16)})
+    t.append(("hadamard_qgemm", lambda: halo_ext.hadamard_qgemm(xb, qw, qd, w_scale=sw)))
+    return t
+
+
+# (our op, its timer, peer label, peer timer) per dtype
+PAIRS = {
+    "int8": [("qgemm", "qgemm", "bf16 torch.mm", "bf16"), ("qgemm", "qgemm", "torch._int_mm", "int_mm"),
+             ("hadamard_qgemm (w pre-quantized)", "hadamard_qgemm", "bf16 torch.mm", "bf16")],
+    "fp8": [("qgemm", "qgemm", "bf16 torch.mm", "bf16"),
+            ("qgemm", "qgemm", "torch._scaled_mm tensorwise fast_accum=True", "scaled_mm_fastTrue"),
+            ("qgemm", "qgemm", "torch._scaled_mm tensorwise fast_accum=False", "scaled_mm_fastFalse"),
+            ("qgemm rowwise", "qgemm_rowwise", "torch._scaled_mm rowwise fast_accum=True", "scaled_mm_rowwise"),
+            ("hadamard_qgemm (w pre-quantized)", "hadamard_qgemm", "bf16 torch.mm", "bf16")],
+}
+
+
+def bench_shape(M, K, N, dtype, rows, rounds):
+    """Times every call of the shape in `rounds` interleaved rounds, two ways each (bench/_common.time_ms): back to
+    back (headline: calls queued without waiting, as do_bench and a training loop run them) and waiting for each
+    call (the host's latency to the first kernel inside every sample). Figures are medians over the rounds, so one
+    slow stretch of the GPU's clocks or of the host does not decide a row."""
+    ts = timers(M, K, N, dtype)
+    samples = {name: {"b2b": [], "sync": []} for name, _ in ts}
+    for _ in range(rounds):
+        for name, fn in ts:
+            samples[name]["b2b"].append(time_ms(fn, sync_each=False))
+            samples[name]["sync"].append(time_ms(fn, sync_each=True))
+    med = {name: {m: statistics.median(v) for m, v in d.items()} for name, d in samples.items()}
+    base = {"M": M, "K": K, "N": N, "dtype": dtype, "rounds": rounds}
+    if dtype == "bf16":
+        rows.append({**base, "op": "torch.mm", "halo_tflops": None, "peer": "bf16 torch.mm",
+                     "peer_tflops": tflops(M, K, N, med["bf16"]["b2b"]),
+                     "peer_tflops_sync": tflops(M, K, N, med["bf16"]["sync"])})
+        return
+    for op, ours, peer, theirs in PAIRS[dtype]:
+        rows.append({**base, "op": op, "halo_tflops": tflops(M, K, N, med[ours]["b2b"]), "peer": peer,
+                     "peer_tflops": tflops(M, K, N, med[theirs]["b2b"]),
+                     "halo_tflops_sync": tflops(M, K, N, med[ours]["sync"]),
+                     "peer_tflops_sync": tflops(M, K, N, med[theirs]["sync"])})
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dtype", default="fp8", choices=["fp8", "int8", "bf16"])
     ap.add_argument("--shapes", default=None, help="M,K,N;M,K,N;... (default: the LLaMA shape list)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median over them)")
     args = ap.parse_args()
     if not halo_ext.cuda_available():
         sys.exit("gemm_bench: needs a CUDA GPU and a CUDA build of halo_ext")
     shapes = [tuple(map(int, s.split(","))) for s in args.shapes.split(";")] if args.shapes else SHAPES
     rows = []
     for M, K, N in dict.fromkeys(shapes):
-        bench_shape(M, K, N, args.dtype, rows)
+        bench_shape(M, K, N, args.dtype, rows, args.rounds)
         torch.cuda.empty_cache()
     for r in rows:
         r["ratio"] = r["halo_tflops"] / r["peer_tflops"] if r["halo_tflops"] else None
-    print_table(rows, ["M", "K", "N", "dtype", "op", "halo_tflops", "peer", "peer_tflops", "ratio"])
+        r["ratio_sync"] = r["halo_tflops_sync"] / r["peer_tflops_sync"] if r["halo_tflops"] else None
+    print_table(rows, ["M", "K", "N", "dtype", "op", "halo_tflops", "peer", "peer_tflops", "ratio", "ratio_sync"])
     print("wrote", write_results("gemm", rows, merge_key=("dtype",),
                                  extra={"qgemm_backend": halo_ext.capabilities().get("qgemm_backend")}))
 
