@@ -250,9 +250,9 @@ __device__ __forceinline__ const float* stage_signs(const float* signs, float* s
 /*!
  * \brief Pass 1: ws[c] = max over rows |ey[:, c]| (if qt), ws[cols] = max |R ey| (if q_rot), as atomic maxima.
  * Two barriers per tile: after the column maxima / exchange tile are written, and after they are read. The maximum
- * of the rotated values is taken before the normalisation and multiplied by 1/sqrt(b) once at the end: rounding is
- * monotonic, so that is the maximum of the normalised values pass 2 quantizes, bit for bit, for one multiply per
- * CTA instead of one per element.
+ * of the rotated values is taken before the normalisation and multiplied by 1/sqrt(b) once per thread at the end:
+ * rounding is monotonic, so that is the maximum of the normalised values pass 2 quantizes, bit for bit, for one
+ * multiply per thread instead of one per element.
  */
 template <typename T, int LOGB>
 __global__ void __launch_bounds__(kThreads, 2) ey_amax_kernel(const __grid_constant__ EyQuantArgs a, float* ws,
