@@ -329,6 +329,27 @@ at::Tensor plan_qgemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor
   return d;
 }
 
+const Ops& Ops::get() {
+  static const Ops ops = [] {
+    auto& d = c10::Dispatcher::singleton();
+    Ops o{d.findSchemaOrThrow("halo::hadamard_quantize", "").typed<T3(const at::Tensor&, at::ScalarType,
+                                                                     std::optional<double>, int64_t, const OptT&,
+                                                                     bool, bool, bool, const OptT&)>(),
+          d.findSchemaOrThrow("halo::ey_quantize", "")
+              .typed<T4(const at::Tensor&, at::ScalarType, int64_t, const OptT&, bool, bool)>(),
+          d.findSchemaOrThrow("halo::quantize", "")
+              .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::ScalarType, const std::string&,
+                                                        int64_t)>(),
+          d.findSchemaOrThrow("halo::qgemm", "")
+              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                std::optional<at::ScalarType>, const OptT&)>(),
+          d.findSchemaOrThrow("halo::hadamard", "")
+              .typed<at::Tensor(const at::Tensor&, std::optional<double>, int64_t, const OptT&, bool)>()};
+    return o;
+  }();
+  return ops;
+}
+
 at::Tensor hadamard_qgemm_composite(const at::Tensor& x, const at::Tensor& w, at::ScalarType dtype,
                                     const std::optional<at::Tensor>& w_scale, const std::optional<at::Tensor>& bias,
                                     std::optional<at::ScalarType> out_dtype, int64_t block,
@@ -337,13 +358,7 @@ at::Tensor hadamard_qgemm_composite(const at::Tensor& x, const at::Tensor& w, at
   check_8bit(dtype, "dtype");
   TORCH_CHECK_VALUE(w.dim() == 2 && x.dim() >= 1 && w.size(1) == x.size(-1), "halo.hadamard_qgemm: w must be [N, K] "
                     "with K = x.size(-1); got x ", S(x.sizes()), ", w ", S(w.sizes()));
-  static auto hq = c10::Dispatcher::singleton().findSchemaOrThrow("halo::hadamard_quantize", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, at::ScalarType, std::optional<double>, int64_t,
-                           const std::optional<at::Tensor>&, bool, bool, bool, const std::optional<at::Tensor>&)>();
-  static auto mm = c10::Dispatcher::singleton().findSchemaOrThrow("halo::qgemm", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         std::optional<at::ScalarType>, const std::optional<at::Tensor>&)>();
+  const Ops& ops = Ops::get();
   at::Tensor qw, sw;
   if (is_8bit(w.scalar_type())) {
     TORCH_CHECK_VALUE(w_scale.has_value(), "halo.hadamard_qgemm: a pre-quantized w (", w.scalar_type(),
@@ -354,14 +369,14 @@ at::Tensor hadamard_qgemm_composite(const at::Tensor& x, const at::Tensor& w, at
     check_float_input(w, "w");
     TORCH_CHECK_VALUE(!w_scale.has_value(), "halo.hadamard_qgemm: w_scale is only for a pre-quantized 8-bit w");
     const at::ScalarType wq = dtype == at::kFloat8_e5m2 ? at::kFloat8_e4m3fn : dtype;
-    auto r = hq.call(w, wq, std::nullopt, block, signs, false, true, false, std::nullopt);
+    auto r = ops.hq.call(w, wq, std::nullopt, block, signs, false, true, false, std::nullopt);
     qw = std::get<0>(r);
     sw = std::get<2>(r);
   }
-  auto rx = hq.call(x, dtype, std::nullopt, block, signs, false, true, false, std::nullopt);
+  auto rx = ops.hq.call(x, dtype, std::nullopt, block, signs, false, true, false, std::nullopt);
   const int64_t K = x.size(-1);
   at::Tensor qx = std::get<0>(rx).reshape({-1, K});
-  at::Tensor out = mm.call(qx, qw, std::get<2>(rx), sw, out_dtype.value_or(x.scalar_type()), bias);
+  at::Tensor out = ops.mm.call(qx, qw, std::get<2>(rx), sw, out_dtype.value_or(x.scalar_type()), bias);
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = w.size(0);
   return out.view(shape);

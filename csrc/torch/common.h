@@ -5,6 +5,7 @@
  */
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Optional.h>
 
 #include <optional>
@@ -98,6 +99,30 @@ at::Tensor hadamard_qgemm_composite(const at::Tensor& x, const at::Tensor& w, at
                                     const std::optional<at::Tensor>& w_scale, const std::optional<at::Tensor>& bias,
                                     std::optional<at::ScalarType> out_dtype, int64_t block,
                                     const std::optional<at::Tensor>& signs);
+
+/*!
+ * \brief Typed dispatcher handles of the ops the C++ composites call (hadamard_qgemm, linear_forward/backward),
+ * looked up once: a call through them dispatches to the CPU or CUDA kernel like a call from Python.
+ */
+struct Ops {
+  using OptT = std::optional<at::Tensor>;
+  using T3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+  using T4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+  c10::TypedOperatorHandle<T3(const at::Tensor&, at::ScalarType, std::optional<double>, int64_t, const OptT&, bool,
+                              bool, bool, const OptT&)>
+      hq;  //!< halo::hadamard_quantize
+  c10::TypedOperatorHandle<T4(const at::Tensor&, at::ScalarType, int64_t, const OptT&, bool, bool)> eyq;  //!< ey_quantize
+  c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::ScalarType, const std::string&,
+                                                              int64_t)>
+      quant;  //!< halo::quantize
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      std::optional<at::ScalarType>, const OptT&)>
+      mm;  //!< halo::qgemm
+  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, std::optional<double>, int64_t, const OptT&, bool)>
+      had;  //!< halo::hadamard
+
+  static const Ops& get();
+};
 
 /*! \brief halo.linear_forward: one HaloLinear forward composed from the dispatcher ops (csrc/torch/linear.cpp). */
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_forward(

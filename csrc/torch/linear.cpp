@@ -19,45 +19,7 @@
 namespace halo::glue {
 namespace {
 
-using OptT = std::optional<at::Tensor>;
-using T3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-using T4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-
-// Typed handles of the ops the composites call (looked up once).
-struct Ops {
-  c10::TypedOperatorHandle<T3(const at::Tensor&, at::ScalarType, std::optional<double>, int64_t, const OptT&, bool,
-                              bool, bool, const OptT&)>
-      hq;
-  c10::TypedOperatorHandle<T4(const at::Tensor&, at::ScalarType, int64_t, const OptT&, bool, bool)> eyq;
-  c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::ScalarType, const std::string&,
-                                                              int64_t)>
-      quant;
-  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                      std::optional<at::ScalarType>, const OptT&)>
-      mm;
-  c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, std::optional<double>, int64_t, const OptT&, bool)> had;
-
-  static const Ops& get() {
-    static const Ops ops = [] {
-      auto& d = c10::Dispatcher::singleton();
-      Ops o{d.findSchemaOrThrow("halo::hadamard_quantize", "").typed<T3(const at::Tensor&, at::ScalarType,
-                                                                       std::optional<double>, int64_t, const OptT&,
-                                                                       bool, bool, bool, const OptT&)>(),
-            d.findSchemaOrThrow("halo::ey_quantize", "")
-                .typed<T4(const at::Tensor&, at::ScalarType, int64_t, const OptT&, bool, bool)>(),
-            d.findSchemaOrThrow("halo::quantize", "")
-                .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::ScalarType, const std::string&,
-                                                          int64_t)>(),
-            d.findSchemaOrThrow("halo::qgemm", "")
-                .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                  std::optional<at::ScalarType>, const OptT&)>(),
-            d.findSchemaOrThrow("halo::hadamard", "")
-                .typed<at::Tensor(const at::Tensor&, std::optional<double>, int64_t, const OptT&, bool)>()};
-      return o;
-    }();
-    return ops;
-  }
-};
+using OptT = Ops::OptT;
 
 at::Tensor none_like(const at::Tensor& t) { return at::empty({0}, t.options()); }
 
