@@ -195,3 +195,35 @@ def test_cuda_matches_cpu_poisoned(n):
     gpu = halo_ext.hadamard(x.cuda()).cpu()
     assert torch.isfinite(gpu.float()).all()
     assert rel_err(gpu, cpu) < 8e-3
+
+
+
+def _hadamard_ref_cuda64(x, n, signs, transpose):
+    """float64 reference on the GPU (same construction as hadamard_ref: kron(D_m, Sylvester), blockwise)."""
+    m, p = hr.factor(n)
+    D = torch.from_numpy(hr.dense_hadamard(m)).to(x.device)
+    if transpose:
+        D = D.T
+    S = torch.from_numpy(hr.sylvester(1 << p)).to(x.device)
+    xd = x.double()
+    if not transpose:
+        xd = xd * signs.double()
+    g = xd.reshape(-1, m, 1 << p) @ S
+    y = torch.einsum("ij,gik->gjk", D, g).reshape(x.shape) / math.sqrt(n)
+    return y * signs.double() if transpose else y
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not halo_ext.cuda_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype,transpose", [(torch.bfloat16, False), (torch.float16, True)])
+@pytest.mark.parametrize("n", [12 * 32, 28 * 64, 28 * 128, 140 * 64, 344 * 32, 148 * 128])
+def test_dense_tensor_core_many_groups(dtype, transpose, n):
+    """The 16-bit dense-factor kernels (2^p = 32, 64, 128 take the register-resident one) over enough groups that
+    each persistent CTA streams more tiles than it has staging buffers and the last tile is partial, as blocks of a
+    wider row, with signs before (transpose=False) or after (transpose=True): vs float64."""
+    groups = 5 * 264 * max(1, 24576 // (2 * n)) + 3
+    x = torch.randn((groups + 1) // 2, 2 * n, device="cuda", dtype=dtype)
+    s = torch.randint(0, 2, (2 * n,), device="cuda").float() * 2 - 1
+    out = halo_ext.hadamard(x, block=n, signs=s, transpose=transpose)
+    ref = _hadamard_ref_cuda64(x, n, s, transpose)
+    _check_close(out, ref, dtype)

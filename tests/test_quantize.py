@@ -114,7 +114,7 @@ def test_hadamard_quantize(device, qdtype, n):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not halo_ext.cuda_available(), reason="needs CUDA")
-@pytest.mark.parametrize("n", [4096, 14336])
+@pytest.mark.parametrize("n", [4096, 14336, 28 * 64, 344 * 32, 148 * 128])
 def test_hadamard_quantize_cuda_vs_cpu(n):
     x = torch.randn(256, n, dtype=torch.bfloat16)
     qc, qtc, sc = halo_ext.hadamard_quantize(x, torch.int8, want_qt=True)

@@ -3,7 +3,7 @@
 # the kernels, the benchmarks and the main job; logs go into $OUT/logs.tgz, bench/results/ into $OUT/results.tgz
 # (both refreshed after every step, so a call cut short still returns what it did).
 # Usage (repo root, with the wheels of ../shared/tools/gpu-wheels.sh in .whl/):  bash tools/device_run.sh [steps]
-# Single-GPU steps: build test test-comm sanitize bench-hadamard bench-quant bench-gemm bench-linear bench-linear-1b
+# Single-GPU steps: build test test-hadamard test-comm sanitize bench-hadamard bench-hadamard-old bench-quant bench-gemm bench-linear bench-linear-1b
 #                   bench-linear-fp8ch bench-linear-cfg1
 #                   bench-host finetune-bench finetune-acc test-linear
 # Multi-GPU steps (torchrun over all visible GPUs): dist-test bench-allreduce bench-fsdp bench-fsdp-perf (no loss
@@ -54,6 +54,13 @@ for step in $steps; do
         compute-sanitizer --tool $tool --error-exitcode 9 python3 tools/sanitize_smoke.py >"$LOGS/sanitize_$tool.log" 2>&1
         summary "compute-sanitizer $tool rc=$? $(tail -1 "$LOGS/sanitize_$tool.log")"
       done ;;
+    test-hadamard)  # the Hadamard and quantization tests only
+      run_step test-hadamard 0 python3 -m pytest tests/test_hadamard.py tests/test_quantize.py -q -p no:cacheprovider \
+        --timeout=900
+      grep -E "^(FAILED|ERROR)|passed|failed|Error" "$LOGS/test-hadamard.log" | tail -20 ;;
+    bench-hadamard-old)  # the non-power-of-two sizes with the older dense kernel (HALO_DENSE_REG=0), for A/B
+      run_step bench-hadamard-old 16 env HALO_DENSE_REG=0 python3 bench/hadamard_bench.py \
+        --dims 12288 5120 14336 28672 11008 13824 18944 10240 1792 3584 8960 ;;
     bench-hadamard) run_step bench-hadamard 24 python3 bench/hadamard_bench.py ;;
     bench-quant) run_step bench-quant 34 python3 bench/quant_bench.py ;;
     bench-gemm) for d in int8 fp8 bf16; do run_step bench-gemm-$d 40 python3 bench/gemm_bench.py --dtype $d; done ;;

@@ -6,11 +6,13 @@ import halo_ext
 
 torch.manual_seed(0)
 dev = "cuda"
-for n in [2, 16, 128, 1024, 4096, 32768, 12 * 8, 28 * 512, 344 * 32, 148 * 128]:
+for n in [2, 16, 128, 1024, 4096, 32768, 12 * 8, 28 * 512, 344 * 32, 28 * 64, 148 * 128]:
     for dtype in (torch.bfloat16, torch.float32):
         x = torch.randn(5, n, device=dev, dtype=dtype)
         halo_ext.hadamard(x)
         halo_ext.hadamard(x, signs=torch.ones(n, device=dev), transpose=True)
+# dense tensor-core kernels with more tiles per CTA than staging buffers (the ring of buffers wraps)
+halo_ext.hadamard(torch.randn(1100, 344 * 32, device=dev, dtype=torch.bfloat16), signs=torch.ones(344 * 32, device=dev))
 base = torch.randn(7, 2 * 512, device=dev, dtype=torch.bfloat16)
 halo_ext.hadamard(base[:, :512])
 halo_ext.hadamard(base, block=64)

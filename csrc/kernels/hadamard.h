@@ -37,7 +37,40 @@ struct HadamardArgs {
   bool signs_after = false;     //!< false: y = scale * (x o s) H ; true: y = scale * (x H) o s
   int dense_m = 1;              //!< order of the dense factor (1, or 12, 20, 28, ... up to kMaxDenseM)
   const int8_t* dense_left = nullptr;  //!< [dense_m, dense_m] row-major +-1 matrix L applied on the left, device
+  /*! \brief Optional: L packed by hadamard_pack_dense_left (device, 16-byte aligned). The register-resident
+   *  tensor-core kernel for 2^p <= 128 needs it; without it those shapes take the older dense kernel. */
+  const uint32_t* dense_left_frag = nullptr;
 };
+
+/*! \brief 32-bit words hadamard_pack_dense_left writes for dense order m. */
+inline size_t hadamard_dense_left_words(int m) {
+  const size_t mt = (static_cast<size_t>(m) + 15) / 16;
+  return mt * ((mt + 3) / 4) * 32;
+}
+
+/*!
+ * \brief Packs the +-1 matrix L [m, m] (row-major int8) one bit an entry (set: -1) in the order of mma.sync
+ * m16n8k16 A fragments, as the dense tensor-core kernel reads it: word ((mt * kq_count + kt / 4) * 32 + lane) holds
+ * lane's 8 entries of the 16x16 tile (mt, kt), kq_count = ceil(ceil(m / 16) / 4); entry j of the fragment (register
+ * j / 2, half j % 2: row 16 mt + lane / 4 + 8 (j / 2 % 2), column 16 kt + 2 (lane % 4) + j % 2 + 8 (j / 4)) sits at
+ * bit (j % 2 ? 31 : 15) - j / 2 - 4 (kt % 4). Entries outside L are +1 (the kernel pairs them with zeros).
+ * \param left [m, m] host matrix
+ * \param m order
+ * \param words output, hadamard_dense_left_words(m) words
+ */
+inline void hadamard_pack_dense_left(const int8_t* left, int m, uint32_t* words) {
+  const int mt = (m + 15) / 16, kq = (mt + 3) / 4;
+  for (size_t i = 0; i < hadamard_dense_left_words(m); ++i) words[i] = 0;
+  for (int a = 0; a < mt; ++a)
+    for (int kt = 0; kt < mt; ++kt)
+      for (int lane = 0; lane < 32; ++lane)
+        for (int j = 0; j < 8; ++j) {
+          const int row = a * 16 + lane / 4 + 8 * ((j >> 1) & 1), col = kt * 16 + 2 * (lane % 4) + (j & 1) + 8 * (j >> 2);
+          if (row >= m || col >= m || left[row * m + col] >= 0) continue;
+          const int bit = ((j & 1) ? 31 : 15) - (j >> 1) - 4 * (kt & 3);
+          words[(size_t(a) * kq + kt / 4) * 32 + lane] |= 1u << bit;
+        }
+}
 
 /*! \brief Largest dense factor order the CUDA kernels take. */
 inline constexpr int kMaxDenseM = 512;

@@ -26,6 +26,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "hadamard.h"
@@ -652,6 +653,248 @@ __global__ void __launch_bounds__(256, 1) dense_kernel(const __grid_constant__ D
 }
 
 // ------------------------------------------------------------------------------------------------------------------
+// Dense-factor kernel with the row transform in registers (2^p = 32, 64, 128)
+// ------------------------------------------------------------------------------------------------------------------
+
+/*!
+ * \brief Configuration of dense_reg_kernel for 16-bit T and 2^P columns per dense row (P = 5, 6, 7). A warp item is
+ * up to kMaxMB 16-row m-tiles of Z = L X times every column of one group: kMaxMB * 2^P / 8 MMA tiles, 64 float32
+ * accumulators a thread.
+ */
+template <typename T, int P>
+struct DenseRegConfig {
+  static_assert(P >= 5 && P <= 7, "dense_reg_kernel: 2^p in {32, 64, 128}");
+  static constexpr int kThreads = 256, kWarps = 8;
+  static constexpr int kNT = (1 << P) / 8;          //!< 8-column MMA tiles across a row of Z
+  static constexpr int kMaxMB = 16 / kNT;           //!< m-tiles a warp item may hold (64 accumulators)
+  static constexpr int kPitch = (1 << P) * 2 + 16;  //!< staging row pitch in bytes (ldmatrix conflict-free)
+  static constexpr int kScratchPitch = 40;          //!< floats a row of the per-warp transpose scratch
+  static constexpr int kScratchBytes = kWarps * 8 * kScratchPitch * 4;
+};
+
+/*! \brief Parameters of dense_reg_kernel (sizes chosen by dense_reg_plan). */
+struct DenseRegParams {
+  const void* x = nullptr;
+  int64_t x_stride = 0, n = 0;
+  int m = 0, m_pad = 0, mt_count = 0, kq_count = 0;  //!< dense order, rows of the product, its m-tiles, k-quads
+  const uint32_t* lfrag = nullptr;    //!< L in fragment-bit order (hadamard_pack_dense_left)
+  const float* pre_signs = nullptr;
+  uint32_t num_groups = 0, num_tiles = 0;
+  FastDivmod gpr;                     //!< groups per row
+  int groups_per_tile = 1;            //!< R: groups staged together
+  int stages = 2;                     //!< S: staging buffers (tiles in flight: S - 1)
+  int mb = 1, items_per_group = 1;    //!< m-tiles per warp item; items = ceil(mt_count / mb)
+  uint32_t l_bytes = 0, group_bytes = 0, stage_bytes = 0;
+};
+
+/*! \brief Waits for cp.async groups with a run-time bound n in [0, 3]. */
+__device__ __forceinline__ void cp_async_wait_dyn(int n) {
+  if (n <= 0) cp_async_wait<0>();
+  else if (n == 1) cp_async_wait<1>();
+  else if (n == 2) cp_async_wait<2>();
+  else cp_async_wait<3>();
+}
+
+/*!
+ * \brief Y = L X S for groups viewed as X [m, 2^P], 16-bit input, 2^P <= 128: the product and the Sylvester
+ * transform both stay in registers, so the only shared-memory traffic is the staged input and L.
+ *  - Tiles of R groups stream through S staging buffers (cp.async, S - 1 tiles in flight, one barrier a tile);
+ *    persistent CTAs, two per SM.
+ *  - L lives in shared memory as one bit an entry in A-fragment order (hadamard_pack_dense_left): a 32-bit word a
+ *    lane holds its 8 entries of four consecutive k-tiles; a fragment register is (w << s) & 0x80008000 | one.
+ *  - A warp item is mb m-tiles x all 2^P columns of one group: Z rows in mma accumulators, a thread holding
+ *    columns 2t, 2t+1 (mod 8) of every 8-column tile. The butterflies over column bit 0 and bits 3.. run in
+ *    registers; a 4x4 transpose of value pairs inside each lane quad (through an 8 x 32 float scratch per warp,
+ *    conflict-free) then gives each thread 8 consecutive columns, on which bits 1 and 2 run in registers; the
+ *    epilogue gets 8 consecutive values (16-byte stores).
+ */
+template <typename T, int P, class Epi>
+__global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant__ DenseRegParams prm,
+                                                        const __grid_constant__ typename Epi::Params ep) {
+  using Cfg = DenseRegConfig<T, P>;
+  constexpr int NT = Cfg::kNT, MB = Cfg::kMaxMB, kChunksPerRow = (1 << P) / 8, SP = Cfg::kScratchPitch;
+  constexpr uint32_t kOne = std::is_same_v<T, __nv_bfloat16> ? 0x3F803F80u : 0x3C003C00u;
+  static_assert(Vec<T>::kVec == 8, "the epilogue takes 8 consecutive values (16 bytes of T)");
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const uint32_t* lw = reinterpret_cast<const uint32_t*>(smem);
+  float* scratch = reinterpret_cast<float*>(smem + prm.l_bytes) + warp * 8 * SP;
+  unsigned char* stages = smem + prm.l_bytes + Cfg::kScratchBytes;
+  Epi epi(ep);
+  epi.init();
+
+  const int m = prm.m, R = prm.groups_per_tile, S = prm.stages;
+  const T* x = static_cast<const T*>(prm.x);
+
+  // ---- once per CTA: L (cp.async, part of the first commit group); zero padding rows of every group slot
+  for (int c = tid; c < prm.mt_count * prm.kq_count * 8; c += Cfg::kThreads)
+    cp_async16(smem + size_t(c) * 16, prm.lfrag + size_t(c) * 4);
+  {
+    const int pad16 = (prm.m_pad - m) * (Cfg::kPitch / 16);
+    for (int e = tid; e < S * R * pad16; e += Cfg::kThreads) {
+      const int slot = e / pad16, o = e % pad16;
+      *reinterpret_cast<uint4*>(stages + size_t(slot) * prm.group_bytes + size_t(m) * Cfg::kPitch + size_t(o) * 16) =
+          make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+
+  const int per_group = m * kChunksPerRow;  // 16-byte chunks of one group
+  auto group_src = [&](uint32_t g, uint32_t& row, uint32_t& gcol) {
+    prm.gpr.divmod(g, row, gcol);
+    return x + int64_t(row) * prm.x_stride + int64_t(gcol) * prm.n;
+  };
+  auto tile_groups = [&](uint32_t tile) {
+    const uint32_t g0 = tile * uint32_t(R);
+    return int(prm.num_groups - g0 < uint32_t(R) ? prm.num_groups - g0 : uint32_t(R));
+  };
+  auto issue_copy = [&](uint32_t tile, int st) {
+    const int cnt = tile_groups(tile);
+    unsigned char* sb = stages + size_t(st) * prm.stage_bytes;
+    for (int c = tid; c < cnt * per_group; c += Cfg::kThreads) {
+      const int r = c / per_group, o = c % per_group, i = o / kChunksPerRow, ch = o % kChunksPerRow;
+      uint32_t row, gcol;
+      const T* gp = group_src(tile * uint32_t(R) + r, row, gcol);
+      cp_async16(sb + size_t(r) * prm.group_bytes + i * Cfg::kPitch + ch * 16, gp + (i << P) + ch * 8);
+    }
+  };
+
+  for (int s = 0; s < S - 1; ++s) {
+    const uint32_t t = blockIdx.x + uint32_t(s) * gridDim.x;
+    if (t < prm.num_tiles) issue_copy(t, s);
+    cp_async_commit();
+  }
+
+  const int g8 = lane >> 2, t4 = lane & 3, q = lane >> 3, r8 = lane & 7;
+  const int swz = (g8 & 1) << 2;
+  int st = 0;
+  for (uint32_t tile = blockIdx.x; tile < prm.num_tiles; tile += gridDim.x) {
+    cp_async_wait_dyn(S - 2);  // this thread's chunks of `tile` have landed
+    unsigned char* sb = stages + size_t(st) * prm.stage_bytes;
+    const int cnt = tile_groups(tile);
+    if (prm.pre_signs != nullptr) {  // flip the signs of this thread's own chunks in place
+      for (int c = tid; c < cnt * per_group; c += Cfg::kThreads) {
+        const int r = c / per_group, o = c % per_group, i = o / kChunksPerRow, ch = o % kChunksPerRow;
+        uint32_t row, gcol;
+        prm.gpr.divmod(tile * uint32_t(R) + r, row, gcol);
+        const float* sg = prm.pre_signs + int64_t(gcol) * prm.n + (i << P) + ch * 8;
+        uint4* pk = reinterpret_cast<uint4*>(sb + size_t(r) * prm.group_bytes + i * Cfg::kPitch + ch * 16);
+        const float4 s0 = __ldg(reinterpret_cast<const float4*>(sg));
+        const float4 s1 = __ldg(reinterpret_cast<const float4*>(sg + 4));
+        auto mask = [](float lo, float hi) {
+          return ((__float_as_uint(lo) >> 16) & 0x8000u) | (__float_as_uint(hi) & 0x80000000u);
+        };
+        uint4 u = *pk;
+        u.x ^= mask(s0.x, s0.y), u.y ^= mask(s0.z, s0.w), u.z ^= mask(s1.x, s1.y), u.w ^= mask(s1.z, s1.w);
+        *pk = u;
+      }
+    }
+    __syncthreads();  // tile staged and visible; every warp is done with the buffer refilled next
+    {
+      const uint32_t nt = tile + uint32_t(S - 1) * gridDim.x;
+      if (nt < prm.num_tiles) issue_copy(nt, st == 0 ? S - 1 : st - 1);
+      cp_async_commit();
+    }
+
+    const int items = cnt * prm.items_per_group;
+    for (int it = warp; it < items; it += Cfg::kWarps) {
+      const int r = it / prm.items_per_group, mt0 = (it % prm.items_per_group) * prm.mb;
+      const int mbn = prm.mt_count - mt0 < prm.mb ? prm.mt_count - mt0 : prm.mb;
+      const unsigned char* gsb = sb + size_t(r) * prm.group_bytes;
+
+      float acc[MB][NT][4];
+#pragma unroll
+      for (int i = 0; i < MB; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
+
+      const uint32_t* lrow = lw + size_t(mt0) * prm.kq_count * 32 + lane;
+      for (int kt = 0; kt < prm.mt_count; ++kt) {
+        const int sh = (kt & 3) * 4;
+        uint32_t a[MB][4];
+#pragma unroll
+        for (int i = 0; i < MB; ++i) {
+          const uint32_t w = i < mbn ? lrow[(size_t(i) * prm.kq_count + (kt >> 2)) * 32] << sh : 0u;
+#pragma unroll
+          for (int rr = 0; rr < 4; ++rr) a[i][rr] = ((w << rr) & 0x80008000u) | kOne;
+        }
+        const unsigned char* brow = gsb + (kt * 16 + (q & 1) * 8 + r8) * Cfg::kPitch + (q >> 1) * 16;
+#pragma unroll
+        for (int jp = 0; jp < NT / 2; ++jp) {
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, brow + jp * 32);
+#pragma unroll
+          for (int i = 0; i < MB; ++i) {
+            if (i < mbn) {
+              mma16816<T>(acc[i][2 * jp], a[i], b[0], b[1]);
+              mma16816<T>(acc[i][2 * jp + 1], a[i], b[2], b[3]);
+            }
+          }
+        }
+      }
+
+      uint32_t grow, gcol;
+      prm.gpr.divmod(tile * uint32_t(R) + r, grow, gcol);
+#pragma unroll
+      for (int i = 0; i < MB; ++i) {
+        if (i >= mbn) break;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int zrow = (mt0 + i) * 16 + g8 + 8 * h;
+          float v[NT][2];
+#pragma unroll
+          for (int j = 0; j < NT; ++j) v[j][0] = acc[i][j][2 * h], v[j][1] = acc[i][j][2 * h + 1];
+          // column bit 0 (within the pair) and bits 3.. (the tile index j)
+#pragma unroll
+          for (int j = 0; j < NT; ++j) {
+            const float a0 = v[j][0], a1 = v[j][1];
+            v[j][0] = a0 + a1, v[j][1] = a0 - a1;
+          }
+#pragma unroll
+          for (int bj = 1; bj < NT; bj <<= 1)
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+              if (j & bj) continue;
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const float a0 = v[j][e], a1 = v[j | bj][e];
+                v[j][e] = a0 + a1, v[j | bj][e] = a0 - a1;
+              }
+            }
+          const typename Epi::Group grp = epi.group(grow, gcol, zrow < m);
+#pragma unroll
+          for (int jj = 0; jj < NT / 4; ++jj) {
+            __syncwarp();
+#pragma unroll
+            for (int s = 0; s < 4; ++s)
+              *reinterpret_cast<float2*>(scratch + g8 * SP + ((8 * s + 2 * t4) ^ swz)) =
+                  make_float2(v[4 * jj + s][0], v[4 * jj + s][1]);
+            __syncwarp();
+            float o[8];
+            const float4 lo = *reinterpret_cast<const float4*>(scratch + g8 * SP + ((8 * t4) ^ swz));
+            const float4 hi = *reinterpret_cast<const float4*>(scratch + g8 * SP + ((8 * t4 + 4) ^ swz));
+            o[0] = lo.x, o[1] = lo.y, o[2] = lo.z, o[3] = lo.w, o[4] = hi.x, o[5] = hi.y, o[6] = hi.z, o[7] = hi.w;
+            // column bits 1 and 2 (now register index bits 1 and 2)
+#pragma unroll
+            for (int bk = 2; bk <= 4; bk <<= 1)
+#pragma unroll
+              for (int k = 0; k < 8; ++k) {
+                if (k & bk) continue;
+                const float a0 = o[k], a1 = o[k | bk];
+                o[k] = a0 + a1, o[k | bk] = a0 - a1;
+              }
+            epi.put(grp, (uint32_t(zrow) << P) + 32 * jj + 8 * t4, o);
+          }
+        }
+      }
+    }
+    st = st + 1 == S ? 0 : st + 1;
+  }
+  cp_async_wait<0>();
+  epi.finish();
+}
+
+// ------------------------------------------------------------------------------------------------------------------
 // Generic fallback kernel: any supported n, dense factor, alignment and group count
 // ------------------------------------------------------------------------------------------------------------------
 
@@ -920,10 +1163,99 @@ bool dense_fast_ok(const HadamardArgs& a, int log2p, int* nst) {
   return ok;
 }
 
-/*! \brief Launches dense_kernel<T, P> (P = log2p in [5, 10]) over all groups of `a`; see dense_fast_ok. */
+/*! \brief Sizes of a dense_reg_kernel launch (dense_reg_plan). */
+struct DenseRegPlan {
+  int groups_per_tile = 1, stages = 2, mb = 1, items_per_group = 1;
+  size_t l_bytes = 0, group_bytes = 0, stage_bytes = 0, total = 0;
+};
+
+/*!
+ * \brief Whether dense_reg_kernel takes these tensors (dense_fast_ok holds, 2^p in {32, 64, 128}, L packed), and
+ * its sizes: tiles of R groups (about 24 KB of input), as many staging buffers (2..4) as let two CTAs share an SM,
+ * and the m-tiles a warp item holds chosen so that a tile's items spread evenly over the 8 warps.
+ * HALO_DENSE_REG=0 in the environment turns it off (the older dense_kernel runs instead; for A/B measurements).
+ */
+template <typename T>
+bool dense_reg_plan(const HadamardArgs& a, int log2p, DenseRegPlan* out) {
+  if (log2p < 5 || log2p > 7 || sizeof(T) != 2 || a.dense_left_frag == nullptr || !aligned(a.dense_left_frag, 16))
+    return false;
+  const char* env = std::getenv("HALO_DENSE_REG");
+  if (env != nullptr && env[0] == '0') return false;
+  int limit = 0, per_sm = 0, dev = 0;
+  if (max_smem_per_cta(&limit) != cudaSuccess || cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
+    return false;
+  const int m = a.dense_m, m_pad = (m + 15) / 16 * 16, mt = m_pad / 16, kq = (mt + 3) / 4;
+  const int pitch = (1 << log2p) * 2 + 16, nt = (1 << log2p) / 8, max_mb = 16 / nt;
+  DenseRegPlan p;
+  p.l_bytes = size_t(mt) * kq * 32 * 4;
+  p.group_bytes = size_t(m_pad) * pitch;
+  const size_t fixed = p.l_bytes + DenseRegConfig<T, 5>::kScratchBytes, reserve = 1024;
+  const size_t two_per_sm = size_t(per_sm) / 2 - reserve, one_per_sm = std::min<size_t>(limit, per_sm - reserve);
+  const size_t group_in = size_t(m) << (log2p + 1);
+  int r0 = static_cast<int>(std::max<size_t>(1, std::min<size_t>(64, 24576 / group_in)));
+  bool found = false;
+  for (const size_t budget : {two_per_sm, one_per_sm}) {
+    for (int r = r0; r >= 1 && !found; --r)
+      for (int s = 4; s >= 2 && !found; --s)
+        if (fixed + size_t(s) * r * p.group_bytes <= budget) p.groups_per_tile = r, p.stages = s, found = true;
+    if (found) break;
+  }
+  if (!found) return false;
+  // m-tiles per item: fewest m-tiles on the busiest warp per group, then the most m-tiles per item (B reuse)
+  double best = 1e30;
+  for (int mb = 1; mb <= max_mb; ++mb) {
+    const int ipg = (mt + mb - 1) / mb;
+    const double cost = double((p.groups_per_tile * ipg + 7) / 8) * mb / p.groups_per_tile;
+    if (cost <= best) best = cost, p.mb = mb, p.items_per_group = ipg;
+  }
+  p.stage_bytes = size_t(p.groups_per_tile) * p.group_bytes;
+  p.total = fixed + size_t(p.stages) * p.stage_bytes;
+  *out = p;
+  return true;
+}
+
+/*! \brief Launches dense_reg_kernel<T, P> over all groups of `a` with the sizes of dense_reg_plan. */
+template <typename T, class Epi>
+cudaError_t launch_dense_reg(const HadamardArgs& a, int log2p, const DenseRegPlan& plan,
+                             const typename Epi::Params& ep, int max_grid, cudaStream_t stream, int* grid_out) {
+  return dispatch_log2(log2p, [&](auto Pc) -> cudaError_t {
+    constexpr int P = decltype(Pc)::value;
+    if constexpr (P < 5 || P > 7 || sizeof(T) != 2) {
+      return cudaErrorInvalidValue;
+    } else {
+      DenseRegParams p;
+      p.x = a.x, p.x_stride = a.x_row_stride, p.n = a.n, p.m = a.dense_m;
+      p.m_pad = (a.dense_m + 15) / 16 * 16, p.mt_count = p.m_pad / 16, p.kq_count = (p.mt_count + 3) / 4;
+      p.lfrag = a.dense_left_frag;
+      p.pre_signs = a.signs_after ? nullptr : a.signs;
+      p.num_groups = static_cast<uint32_t>(a.rows * (a.cols / a.n));
+      p.gpr = FastDivmod(static_cast<uint32_t>(a.cols / a.n));
+      p.groups_per_tile = plan.groups_per_tile, p.stages = plan.stages;
+      p.num_tiles = (p.num_groups + uint32_t(plan.groups_per_tile) - 1) / uint32_t(plan.groups_per_tile);
+      p.mb = plan.mb, p.items_per_group = plan.items_per_group;
+      p.l_bytes = static_cast<uint32_t>(plan.l_bytes), p.group_bytes = static_cast<uint32_t>(plan.group_bytes);
+      p.stage_bytes = static_cast<uint32_t>(plan.stage_bytes);
+      auto kernel = dense_reg_kernel<T, P, Epi>;
+      int grid = 0;
+      HALO_RETURN_IF_ERROR(persistent_grid(kernel, DenseRegConfig<T, P>::kThreads, plan.total, p.num_tiles, &grid));
+      if (grid > max_grid) grid = max_grid;
+      if (grid_out != nullptr) *grid_out = grid;
+      kernel<<<grid, DenseRegConfig<T, P>::kThreads, plan.total, stream>>>(p, ep);
+      return cudaPeekAtLastError();
+    }
+  });
+}
+
+/*!
+ * \brief Launches the dense-factor kernel over all groups of `a` (see dense_fast_ok): dense_reg_kernel where
+ * dense_reg_plan takes the shape, else dense_kernel<T, P> (P = log2p in [5, 10]).
+ */
 template <typename T, class Epi>
 cudaError_t launch_dense(const HadamardArgs& a, int log2p, int nst, const typename Epi::Params& ep, int max_grid,
                          cudaStream_t stream, int* grid_out = nullptr) {
+  DenseRegPlan reg;
+  if (dense_reg_plan<T>(a, log2p, &reg)) return launch_dense_reg<T, Epi>(a, log2p, reg, ep, max_grid, stream, grid_out);
   return dispatch_log2(log2p, [&](auto Pc) -> cudaError_t {
     constexpr int P = decltype(Pc)::value;
     if constexpr (P < 5 || P > 10 || sizeof(T) != 2) {

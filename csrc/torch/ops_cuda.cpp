@@ -43,10 +43,18 @@ void check_aligned(const void* p, const char* what) {
                     "offset?); pass .clone()");
 }
 
-/*! \brief Device copy of the dense factor L (cached per device, m, transpose; never freed). */
-const int8_t* dense_left_device(int m, bool transpose, c10::DeviceIndex dev) {
+/*!
+ * \brief Device copies of the dense factor L, cached per (device, m, transpose) and never freed: the int8 matrix
+ * and its fragment-bit packing (hadamard_pack_dense_left) for the register-resident tensor-core kernel.
+ */
+struct DenseLeftDevice {
+  const int8_t* left;
+  const uint32_t* frag;
+};
+
+DenseLeftDevice dense_left_device(int m, bool transpose, c10::DeviceIndex dev) {
   static std::mutex mu;
-  static auto* cache = new std::map<std::tuple<int, int, bool>, at::Tensor>();
+  static auto* cache = new std::map<std::tuple<int, int, bool>, std::pair<at::Tensor, at::Tensor>>();
   std::lock_guard<std::mutex> lock(mu);
   auto key = std::make_tuple(static_cast<int>(dev), m, transpose);
   auto it = cache->find(key);
@@ -54,15 +62,24 @@ const int8_t* dense_left_device(int m, bool transpose, c10::DeviceIndex dev) {
     const int8_t* h = dense_left_host(m, transpose);
     at::Tensor t = at::empty({m, m}, at::TensorOptions().dtype(at::kChar).device(at::kCUDA, dev));
     check_cuda(cudaMemcpy(t.data_ptr(), h, static_cast<size_t>(m) * m, cudaMemcpyHostToDevice), "hadamard");
-    it = cache->emplace(key, t).first;
+    const size_t words = hadamard_dense_left_words(m);
+    std::vector<uint32_t> packed(words);
+    hadamard_pack_dense_left(h, m, packed.data());
+    at::Tensor f = at::empty({static_cast<int64_t>(words)}, at::TensorOptions().dtype(at::kInt).device(at::kCUDA, dev));
+    check_cuda(cudaMemcpy(f.data_ptr(), packed.data(), words * 4, cudaMemcpyHostToDevice), "hadamard");
+    it = cache->emplace(key, std::make_pair(t, f)).first;
   }
-  return it->second.data_ptr<int8_t>();
+  return {it->second.first.data_ptr<int8_t>(), reinterpret_cast<const uint32_t*>(it->second.second.data_ptr())};
 }
 
 void prepare_hadamard(HadamardPlan& p, const at::Tensor& x) {
   check_on_cuda(x, "x");
   check_aligned(p.args.x, "x");
-  p.args.dense_left = p.args.dense_m > 1 ? dense_left_device(p.args.dense_m, p.transpose, x.device().index()) : nullptr;
+  if (p.args.dense_m > 1) {
+    const DenseLeftDevice d = dense_left_device(p.args.dense_m, p.transpose, x.device().index());
+    p.args.dense_left = d.left;
+    p.args.dense_left_frag = d.frag;
+  }
 }
 
 at::Tensor workspace(size_t bytes, const at::Tensor& like) {
