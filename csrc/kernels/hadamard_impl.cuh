@@ -418,6 +418,20 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
   }
 }
 
+/*! \brief 32-bit shared-memory load from a shared-window byte address. */
+__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+  return v;
+}
+
+/*! \brief ldmatrix_x4_trans from a shared-window byte address. */
+__device__ __forceinline__ void ldmatrix_x4_trans_u32(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
 /*! \brief ldmatrix x4 with transpose: B fragments (k16 x n16) of a row-major [k][n] 16-bit matrix. */
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
@@ -685,6 +699,8 @@ struct DenseRegParams {
   int stages = 2;                     //!< S: staging buffers (tiles in flight: S - 1)
   int mb = 1, items_per_group = 1;    //!< m-tiles per warp item; items = ceil(mt_count / mb)
   uint32_t l_bytes = 0, group_bytes = 0, stage_bytes = 0;
+  FastDivmod fm;                      //!< division by m (row of a tile -> group, row in the group)
+  bool contiguous = false;            //!< x_stride == cols: a tile's groups are one contiguous span of x
 };
 
 /*! \brief Waits for cp.async groups with a run-time bound n in [0, 3]. */
@@ -718,7 +734,6 @@ __global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant
 
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const uint32_t* lw = reinterpret_cast<const uint32_t*>(smem);
   float* scratch = reinterpret_cast<float*>(smem + prm.l_bytes) + warp * 8 * SP;
   unsigned char* stages = smem + prm.l_bytes + Cfg::kScratchBytes;
   Epi epi(ep);
@@ -739,23 +754,25 @@ __global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant
     }
   }
 
-  const int per_group = m * kChunksPerRow;  // 16-byte chunks of one group
-  auto group_src = [&](uint32_t g, uint32_t& row, uint32_t& gcol) {
-    prm.gpr.divmod(g, row, gcol);
-    return x + int64_t(row) * prm.x_stride + int64_t(gcol) * prm.n;
-  };
   auto tile_groups = [&](uint32_t tile) {
     const uint32_t g0 = tile * uint32_t(R);
     return int(prm.num_groups - g0 < uint32_t(R) ? prm.num_groups - g0 : uint32_t(R));
   };
+  // Chunk c of a tile: row fr = c / kChunksPerRow of the tile's cnt * m rows (group r = fr / m, row i = fr % m),
+  // 16-byte column ch = c % kChunksPerRow; a thread keeps its column (256 is a multiple of kChunksPerRow).
+  auto chunk_src = [&](uint32_t tile, uint32_t fr, uint32_t r, uint32_t i, int ch) -> const T* {
+    if (prm.contiguous) return x + ((int64_t(tile) * R * m + fr) << P) + ch * 8;
+    uint32_t row, gcol;
+    prm.gpr.divmod(tile * uint32_t(R) + r, row, gcol);
+    return x + int64_t(row) * prm.x_stride + int64_t(gcol) * prm.n + (i << P) + ch * 8;
+  };
+  const int my_ch = tid % kChunksPerRow;
   auto issue_copy = [&](uint32_t tile, int st) {
-    const int cnt = tile_groups(tile);
-    unsigned char* sb = stages + size_t(st) * prm.stage_bytes;
-    for (int c = tid; c < cnt * per_group; c += Cfg::kThreads) {
-      const int r = c / per_group, o = c % per_group, i = o / kChunksPerRow, ch = o % kChunksPerRow;
-      uint32_t row, gcol;
-      const T* gp = group_src(tile * uint32_t(R) + r, row, gcol);
-      cp_async16(sb + size_t(r) * prm.group_bytes + i * Cfg::kPitch + ch * 16, gp + (i << P) + ch * 8);
+    const int rows = tile_groups(tile) * m;
+    unsigned char* sb = stages + size_t(st) * prm.stage_bytes + my_ch * 16;
+    for (int fr = tid / kChunksPerRow; fr < rows; fr += Cfg::kThreads / kChunksPerRow) {
+      const uint32_t r = prm.fm.div(uint32_t(fr)), i = uint32_t(fr) - r * uint32_t(m);
+      cp_async16(sb + (uint32_t(fr) + r * uint32_t(prm.m_pad - m)) * Cfg::kPitch, chunk_src(tile, uint32_t(fr), r, i, my_ch));
     }
   };
 
@@ -767,18 +784,20 @@ __global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant
 
   const int g8 = lane >> 2, t4 = lane & 3, q = lane >> 3, r8 = lane & 7;
   const int swz = (g8 & 1) << 2;
+  const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   int st = 0;
   for (uint32_t tile = blockIdx.x; tile < prm.num_tiles; tile += gridDim.x) {
     cp_async_wait_dyn(S - 2);  // this thread's chunks of `tile` have landed
     unsigned char* sb = stages + size_t(st) * prm.stage_bytes;
     const int cnt = tile_groups(tile);
     if (prm.pre_signs != nullptr) {  // flip the signs of this thread's own chunks in place
-      for (int c = tid; c < cnt * per_group; c += Cfg::kThreads) {
-        const int r = c / per_group, o = c % per_group, i = o / kChunksPerRow, ch = o % kChunksPerRow;
+      const int rows = cnt * m;
+      for (int fr = tid / kChunksPerRow; fr < rows; fr += Cfg::kThreads / kChunksPerRow) {
+        const uint32_t r = prm.fm.div(uint32_t(fr)), i = uint32_t(fr) - r * uint32_t(m);
         uint32_t row, gcol;
         prm.gpr.divmod(tile * uint32_t(R) + r, row, gcol);
-        const float* sg = prm.pre_signs + int64_t(gcol) * prm.n + (i << P) + ch * 8;
-        uint4* pk = reinterpret_cast<uint4*>(sb + size_t(r) * prm.group_bytes + i * Cfg::kPitch + ch * 16);
+        const float* sg = prm.pre_signs + int64_t(gcol) * prm.n + (i << P) + my_ch * 8;
+        uint4* pk = reinterpret_cast<uint4*>(sb + (uint32_t(fr) + r * uint32_t(prm.m_pad - m)) * Cfg::kPitch + my_ch * 16);
         const float4 s0 = __ldg(reinterpret_cast<const float4*>(sg));
         const float4 s1 = __ldg(reinterpret_cast<const float4*>(sg + 4));
         auto mask = [](float lo, float hi) {
@@ -796,39 +815,58 @@ __global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant
       cp_async_commit();
     }
 
-    const int items = cnt * prm.items_per_group;
-    for (int it = warp; it < items; it += Cfg::kWarps) {
-      const int r = it / prm.items_per_group, mt0 = (it % prm.items_per_group) * prm.mb;
-      const int mbn = prm.mt_count - mt0 < prm.mb ? prm.mt_count - mt0 : prm.mb;
+    // One warp item: NM m-tiles (compile time, so nothing below is predicated) from mt0, all columns of group r.
+    auto run_item = [&](auto NMc, int r, int mt0) {
+      constexpr int NM = decltype(NMc)::value;
       const unsigned char* gsb = sb + size_t(r) * prm.group_bytes;
-
-      float acc[MB][NT][4];
+      float acc[NM][NT][4];
 #pragma unroll
-      for (int i = 0; i < MB; ++i)
+      for (int i = 0; i < NM; ++i)
 #pragma unroll
         for (int j = 0; j < NT; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
 
-      const uint32_t* lrow = lw + size_t(mt0) * prm.kq_count * 32 + lane;
-      for (int kt = 0; kt < prm.mt_count; ++kt) {
-        const int sh = (kt & 3) * 4;
-        uint32_t a[MB][4];
+      // Shared-memory byte addresses: this lane's L words of m-tile mt0 (m-tiles kq_count * 128 bytes apart) and
+      // its ldmatrix row of the group's staging buffer. The B fragments stream through a ring of D register sets,
+      // loaded D column pairs ahead of their MMAs (across k-tiles too), so ldmatrix latency overlaps the MMAs.
+      constexpr int JP = NT / 2, D = JP < 4 ? JP : 4;
+      const uint32_t l_addr = smem_base + (uint32_t(mt0 * prm.kq_count) * 32 + lane) * 4, l_step = prm.kq_count * 128;
+      const uint32_t b_addr = smem_base + uint32_t(gsb - smem) + ((q & 1) * 8 + r8) * Cfg::kPitch + (q >> 1) * 16;
+      const int kts = prm.mt_count;
+      uint32_t bq[D][4];
 #pragma unroll
-        for (int i = 0; i < MB; ++i) {
-          const uint32_t w = i < mbn ? lrow[(size_t(i) * prm.kq_count + (kt >> 2)) * 32] << sh : 0u;
+      for (int d = 0; d < D; ++d) ldmatrix_x4_trans_u32(bq[d], b_addr + d * 32);
+      uint32_t w[NM], wn[NM];
 #pragma unroll
-          for (int rr = 0; rr < 4; ++rr) a[i][rr] = ((w << rr) & 0x80008000u) | kOne;
+      for (int i = 0; i < NM; ++i) wn[i] = lds32(l_addr + i * l_step);
+      for (int kt = 0; kt < kts; ++kt) {
+        const int f = kt & 3;
+        if (f == 0) {
+#pragma unroll
+          for (int i = 0; i < NM; ++i) {
+            w[i] = wn[i];
+            if (kt + 4 < kts) wn[i] = lds32(l_addr + i * l_step + ((kt >> 2) + 1) * 128);
+          }
         }
-        const unsigned char* brow = gsb + (kt * 16 + (q & 1) * 8 + r8) * Cfg::kPitch + (q >> 1) * 16;
+        uint32_t a[NM][4];
 #pragma unroll
-        for (int jp = 0; jp < NT / 2; ++jp) {
-          uint32_t b[4];
-          ldmatrix_x4_trans(b, brow + jp * 32);
+        for (int i = 0; i < NM; ++i) {
+          const uint32_t ws = w[i] << (4 * f);
 #pragma unroll
-          for (int i = 0; i < MB; ++i) {
-            if (i < mbn) {
-              mma16816<T>(acc[i][2 * jp], a[i], b[0], b[1]);
-              mma16816<T>(acc[i][2 * jp + 1], a[i], b[2], b[3]);
-            }
+          for (int rr = 0; rr < 4; ++rr) a[i][rr] = ((ws << rr) & 0x80008000u) | kOne;
+        }
+        const uint32_t bk = b_addr + kt * 16 * Cfg::kPitch;
+#pragma unroll
+        for (int jp = 0; jp < JP; ++jp) {
+          uint32_t (&b)[4] = bq[jp % D];
+#pragma unroll
+          for (int i = 0; i < NM; ++i) {
+            mma16816<T>(acc[i][2 * jp], a[i], b[0], b[1]);
+            mma16816<T>(acc[i][2 * jp + 1], a[i], b[2], b[3]);
+          }
+          if (jp + D < JP) {
+            ldmatrix_x4_trans_u32(b, bk + (jp + D) * 32);
+          } else if (kt + 1 < kts) {
+            ldmatrix_x4_trans_u32(b, bk + 16 * Cfg::kPitch + (jp + D - JP) * 32);
           }
         }
       }
@@ -836,8 +874,7 @@ __global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant
       uint32_t grow, gcol;
       prm.gpr.divmod(tile * uint32_t(R) + r, grow, gcol);
 #pragma unroll
-      for (int i = 0; i < MB; ++i) {
-        if (i >= mbn) break;
+      for (int i = 0; i < NM; ++i) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int zrow = (mt0 + i) * 16 + g8 + 8 * h;
@@ -876,16 +913,30 @@ __global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant
             o[0] = lo.x, o[1] = lo.y, o[2] = lo.z, o[3] = lo.w, o[4] = hi.x, o[5] = hi.y, o[6] = hi.z, o[7] = hi.w;
             // column bits 1 and 2 (now register index bits 1 and 2)
 #pragma unroll
-            for (int bk = 2; bk <= 4; bk <<= 1)
+            for (int bk2 = 2; bk2 <= 4; bk2 <<= 1)
 #pragma unroll
               for (int k = 0; k < 8; ++k) {
-                if (k & bk) continue;
-                const float a0 = o[k], a1 = o[k | bk];
-                o[k] = a0 + a1, o[k | bk] = a0 - a1;
+                if (k & bk2) continue;
+                const float a0 = o[k], a1 = o[k | bk2];
+                o[k] = a0 + a1, o[k | bk2] = a0 - a1;
               }
             epi.put(grp, (uint32_t(zrow) << P) + 32 * jj + 8 * t4, o);
           }
         }
+      }
+    };
+
+    const int items = cnt * prm.items_per_group;
+    for (int it = warp; it < items; it += Cfg::kWarps) {
+      const int r = it / prm.items_per_group, mt0 = (it % prm.items_per_group) * prm.mb;
+      const int mbn = prm.mt_count - mt0 < prm.mb ? prm.mt_count - mt0 : prm.mb;
+      if (mbn == MB) {
+        run_item(std::integral_constant<int, MB>(), r, mt0);
+      } else if (mbn == 1) {
+        run_item(std::integral_constant<int, 1>(), r, mt0);
+      } else if constexpr (MB > 2) {
+        if (mbn == 2) run_item(std::integral_constant<int, (MB > 2 ? 2 : 1)>(), r, mt0);
+        else run_item(std::integral_constant<int, (MB > 3 ? 3 : 1)>(), r, mt0);
       }
     }
     st = st + 1 == S ? 0 : st + 1;
@@ -1236,6 +1287,8 @@ cudaError_t launch_dense_reg(const HadamardArgs& a, int log2p, const DenseRegPla
       p.mb = plan.mb, p.items_per_group = plan.items_per_group;
       p.l_bytes = static_cast<uint32_t>(plan.l_bytes), p.group_bytes = static_cast<uint32_t>(plan.group_bytes);
       p.stage_bytes = static_cast<uint32_t>(plan.stage_bytes);
+      p.fm = FastDivmod(static_cast<uint32_t>(a.dense_m));
+      p.contiguous = a.x_row_stride == a.cols;
       auto kernel = dense_reg_kernel<T, P, Epi>;
       int grid = 0;
       HALO_RETURN_IF_ERROR(persistent_grid(kernel, DenseRegConfig<T, P>::kThreads, plan.total, p.num_tiles, &grid));
