@@ -216,11 +216,12 @@ def _hadamard_ref_cuda64(x, n, signs, transpose):
 @pytest.mark.cuda
 @pytest.mark.skipif(not halo_ext.cuda_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype,transpose", [(torch.bfloat16, False), (torch.float16, True)])
-@pytest.mark.parametrize("n", [12 * 32, 28 * 64, 28 * 128, 140 * 64, 344 * 32, 148 * 128])
+@pytest.mark.parametrize("n", [12 * 32, 28 * 64, 28 * 128, 140 * 64, 344 * 32, 148 * 128, 20 * 256, 28 * 512,
+                               12 * 1024, 28 * 1024, 12 * 2048])
 def test_dense_tensor_core_many_groups(dtype, transpose, n):
-    """The 16-bit dense-factor kernels (2^p = 32, 64, 128 take the register-resident one) over enough groups that
-    each persistent CTA streams more tiles than it has staging buffers and the last tile is partial, as blocks of a
-    wider row, with signs before (transpose=False) or after (transpose=True): vs float64."""
+    """The 16-bit dense-factor kernels (the register-resident one; for 2^p > 128 with L kron S_{2^(p-7)}) over
+    enough groups that each persistent CTA streams more tiles than it has staging buffers and the last tile is
+    partial, as blocks of a wider row, with signs before (transpose=False) or after (transpose=True): vs float64."""
     groups = 5 * 264 * max(1, 24576 // (2 * n)) + 3
     x = torch.randn((groups + 1) // 2, 2 * n, device="cuda", dtype=dtype)
     s = torch.randint(0, 2, (2 * n,), device="cuda").float() * 2 - 1

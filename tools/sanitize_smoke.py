@@ -6,7 +6,7 @@ import halo_ext
 
 torch.manual_seed(0)
 dev = "cuda"
-for n in [2, 16, 128, 1024, 4096, 32768, 12 * 8, 28 * 512, 344 * 32, 28 * 64, 148 * 128]:
+for n in [2, 16, 128, 1024, 4096, 32768, 12 * 8, 28 * 512, 344 * 32, 28 * 64, 148 * 128, 12 * 1024, 12 * 2048]:
     for dtype in (torch.bfloat16, torch.float32):
         x = torch.randn(5, n, device=dev, dtype=dtype)
         halo_ext.hadamard(x)

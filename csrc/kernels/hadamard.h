@@ -37,36 +37,59 @@ struct HadamardArgs {
   bool signs_after = false;     //!< false: y = scale * (x o s) H ; true: y = scale * (x H) o s
   int dense_m = 1;              //!< order of the dense factor (1, or 12, 20, 28, ... up to kMaxDenseM)
   const int8_t* dense_left = nullptr;  //!< [dense_m, dense_m] row-major +-1 matrix L applied on the left, device
-  /*! \brief Optional: L packed by hadamard_pack_dense_left (device, 16-byte aligned). The register-resident
-   *  tensor-core kernel for 2^p <= 128 needs it; without it those shapes take the older dense kernel. */
+  /*! \brief Optional: L kron S_{2^e} packed by hadamard_pack_dense_left with e = hadamard_dense_frag_expand(dense_m,
+   *  log2(n / dense_m)) (device, 16-byte aligned). The register-resident tensor-core kernel needs it; without it
+   *  the older dense kernel (2^p <= 1024) or the generic one runs. */
   const uint32_t* dense_left_frag = nullptr;
 };
 
-/*! \brief 32-bit words hadamard_pack_dense_left writes for dense order m. */
-inline size_t hadamard_dense_left_words(int m) {
-  const size_t mt = (static_cast<size_t>(m) + 15) / 16;
+/*! \brief Largest dense order the register-resident tensor-core kernel takes, after the expansion below. */
+inline constexpr int kMaxDenseRegM = 512;
+
+/*!
+ * \brief The expansion e of the dense factor the register-resident tensor-core kernel uses for n = m * 2^log2p:
+ * it handles Sylvester factors of 2^5..2^7 only, so for 2^p > 128 it runs the same transform as the dense order
+ * m * 2^e with Sylvester factor 2^(p-e), e = p - 7, using L kron S_{2^e} (S Sylvester): L kron S_{2^p} =
+ * (L kron S_{2^e}) kron S_{2^(p-e)}. Returns -1 where that kernel does not apply (2^p < 32, or m * 2^e above
+ * kMaxDenseRegM).
+ */
+inline int hadamard_dense_frag_expand(int m, int log2p) {
+  if (m < 2 || log2p < 5) return -1;
+  const int e = log2p > 7 ? log2p - 7 : 0;
+  return e < 16 && (int64_t(m) << e) <= kMaxDenseRegM ? e : -1;
+}
+
+/*! \brief 32-bit words hadamard_pack_dense_left writes for dense order m_eff (= m * 2^e). */
+inline size_t hadamard_dense_left_words(int m_eff) {
+  const size_t mt = (static_cast<size_t>(m_eff) + 15) / 16;
   return mt * ((mt + 3) / 4) * 32;
 }
 
 /*!
- * \brief Packs the +-1 matrix L [m, m] (row-major int8) one bit an entry (set: -1) in the order of mma.sync
- * m16n8k16 A fragments, as the dense tensor-core kernel reads it: word ((mt * kq_count + kt / 4) * 32 + lane) holds
- * lane's 8 entries of the 16x16 tile (mt, kt), kq_count = ceil(ceil(m / 16) / 4); entry j of the fragment (register
- * j / 2, half j % 2: row 16 mt + lane / 4 + 8 (j / 2 % 2), column 16 kt + 2 (lane % 4) + j % 2 + 8 (j / 4)) sits at
- * bit (j % 2 ? 31 : 15) - j / 2 - 4 (kt % 4). Entries outside L are +1 (the kernel pairs them with zeros).
+ * \brief Packs the +-1 matrix K = L kron S_{2^e} (L [m, m] row-major int8, S Sylvester; order m_eff = m * 2^e,
+ * K[i 2^e + a][k 2^e + b] = L[i][k] (-1)^popcount(a & b)) one bit an entry (set: -1) in the order of mma.sync
+ * m16n8k16 A fragments, as the register-resident tensor-core kernel reads it: word ((mt * kq_count + kt / 4) * 32 +
+ * lane) holds lane's 8 entries of the 16x16 tile (mt, kt), kq_count = ceil(ceil(m_eff / 16) / 4); entry j of the
+ * fragment (register j / 2, half j % 2: row 16 mt + lane / 4 + 8 (j / 2 % 2), column 16 kt + 2 (lane % 4) + j % 2 +
+ * 8 (j / 4)) sits at bit (j % 2 ? 31 : 15) - j / 2 - 4 (kt % 4). Entries outside K are +1 (the kernel pairs them
+ * with zeros).
  * \param left [m, m] host matrix
- * \param m order
- * \param words output, hadamard_dense_left_words(m) words
+ * \param m order of L
+ * \param e expansion (hadamard_dense_frag_expand)
+ * \param words output, hadamard_dense_left_words(m << e) words
  */
-inline void hadamard_pack_dense_left(const int8_t* left, int m, uint32_t* words) {
-  const int mt = (m + 15) / 16, kq = (mt + 3) / 4;
-  for (size_t i = 0; i < hadamard_dense_left_words(m); ++i) words[i] = 0;
+inline void hadamard_pack_dense_left(const int8_t* left, int m, int e, uint32_t* words) {
+  const int me = m << e, mt = (me + 15) / 16, kq = (mt + 3) / 4, mask = (1 << e) - 1;
+  for (size_t i = 0; i < hadamard_dense_left_words(me); ++i) words[i] = 0;
   for (int a = 0; a < mt; ++a)
     for (int kt = 0; kt < mt; ++kt)
       for (int lane = 0; lane < 32; ++lane)
         for (int j = 0; j < 8; ++j) {
           const int row = a * 16 + lane / 4 + 8 * ((j >> 1) & 1), col = kt * 16 + 2 * (lane % 4) + (j & 1) + 8 * (j >> 2);
-          if (row >= m || col >= m || left[row * m + col] >= 0) continue;
+          if (row >= me || col >= me) continue;
+          int neg = left[(row >> e) * m + (col >> e)] < 0;
+          for (int v = row & col & mask; v != 0; v &= v - 1) neg ^= 1;
+          if (!neg) continue;
           const int bit = ((j & 1) ? 31 : 15) - (j >> 1) - 4 * (kt & 3);
           words[(size_t(a) * kq + kt / 4) * 32 + lane] |= 1u << bit;
         }

@@ -18,8 +18,11 @@
  * The kernel is persistent (grid = resident CTAs) and prefetches the next tiles with cp.async while it works on the
  * current one. The epilogue (store, absmax, quantize) is a template policy and applies HadamardArgs::scale.
  *
- * Dense factor (dense_kernel, 16-bit inputs, 32 <= 2^p <= 1024): Z = L X on tensor cores (mma.sync, exact
- * operands, float32 accumulation), then the Sylvester transform along the rows of Z with the same pass plans.
+ * Dense factor, 16-bit inputs: dense_reg_kernel where dense_reg_plan takes the shape (Sylvester order 32..128,
+ * larger ones folded into the dense factor as L kron S_{2^(p-7)}): Z = L X on tensor cores with L one bit an entry,
+ * the Sylvester butterflies on the MMA accumulators, no float32 round trip through shared memory. Otherwise
+ * dense_kernel (32 <= 2^p <= 1024): Z = L X on tensor cores (mma.sync, exact operands, float32 accumulation), then
+ * the Sylvester transform along the rows of Z with the same pass plans.
  *
  * Everything else (float32 dense, 2^p < 32, misaligned tensors, >= 2^31 groups): generic_kernel, one CTA per group.
  */
@@ -1184,61 +1187,40 @@ __device__ __forceinline__ void mul_signs(const float* s, float* v) {
   }
 }
 
-/*!
- * \brief Whether dense_kernel takes these tensors (16-bit dtype, 32 <= 2^p <= 1024, aligned, fits on chip), and its
- * staging depth: two buffers unless one buffer lets more CTAs share an SM (the kernel's phases are serialized,
- * so a second resident CTA hides more than a prefetched group does). Registers (78-96 a thread) cap residency at
- * two CTAs of 256 threads.
- */
-template <typename T>
-bool dense_fast_ok(const HadamardArgs& a, int log2p, int* nst) {
-  if (a.dense_m < 2 || log2p < 5 || log2p > 10 || sizeof(T) != 2) return false;
-  if (!aligned(a.x, 16) || a.x_row_stride % 8 != 0 || (a.signs != nullptr && !aligned(a.signs, 16))) return false;
-  if (a.rows * (a.cols / a.n) >= (int64_t(1) << 31)) return false;
-  int limit = 0, per_sm = 0, dev = 0;
-  if (max_smem_per_cta(&limit) != cudaSuccess || cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
-    return false;
-  bool ok = false;
-  dispatch_log2(log2p, [&](auto P) {
-    if constexpr (decltype(P)::value >= 5 && decltype(P)::value <= 10) {
-      using Layout = typename DenseConfig<T, decltype(P)::value>::Layout;
-      const size_t one = Layout(a.dense_m, 1).total, two = Layout(a.dense_m, 2).total;
-      const size_t reserve = 1024;  // per-CTA shared memory the runtime keeps
-      auto ctas = [&](size_t bytes) { return std::min<size_t>(2, size_t(per_sm) / (bytes + reserve)); };
-      ok = one <= size_t(limit);
-      *nst = two <= size_t(limit) && ctas(two) >= ctas(one) ? 2 : 1;
-    }
-    return cudaSuccess;
-  });
-  return ok;
-}
-
 /*! \brief Sizes of a dense_reg_kernel launch (dense_reg_plan). */
 struct DenseRegPlan {
+  int e = 0;  //!< expansion of the dense factor (hadamard_dense_frag_expand): order m * 2^e, Sylvester 2^(p - e)
   int groups_per_tile = 1, stages = 2, mb = 1, items_per_group = 1;
   size_t l_bytes = 0, group_bytes = 0, stage_bytes = 0, total = 0;
 };
 
 /*!
- * \brief Whether dense_reg_kernel takes these tensors (dense_fast_ok holds, 2^p in {32, 64, 128}, L packed), and
- * its sizes: tiles of R groups (about 24 KB of input), as many staging buffers (2..4) as let two CTAs share an SM,
+ * \brief Whether dense_reg_kernel takes these tensors (16-bit, aligned, L kron S_{2^e} packed, e =
+ * hadamard_dense_frag_expand: the kernel sees dense order m 2^e and Sylvester order 2^(p - e) in {32, 64, 128}),
+ * and its sizes: tiles of R groups (about 24 KB of input), as many staging buffers (2..4) as let two CTAs share an SM,
  * and the m-tiles a warp item holds chosen so that a tile's items spread evenly over the 8 warps.
  * HALO_DENSE_REG=0 in the environment turns it off (the older dense_kernel runs instead; for A/B measurements).
  */
 template <typename T>
-bool dense_reg_plan(const HadamardArgs& a, int log2p, DenseRegPlan* out) {
-  if (log2p < 5 || log2p > 7 || sizeof(T) != 2 || a.dense_left_frag == nullptr || !aligned(a.dense_left_frag, 16))
-    return false;
+bool dense_reg_plan(const HadamardArgs& a, int log2p_in, DenseRegPlan* out) {
+  const int e = hadamard_dense_frag_expand(a.dense_m, log2p_in);
+  if (e < 0 || sizeof(T) != 2 || a.dense_left_frag == nullptr || !aligned(a.dense_left_frag, 16)) return false;
+  if (!aligned(a.x, 16) || a.x_row_stride % 8 != 0 || (a.signs != nullptr && !aligned(a.signs, 16))) return false;
+  if (a.rows * (a.cols / a.n) >= (int64_t(1) << 31)) return false;
+  const int log2p = log2p_in - e;  // 5, 6 or 7
+  // An expanded order above 192 costs more MMAs than the older kernel's float32 passes where that one runs
+  // (H100, 28672 = 28 * 1024: m 2^e = 224 ran at 0.53 of clone, dense_kernel at 0.56).
+  if (e > 0 && (a.dense_m << e) > 192 && log2p_in <= 10) return false;
   const char* env = std::getenv("HALO_DENSE_REG");
   if (env != nullptr && env[0] == '0') return false;
   int limit = 0, per_sm = 0, dev = 0;
   if (max_smem_per_cta(&limit) != cudaSuccess || cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
     return false;
-  const int m = a.dense_m, m_pad = (m + 15) / 16 * 16, mt = m_pad / 16, kq = (mt + 3) / 4;
+  const int m = a.dense_m << e, m_pad = (m + 15) / 16 * 16, mt = m_pad / 16, kq = (mt + 3) / 4;
   const int pitch = (1 << log2p) * 2 + 16, nt = (1 << log2p) / 8, max_mb = 16 / nt;
   DenseRegPlan p;
+  p.e = e;
   p.l_bytes = size_t(mt) * kq * 32 * 4;
   p.group_bytes = size_t(m_pad) * pitch;
   const size_t fixed = p.l_bytes + DenseRegConfig<T, 5>::kScratchBytes, reserve = 1024;
@@ -1270,14 +1252,15 @@ bool dense_reg_plan(const HadamardArgs& a, int log2p, DenseRegPlan* out) {
 template <typename T, class Epi>
 cudaError_t launch_dense_reg(const HadamardArgs& a, int log2p, const DenseRegPlan& plan,
                              const typename Epi::Params& ep, int max_grid, cudaStream_t stream, int* grid_out) {
-  return dispatch_log2(log2p, [&](auto Pc) -> cudaError_t {
+  const int m = a.dense_m << plan.e;
+  return dispatch_log2(log2p - plan.e, [&](auto Pc) -> cudaError_t {
     constexpr int P = decltype(Pc)::value;
     if constexpr (P < 5 || P > 7 || sizeof(T) != 2) {
       return cudaErrorInvalidValue;
     } else {
       DenseRegParams p;
-      p.x = a.x, p.x_stride = a.x_row_stride, p.n = a.n, p.m = a.dense_m;
-      p.m_pad = (a.dense_m + 15) / 16 * 16, p.mt_count = p.m_pad / 16, p.kq_count = (p.mt_count + 3) / 4;
+      p.x = a.x, p.x_stride = a.x_row_stride, p.n = a.n, p.m = m;
+      p.m_pad = (m + 15) / 16 * 16, p.mt_count = p.m_pad / 16, p.kq_count = (p.mt_count + 3) / 4;
       p.lfrag = a.dense_left_frag;
       p.pre_signs = a.signs_after ? nullptr : a.signs;
       p.num_groups = static_cast<uint32_t>(a.rows * (a.cols / a.n));
@@ -1287,7 +1270,7 @@ cudaError_t launch_dense_reg(const HadamardArgs& a, int log2p, const DenseRegPla
       p.mb = plan.mb, p.items_per_group = plan.items_per_group;
       p.l_bytes = static_cast<uint32_t>(plan.l_bytes), p.group_bytes = static_cast<uint32_t>(plan.group_bytes);
       p.stage_bytes = static_cast<uint32_t>(plan.stage_bytes);
-      p.fm = FastDivmod(static_cast<uint32_t>(a.dense_m));
+      p.fm = FastDivmod(static_cast<uint32_t>(m));
       p.contiguous = a.x_row_stride == a.cols;
       auto kernel = dense_reg_kernel<T, P, Epi>;
       int grid = 0;
@@ -1298,6 +1281,42 @@ cudaError_t launch_dense_reg(const HadamardArgs& a, int log2p, const DenseRegPla
       return cudaPeekAtLastError();
     }
   });
+}
+
+/*!
+ * \brief Whether a dense-factor tensor-core kernel takes these tensors: dense_reg_kernel (dense_reg_plan; *nst = 0),
+ * else dense_kernel (16-bit dtype, 32 <= 2^p <= 1024, aligned, fits on chip) with its staging depth in *nst:
+ * two buffers unless one buffer lets more CTAs share an SM (the kernel's phases are serialized,
+ * so a second resident CTA hides more than a prefetched group does). Registers (78-96 a thread) cap residency at
+ * two CTAs of 256 threads.
+ */
+template <typename T>
+bool dense_fast_ok(const HadamardArgs& a, int log2p, int* nst) {
+  DenseRegPlan reg;
+  if (dense_reg_plan<T>(a, log2p, &reg)) {
+    *nst = 0;  // dense_reg_kernel
+    return true;
+  }
+  if (a.dense_m < 2 || log2p < 5 || log2p > 10 || sizeof(T) != 2) return false;
+  if (!aligned(a.x, 16) || a.x_row_stride % 8 != 0 || (a.signs != nullptr && !aligned(a.signs, 16))) return false;
+  if (a.rows * (a.cols / a.n) >= (int64_t(1) << 31)) return false;
+  int limit = 0, per_sm = 0, dev = 0;
+  if (max_smem_per_cta(&limit) != cudaSuccess || cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
+    return false;
+  bool ok = false;
+  dispatch_log2(log2p, [&](auto P) {
+    if constexpr (decltype(P)::value >= 5 && decltype(P)::value <= 10) {
+      using Layout = typename DenseConfig<T, decltype(P)::value>::Layout;
+      const size_t one = Layout(a.dense_m, 1).total, two = Layout(a.dense_m, 2).total;
+      const size_t reserve = 1024;  // per-CTA shared memory the runtime keeps
+      auto ctas = [&](size_t bytes) { return std::min<size_t>(2, size_t(per_sm) / (bytes + reserve)); };
+      ok = one <= size_t(limit);
+      *nst = two <= size_t(limit) && ctas(two) >= ctas(one) ? 2 : 1;
+    }
+    return cudaSuccess;
+  });
+  return ok;
 }
 
 /*!

@@ -44,39 +44,48 @@ void check_aligned(const void* p, const char* what) {
 }
 
 /*!
- * \brief Device copies of the dense factor L, cached per (device, m, transpose) and never freed: the int8 matrix
- * and its fragment-bit packing (hadamard_pack_dense_left) for the register-resident tensor-core kernel.
+ * \brief Device copies of the dense factor L, cached per (device, m, transpose, e) and never freed: the int8 matrix
+ * and, for e >= 0, L kron S_{2^e} packed in fragment-bit order (hadamard_pack_dense_left) for the register-resident
+ * tensor-core kernel.
  */
 struct DenseLeftDevice {
   const int8_t* left;
   const uint32_t* frag;
 };
 
-DenseLeftDevice dense_left_device(int m, bool transpose, c10::DeviceIndex dev) {
+DenseLeftDevice dense_left_device(int m, bool transpose, int e, c10::DeviceIndex dev) {
   static std::mutex mu;
-  static auto* cache = new std::map<std::tuple<int, int, bool>, std::pair<at::Tensor, at::Tensor>>();
+  static auto* cache = new std::map<std::tuple<int, int, bool, int>, std::pair<at::Tensor, at::Tensor>>();
   std::lock_guard<std::mutex> lock(mu);
-  auto key = std::make_tuple(static_cast<int>(dev), m, transpose);
+  auto key = std::make_tuple(static_cast<int>(dev), m, transpose, e);
   auto it = cache->find(key);
   if (it == cache->end()) {
     const int8_t* h = dense_left_host(m, transpose);
     at::Tensor t = at::empty({m, m}, at::TensorOptions().dtype(at::kChar).device(at::kCUDA, dev));
     check_cuda(cudaMemcpy(t.data_ptr(), h, static_cast<size_t>(m) * m, cudaMemcpyHostToDevice), "hadamard");
-    const size_t words = hadamard_dense_left_words(m);
-    std::vector<uint32_t> packed(words);
-    hadamard_pack_dense_left(h, m, packed.data());
-    at::Tensor f = at::empty({static_cast<int64_t>(words)}, at::TensorOptions().dtype(at::kInt).device(at::kCUDA, dev));
-    check_cuda(cudaMemcpy(f.data_ptr(), packed.data(), words * 4, cudaMemcpyHostToDevice), "hadamard");
+    at::Tensor f;
+    if (e >= 0) {
+      const size_t words = hadamard_dense_left_words(m << e);
+      std::vector<uint32_t> packed(words);
+      hadamard_pack_dense_left(h, m, e, packed.data());
+      f = at::empty({static_cast<int64_t>(words)}, at::TensorOptions().dtype(at::kInt).device(at::kCUDA, dev));
+      check_cuda(cudaMemcpy(f.data_ptr(), packed.data(), words * 4, cudaMemcpyHostToDevice), "hadamard");
+    }
     it = cache->emplace(key, std::make_pair(t, f)).first;
   }
-  return {it->second.first.data_ptr<int8_t>(), reinterpret_cast<const uint32_t*>(it->second.second.data_ptr())};
+  const at::Tensor& f = it->second.second;
+  return {it->second.first.data_ptr<int8_t>(),
+          f.defined() ? reinterpret_cast<const uint32_t*>(f.data_ptr()) : nullptr};
 }
 
 void prepare_hadamard(HadamardPlan& p, const at::Tensor& x) {
   check_on_cuda(x, "x");
   check_aligned(p.args.x, "x");
   if (p.args.dense_m > 1) {
-    const DenseLeftDevice d = dense_left_device(p.args.dense_m, p.transpose, x.device().index());
+    int log2p = 0;
+    while ((int64_t(p.args.dense_m) << (log2p + 1)) <= p.args.n) ++log2p;
+    const int e = hadamard_dense_frag_expand(p.args.dense_m, log2p);
+    const DenseLeftDevice d = dense_left_device(p.args.dense_m, p.transpose, e, x.device().index());
     p.args.dense_left = d.left;
     p.args.dense_left_frag = d.frag;
   }
