@@ -1226,22 +1226,39 @@ bool dense_reg_plan(const HadamardArgs& a, int log2p_in, DenseRegPlan* out) {
   const size_t fixed = p.l_bytes + DenseRegConfig<T, 5>::kScratchBytes, reserve = 1024;
   const size_t two_per_sm = size_t(per_sm) / 2 - reserve, one_per_sm = std::min<size_t>(limit, per_sm - reserve);
   const size_t group_in = size_t(m) << (log2p + 1);
-  int r0 = static_cast<int>(std::max<size_t>(1, std::min<size_t>(64, 24576 / group_in)));
+  const int r0 = static_cast<int>(std::max<size_t>(1, std::min<size_t>(64, 24576 / group_in)));
+  // Busiest warp's m-tiles per group for R groups a tile and the best m-tiles per item (ties: more m-tiles, i.e.
+  // more B reuse).
+  auto balance = [&](int r, int* mb_out, int* ipg_out) {
+    double best = 1e30;
+    for (int mb = 1; mb <= max_mb; ++mb) {
+      const int ipg = (mt + mb - 1) / mb;
+      const double cost = double((r * ipg + 7) / 8) * mb / r;
+      if (cost <= best) best = cost, *mb_out = mb, *ipg_out = ipg;
+    }
+    return best;
+  };
+  // R: about 24 KB of input a tile (r0), or up to twice r0 where that spreads the items better over the 8 warps
+  // (140 * 64: 2 groups of 9 one-m-tile items in 3 rounds, against 5 two-m-tile items per group); as many
+  // staging buffers (2..4) as let two CTAs share an SM, else one CTA an SM.
   bool found = false;
-  for (const size_t budget : {two_per_sm, one_per_sm}) {
-    for (int r = r0; r >= 1 && !found; --r)
-      for (int s = 4; s >= 2 && !found; --s)
-        if (fixed + size_t(s) * r * p.group_bytes <= budget) p.groups_per_tile = r, p.stages = s, found = true;
-    if (found) break;
-  }
-  if (!found) return false;
-  // m-tiles per item: fewest m-tiles on the busiest warp per group, then the most m-tiles per item (B reuse)
   double best = 1e30;
-  for (int mb = 1; mb <= max_mb; ++mb) {
-    const int ipg = (mt + mb - 1) / mb;
-    const double cost = double((p.groups_per_tile * ipg + 7) / 8) * mb / p.groups_per_tile;
-    if (cost <= best) best = cost, p.mb = mb, p.items_per_group = ipg;
-  }
+  for (int r = 1; r <= std::max(2, r0); ++r)
+    for (int s = 4; s >= 2; --s) {
+      if (fixed + size_t(s) * r * p.group_bytes > two_per_sm) continue;
+      int mb = 1, ipg = 1;
+      const double cost = balance(r, &mb, &ipg);
+      const bool better = cost < best - 1e-9 || (cost < best + 1e-9 && std::abs(r - r0) < std::abs(p.groups_per_tile - r0));
+      if (!found || better) best = cost, p.groups_per_tile = r, p.stages = s, p.mb = mb, p.items_per_group = ipg;
+      found = true;
+      break;  // the most stages that fit for this r
+    }
+  for (int s = 4; s >= 2 && !found; --s)
+    if (fixed + size_t(s) * p.group_bytes <= one_per_sm) {
+      p.groups_per_tile = 1, p.stages = s, found = true;
+      balance(1, &p.mb, &p.items_per_group);
+    }
+  if (!found) return false;
   p.stage_bytes = size_t(p.groups_per_tile) * p.group_bytes;
   p.total = fixed + size_t(p.stages) * p.stage_bytes;
   *out = p;
