@@ -841,35 +841,35 @@ __global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant
       uint32_t w[NM], wn[NM];
 #pragma unroll
       for (int i = 0; i < NM; ++i) wn[i] = lds32(l_addr + i * l_step);
-      for (int kt = 0; kt < kts; ++kt) {
-        const int f = kt & 3;
-        if (f == 0) {
-#pragma unroll
-          for (int i = 0; i < NM; ++i) {
-            w[i] = wn[i];
-            if (kt + 4 < kts) wn[i] = lds32(l_addr + i * l_step + ((kt >> 2) + 1) * 128);
-          }
-        }
-        uint32_t a[NM][4];
+      for (int kq = 0; kq < prm.kq_count; ++kq) {  // k-quads: one L word per m-tile, shifts known at compile time
 #pragma unroll
         for (int i = 0; i < NM; ++i) {
-          const uint32_t ws = w[i] << (4 * f);
-#pragma unroll
-          for (int rr = 0; rr < 4; ++rr) a[i][rr] = ((ws << rr) & 0x80008000u) | kOne;
+          w[i] = wn[i];
+          if (kq + 1 < prm.kq_count) wn[i] = lds32(l_addr + i * l_step + (kq + 1) * 128);
         }
-        const uint32_t bk = b_addr + kt * 16 * Cfg::kPitch;
 #pragma unroll
-        for (int jp = 0; jp < JP; ++jp) {
-          uint32_t (&b)[4] = bq[jp % D];
+        for (int f = 0; f < 4; ++f) {
+          const int kt = kq * 4 + f;
+          if (kt >= kts) break;
+          uint32_t a[NM][4];
 #pragma unroll
-          for (int i = 0; i < NM; ++i) {
-            mma16816<T>(acc[i][2 * jp], a[i], b[0], b[1]);
-            mma16816<T>(acc[i][2 * jp + 1], a[i], b[2], b[3]);
-          }
-          if (jp + D < JP) {
-            ldmatrix_x4_trans_u32(b, bk + (jp + D) * 32);
-          } else if (kt + 1 < kts) {
-            ldmatrix_x4_trans_u32(b, bk + 16 * Cfg::kPitch + (jp + D - JP) * 32);
+          for (int i = 0; i < NM; ++i)
+#pragma unroll
+            for (int rr = 0; rr < 4; ++rr) a[i][rr] = ((w[i] << (4 * f + rr)) & 0x80008000u) | kOne;
+          const uint32_t bk = b_addr + kt * 16 * Cfg::kPitch;
+#pragma unroll
+          for (int jp = 0; jp < JP; ++jp) {
+            uint32_t (&b)[4] = bq[jp % D];
+#pragma unroll
+            for (int i = 0; i < NM; ++i) {
+              mma16816<T>(acc[i][2 * jp], a[i], b[0], b[1]);
+              mma16816<T>(acc[i][2 * jp + 1], a[i], b[2], b[3]);
+            }
+            if (jp + D < JP) {
+              ldmatrix_x4_trans_u32(b, bk + (jp + D) * 32);
+            } else if (kt + 1 < kts) {
+              ldmatrix_x4_trans_u32(b, bk + 16 * Cfg::kPitch + (jp + D - JP) * 32);
+            }
           }
         }
       }
