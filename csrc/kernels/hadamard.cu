@@ -53,9 +53,9 @@ cudaError_t transform_typed(const HadamardArgs& a, int log2p, void* out, int64_t
   ep.post_signs = a.signs_after ? a.signs : nullptr;
   const int vec = Vec<T>::kVec;
   const bool out_ok = aligned(out, 16) && out_stride % vec == 0;
-  int nst = 0;
-  if (a.dense_m > 1 && out_ok && dense_fast_ok<T>(a, log2p, &nst))
-    return launch_dense<T, StoreEpilogue<T>>(a, log2p, nst, ep, 1 << 30, stream);
+  DenseRoute dense;
+  if (a.dense_m > 1 && out_ok && dense_fast_ok<T>(a, log2p, &dense))
+    return launch_dense<T, StoreEpilogue<T>>(a, log2p, dense, ep, 1 << 30, stream);
   if (out_ok && pow2_fast_ok(a, sizeof(T))) {
     return dispatch_log2(log2p, [&](auto P) {
       return launch_pow2<T, decltype(P)::value, StoreEpilogue<T>>(a, ep, 1 << 30, stream);

@@ -421,6 +421,21 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], 
   }
 }
 
+/*!
+ * \brief Flips the sign bits of 8 staged 16-bit values (one 16-byte chunk in shared memory) where the float32 signs
+ * sg[0..8) are negative (the signs applied before the transform, in place).
+ */
+__device__ __forceinline__ void flip_signs8(uint4* pk, const float* sg) {
+  const float4 s0 = __ldg(reinterpret_cast<const float4*>(sg));
+  const float4 s1 = __ldg(reinterpret_cast<const float4*>(sg + 4));
+  auto mask = [](float lo, float hi) {
+    return ((__float_as_uint(lo) >> 16) & 0x8000u) | (__float_as_uint(hi) & 0x80000000u);
+  };
+  uint4 u = *pk;
+  u.x ^= mask(s0.x, s0.y), u.y ^= mask(s0.z, s0.w), u.z ^= mask(s1.x, s1.y), u.w ^= mask(s1.z, s1.w);
+  *pk = u;
+}
+
 /*! \brief 32-bit shared-memory load from a shared-window byte address. */
 __device__ __forceinline__ uint32_t lds32(uint32_t addr) {
   uint32_t v;
@@ -437,10 +452,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans_u32(uint32_t (&r)[4], uint32_t
 
 /*! \brief ldmatrix x4 with transpose: B fragments (k16 x n16) of a row-major [k][n] 16-bit matrix. */
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(s));
+  ldmatrix_x4_trans_u32(r, static_cast<uint32_t>(__cvta_generic_to_shared(smem_row)));
 }
 
 /*!
@@ -569,15 +581,8 @@ __global__ void __launch_bounds__(256, 1) dense_kernel(const __grid_constant__ D
     if (prm.pre_signs != nullptr) {  // this thread's own chunks are complete: flip their signs in place
       const float* sg = prm.pre_signs + int64_t(gcol) * prm.n;
       for (int c = tid; c < chunks; c += Cfg::kThreads) {
-        uint4* pk = reinterpret_cast<uint4*>(sb + (c / kChunksPerRow) * Cfg::kPitch + (c % kChunksPerRow) * 16);
-        const float4 s0 = __ldg(reinterpret_cast<const float4*>(sg + c * 8));
-        const float4 s1 = __ldg(reinterpret_cast<const float4*>(sg + c * 8 + 4));
-        auto mask = [](float lo, float hi) {
-          return ((__float_as_uint(lo) >> 16) & 0x8000u) | (__float_as_uint(hi) & 0x80000000u);
-        };
-        uint4 u = *pk;
-        u.x ^= mask(s0.x, s0.y), u.y ^= mask(s0.z, s0.w), u.z ^= mask(s1.x, s1.y), u.w ^= mask(s1.z, s1.w);
-        *pk = u;
+        flip_signs8(reinterpret_cast<uint4*>(sb + (c / kChunksPerRow) * Cfg::kPitch + (c % kChunksPerRow) * 16),
+                    sg + c * 8);
       }
     }
     __syncthreads();  // staged group visible; F free
@@ -799,16 +804,8 @@ __global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant
         const uint32_t r = prm.fm.div(uint32_t(fr)), i = uint32_t(fr) - r * uint32_t(m);
         uint32_t row, gcol;
         prm.gpr.divmod(tile * uint32_t(R) + r, row, gcol);
-        const float* sg = prm.pre_signs + int64_t(gcol) * prm.n + (i << P) + my_ch * 8;
-        uint4* pk = reinterpret_cast<uint4*>(sb + (uint32_t(fr) + r * uint32_t(prm.m_pad - m)) * Cfg::kPitch + my_ch * 16);
-        const float4 s0 = __ldg(reinterpret_cast<const float4*>(sg));
-        const float4 s1 = __ldg(reinterpret_cast<const float4*>(sg + 4));
-        auto mask = [](float lo, float hi) {
-          return ((__float_as_uint(lo) >> 16) & 0x8000u) | (__float_as_uint(hi) & 0x80000000u);
-        };
-        uint4 u = *pk;
-        u.x ^= mask(s0.x, s0.y), u.y ^= mask(s0.z, s0.w), u.z ^= mask(s1.x, s1.y), u.w ^= mask(s1.z, s1.w);
-        *pk = u;
+        flip_signs8(reinterpret_cast<uint4*>(sb + (uint32_t(fr) + r * uint32_t(prm.m_pad - m)) * Cfg::kPitch + my_ch * 16),
+                    prm.pre_signs + int64_t(gcol) * prm.n + (i << P) + my_ch * 8);
       }
     }
     __syncthreads();  // tile staged and visible; every warp is done with the buffer refilled next
@@ -1300,18 +1297,25 @@ cudaError_t launch_dense_reg(const HadamardArgs& a, int log2p, const DenseRegPla
   });
 }
 
+/*! \brief Which dense-factor kernel runs (dense_fast_ok) and its sizes. */
+struct DenseRoute {
+  bool reg = false;   //!< dense_reg_kernel with `plan`, else dense_kernel with `nst` staging buffers
+  DenseRegPlan plan;
+  int nst = 1;
+};
+
 /*!
- * \brief Whether a dense-factor tensor-core kernel takes these tensors: dense_reg_kernel (dense_reg_plan; *nst = 0),
- * else dense_kernel (16-bit dtype, 32 <= 2^p <= 1024, aligned, fits on chip) with its staging depth in *nst:
- * two buffers unless one buffer lets more CTAs share an SM (the kernel's phases are serialized,
+ * \brief Whether a dense-factor tensor-core kernel takes these tensors, and which (*route, for launch_dense):
+ * dense_reg_kernel with the sizes of dense_reg_plan, else dense_kernel (16-bit dtype, 32 <= 2^p <= 1024, aligned,
+ * fits on chip) with its staging depth: two buffers unless one buffer lets more CTAs share an SM (the kernel's phases are serialized,
  * so a second resident CTA hides more than a prefetched group does). Registers (78-96 a thread) cap residency at
  * two CTAs of 256 threads.
  */
 template <typename T>
-bool dense_fast_ok(const HadamardArgs& a, int log2p, int* nst) {
-  DenseRegPlan reg;
-  if (dense_reg_plan<T>(a, log2p, &reg)) {
-    *nst = 0;  // dense_reg_kernel
+bool dense_fast_ok(const HadamardArgs& a, int log2p, DenseRoute* route) {
+  *route = DenseRoute();
+  if (dense_reg_plan<T>(a, log2p, &route->plan)) {
+    route->reg = true;
     return true;
   }
   if (a.dense_m < 2 || log2p < 5 || log2p > 10 || sizeof(T) != 2) return false;
@@ -1329,7 +1333,7 @@ bool dense_fast_ok(const HadamardArgs& a, int log2p, int* nst) {
       const size_t reserve = 1024;  // per-CTA shared memory the runtime keeps
       auto ctas = [&](size_t bytes) { return std::min<size_t>(2, size_t(per_sm) / (bytes + reserve)); };
       ok = one <= size_t(limit);
-      *nst = two <= size_t(limit) && ctas(two) >= ctas(one) ? 2 : 1;
+      route->nst = two <= size_t(limit) && ctas(two) >= ctas(one) ? 2 : 1;
     }
     return cudaSuccess;
   });
@@ -1337,14 +1341,14 @@ bool dense_fast_ok(const HadamardArgs& a, int log2p, int* nst) {
 }
 
 /*!
- * \brief Launches the dense-factor kernel over all groups of `a` (see dense_fast_ok): dense_reg_kernel where
- * dense_reg_plan takes the shape, else dense_kernel<T, P> (P = log2p in [5, 10]).
+ * \brief Launches the dense-factor kernel dense_fast_ok chose over all groups of `a`: dense_reg_kernel, or
+ * dense_kernel<T, P> (P = log2p in [5, 10]).
  */
 template <typename T, class Epi>
-cudaError_t launch_dense(const HadamardArgs& a, int log2p, int nst, const typename Epi::Params& ep, int max_grid,
-                         cudaStream_t stream, int* grid_out = nullptr) {
-  DenseRegPlan reg;
-  if (dense_reg_plan<T>(a, log2p, &reg)) return launch_dense_reg<T, Epi>(a, log2p, reg, ep, max_grid, stream, grid_out);
+cudaError_t launch_dense(const HadamardArgs& a, int log2p, const DenseRoute& route, const typename Epi::Params& ep,
+                         int max_grid, cudaStream_t stream, int* grid_out = nullptr) {
+  if (route.reg) return launch_dense_reg<T, Epi>(a, log2p, route.plan, ep, max_grid, stream, grid_out);
+  const int nst = route.nst;
   return dispatch_log2(log2p, [&](auto Pc) -> cudaError_t {
     constexpr int P = decltype(Pc)::value;
     if constexpr (P < 5 || P > 10 || sizeof(T) != 2) {

@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(256) transpose_kernel(const uint8_t* q, uint8_
 /*! \brief How hadamard_quantize runs for given arguments (also sizes the workspace). */
 struct Route {
   bool fast = false;       //!< power-of-two kernel or dense kernel (else generic kernel)
-  int dense_nst = 0;       //!< dense kernel staging buffers (0: the register-resident dense kernel)
+  DenseRoute dense;        //!< which dense-factor kernel (dense_m > 1 and fast)
   bool transpose = false;  //!< qt by transpose_kernel from q (or from the workspace)
   bool q_in_ws = false;    //!< q lives in the workspace (caller wants qt only)
 };
@@ -217,8 +217,7 @@ Route plan_route(const HadamardQuantArgs& a, int log2p) {
   Route r;
   const bool q_ok = a.q == nullptr || aligned(a.q, V);
   if (h.dense_m > 1) {
-    r.fast = q_ok && dense_fast_ok<T>(h, log2p, &r.dense_nst);
-    if (!r.fast) r.dense_nst = 0;
+    r.fast = q_ok && dense_fast_ok<T>(h, log2p, &r.dense);
   } else {
     r.fast = q_ok && log2p >= kMinFusedP && pow2_fast_ok(h, sizeof(T));
   }
@@ -240,7 +239,7 @@ cudaError_t hq_launch(const HadamardArgs& h, int log2p, const Route& route, cons
   constexpr bool kReverse = MODE == HqMode::kQuant;  // pass 2 first reads what pass 1 left in L2 (tile_order)
   if (!route.fast) return launch_generic<T, Epi>(h, log2p, p, max_grid, stream, grid);
   // (the dense kernel keeps the forward order: reversed, it measured 4-7 % slower at n = 14336 on H100)
-  if (h.dense_m > 1) return launch_dense<T, Epi>(h, log2p, route.dense_nst, p, max_grid, stream, grid);
+  if (h.dense_m > 1) return launch_dense<T, Epi>(h, log2p, route.dense, p, max_grid, stream, grid);
   return dispatch_log2<kMinFusedP>(log2p, [&](auto P) {
     return launch_pow2<T, decltype(P)::value, Epi, Pow2FusedConfig>(h, p, max_grid, stream, grid, kReverse);
   });

@@ -104,6 +104,7 @@ HadamardPlan plan_hadamard(const at::Tensor& x, std::optional<double> scale, int
   a.signs_after = transpose;  // inverse of y = (x o s) H is x = (y H^T) o s
   a.dense_m = f.m;
   a.dense_left = nullptr;
+  p.log2p = f.log2p;
   return p;
 }
 

@@ -48,8 +48,9 @@ at::Tensor as_rows(const at::Tensor& x);
 struct HadamardPlan {
   at::Tensor x2d;      //!< x viewed as [rows, cols] (last dim contiguous; a copy only when no such view exists)
   at::Tensor signs;    //!< float32 contiguous [cols] or undefined
-  HadamardArgs args;   //!< all fields set except dense_left (host or device pointer, set by the backend)
+  HadamardArgs args;   //!< all fields set except dense_left, dense_left_frag (host or device, set by the backend)
   bool transpose = false;
+  int log2p = 0;       //!< n = args.dense_m * 2^log2p
 };
 
 /*!

@@ -82,9 +82,7 @@ void prepare_hadamard(HadamardPlan& p, const at::Tensor& x) {
   check_on_cuda(x, "x");
   check_aligned(p.args.x, "x");
   if (p.args.dense_m > 1) {
-    int log2p = 0;
-    while ((int64_t(p.args.dense_m) << (log2p + 1)) <= p.args.n) ++log2p;
-    const int e = hadamard_dense_frag_expand(p.args.dense_m, log2p);
+    const int e = hadamard_dense_frag_expand(p.args.dense_m, p.log2p);
     const DenseLeftDevice d = dense_left_device(p.args.dense_m, p.transpose, e, x.device().index());
     p.args.dense_left = d.left;
     p.args.dense_left_frag = d.frag;
