@@ -197,7 +197,6 @@ def test_cuda_matches_cpu_poisoned(n):
     assert rel_err(gpu, cpu) < 8e-3
 
 
-
 def _hadamard_ref_cuda64(x, n, signs, transpose):
     """float64 reference on the GPU (same construction as hadamard_ref: kron(D_m, Sylvester), blockwise)."""
     m, p = hr.factor(n)
