@@ -60,12 +60,15 @@ def write_results(name: str, rows: List[dict], merge_key: Iterable[str] = (), ex
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")
     merge_key = tuple(merge_key)
+    facts = device_facts()
+    rows = [{**r, "date": r.get("date", facts["date"])} for r in rows]  # every row says when it was measured
     if merge_key and os.path.exists(path):
         with open(path) as f:
-            old = json.load(f).get("rows", [])
+            old_doc = json.load(f)
+        old = [{**r, "date": r.get("date", old_doc.get("date"))} for r in old_doc.get("rows", [])]
         new_keys = {tuple(r.get(k) for k in merge_key) for r in rows}
         rows = [r for r in old if tuple(r.get(k) for k in merge_key) not in new_keys] + rows
-    doc = {**device_facts(), **(extra or {}), "rows": rows}
+    doc = {**facts, **(extra or {}), "rows": rows}
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
     return path

@@ -101,9 +101,19 @@ def breakdown(M, K, N, level, prec, rb=None, wgs=None):
         t["ey_quantize(q+t)"] = time_ms(lambda: eyq(ey, qd, 1, None, True, True))
     else:
         t["quant_ey(q+qt)"] = time_ms(lambda: hq(ey, qd, None, 1, None, False, True, True, None))
-    t["gemm_ex"] = time_ms(lambda: mm(qe, qwt, se, sw, torch.bfloat16, None))
+    # HALO-2 with token block 256 and int8/e4m3 operands: the token undo runs in the GEMM (qgemm row_hadamard with
+    # the signs and 1/sqrt(b) in a per-row scale, as linear_backward calls it); otherwise GEMM, then a batched GEMM
+    fused_undo = level == 2 and tb == 256 and M % tb == 0 and qd in (torch.int8, torch.float8_e4m3fn)
     z = mm(qe, qwt, se, sw, torch.bfloat16, None)
-    if level == 2:
+    if fused_undo:
+        rs = signs.repeat(M // tb) * (se / tb ** 0.5)
+        t["gemm_ex+token_undo"] = time_ms(lambda: mm(qe, qwt, rs, sw, torch.bfloat16, None, tb))
+        info = {"info_gemm_ex_plain": time_ms(lambda: mm(qe, qwt, se, sw, torch.bfloat16, None)),
+                "info_rot_tokens_ex(bmm)": time_ms(lambda: _rotate_tokens(z, hb, transpose=True))}
+    else:
+        t["gemm_ex"] = time_ms(lambda: mm(qe, qwt, se, sw, torch.bfloat16, None))
+        info = {}
+    if level == 2 and not fused_undo:
         t["rot_tokens_ex(bmm)"] = time_ms(lambda: _rotate_tokens(z, hb, transpose=True))
     if level >= 1:
         t["had_undo_ex"] = time_ms(lambda: had(z, None, kb, None, True))
@@ -116,6 +126,7 @@ def breakdown(M, K, N, level, prec, rb=None, wgs=None):
         gg = mm(qet, qxt, set_, sx, torch.bfloat16, None)
         t["had_undo_g"] = time_ms(lambda: had(gg, None, kb, None, True))
     t["sum"] = sum(t.values())
+    t.update(info)  # steps the pipeline does not run, for comparison (not in the sum)
     return t
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import halo_ext
-from refs import rel_err
+from refs import fwht_last, rel_err
 
 PAIRS = [(torch.int8, torch.int8), (torch.float8_e4m3fn, torch.float8_e4m3fn),
          (torch.float8_e5m2, torch.float8_e4m3fn)]
@@ -140,6 +140,74 @@ def test_qgemm_cuda_large(ta, tb, M, N, K):
     assert torch.isfinite(out.float()).all()
 
 
+def _ref_row_hadamard(a, b, sa, sb, rb):
+    """float64 diag(sa) (I (x) H_rb) (a b^T) diag(sb), H_rb the unnormalized Sylvester matrix (numpy butterflies)."""
+    acc = (a.double().cpu() @ b.double().cpu().T).numpy()
+    if rb > 1:
+        m, n = acc.shape
+        acc = fwht_last(acc.reshape(m // rb, rb, n).transpose(0, 2, 1)).transpose(0, 2, 1).reshape(m, n)
+    acc = torch.from_numpy(acc.copy())
+    return acc * sa.double().cpu().reshape(-1, 1) * sb.double().cpu().reshape(1, -1)
+
+
+@pytest.mark.parametrize("ta,tb", PAIRS)
+@pytest.mark.parametrize("M,N,K,rb", [(512, 136, 272, 256), (256, 264, 64, 256), (768, 128, 512, 256),
+                                      (64, 48, 32, 16), (96, 16, 16, 2), (48, 32, 64, 1)])
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_qgemm_row_hadamard(device, ta, tb, M, N, K, rb, per_row, out_dtype):
+    """row_hadamard: the product's rows mixed by H_rb before the scales (the fused sm90 kernel for rb = 256 with
+    int8/e4m3 and bf16 out, the fallback otherwise), against float64. One output rounding, plus float32 rounding of
+    the butterflies (8 stages: < 2^-20 relative) and, for float8 on the GPU, its tensor-core accumulation."""
+    a, b = _rand8((M, K), ta, device), _rand8((N, K), tb, device)
+    sa = (torch.rand(M if per_row else 1, device=device) + 0.5) * (-1) ** torch.arange(M if per_row else 1,
+                                                                                     device=device)
+    # outputs of order 1-100 (fp16 range): the row mix grows them by sqrt(rb)
+    sb = (torch.rand(N if per_row else 1, device=device) * 1e-2 + 1e-3) / (K * max(rb, 1)) ** 0.5
+    out = halo_ext.qgemm(a, b, sa, sb, out_dtype, None, rb)
+    assert out.shape == (M, N) and out.dtype == out_dtype
+    ref = _ref_row_hadamard(a, b, sa, sb, rb)
+    base = rel_err(ref.to(out_dtype), ref)
+    fp8_acc = 2.5e-4 if (ta != torch.int8 and device == "cuda") else 2e-6
+    assert rel_err(out, ref) <= 2 * base + (1e-6 if ta == torch.int8 else fp8_acc)
+    if rb <= 1:
+        assert torch.equal(out, halo_ext.qgemm(a, b, sa, sb, out_dtype))
+    else:  # not the plain product: a row mix left undone gives an error ~1
+        assert rel_err(halo_ext.qgemm(a, b, sa, sb, out_dtype), ref) > 0.5
+
+
+def test_qgemm_row_hadamard_zero_and_errors(device):
+    one = torch.ones(1, device=device)
+    z = torch.zeros(256, 32, dtype=torch.int8, device=device)
+    assert (halo_ext.qgemm(z, z[:16], one, one, torch.bfloat16, None, 256) == 0).all()
+    a = torch.randint(-127, 128, (48, 32), dtype=torch.int8, device=device)
+    with pytest.raises(ValueError, match="row_hadamard must be 0 or a power of two"):
+        halo_ext.qgemm(a, a, one, one, torch.bfloat16, None, 3)
+    with pytest.raises(ValueError, match="must divide the rows of a"):
+        halo_ext.qgemm(a, a, one, one, torch.bfloat16, None, 32)
+    with pytest.raises(ValueError, match="bias is not supported with row_hadamard"):
+        halo_ext.qgemm(a, a, one, one, torch.bfloat16, torch.zeros(48, dtype=torch.bfloat16, device=device), 16)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not halo_ext.sm90_available(), reason="needs an sm_90 GPU and the sm90a build")
+@pytest.mark.parametrize("ta", [torch.int8, torch.float8_e4m3fn])
+@pytest.mark.parametrize("M,N,K", [(8192, 4096, 4096), (1024, 14336, 1024), (4096, 200, 2048)])
+def test_qgemm_row_hadamard_cuda_large(ta, M, N, K):
+    """The fused kernel at layer shapes (HALO-2's E_X: tokens x in-features, K = out-features), per-row scale_a with
+    signs as HALO-2 passes it, partial tiles along N; checked on 512 rows = 2 token blocks against float64."""
+    a, b = _rand8((M, K), ta, "cuda"), _rand8((N, K), ta, "cuda")
+    signs = torch.randint(0, 2, (256,), device="cuda").float() * 2 - 1
+    sa = signs.repeat(M // 256) * 1e-3 / 16
+    sb = torch.rand(1, device="cuda") * 1e-2
+    out = halo_ext.qgemm(a, b, sa, sb, torch.bfloat16, None, 256)
+    rows = slice(M - 512, M)
+    ref = _ref_row_hadamard(a[rows], b, sa[rows], sb, 256)
+    base = rel_err(ref.to(torch.bfloat16), ref)
+    assert rel_err(out[rows], ref) <= 2 * base + (1e-5 if ta == torch.int8 else 2.5e-4)
+    assert torch.isfinite(out.float()).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn])
 @pytest.mark.parametrize("K", [256, 28 * 64])
 def test_hadamard_qgemm(device, dtype, K):
@@ -180,6 +248,7 @@ def test_opcheck(device):
     b = _rand8((16, 64), torch.int8, device)
     sa, sb = torch.rand(32, device=device), torch.rand(1, device=device)
     torch.library.opcheck(torch.ops.halo.qgemm.default, (a, b, sa, sb, torch.bfloat16, None))
+    torch.library.opcheck(torch.ops.halo.qgemm.default, (a, b, sa, sb, torch.bfloat16, None, 16))
     x = torch.randn(32, 64, device=device)
     w = torch.randn(16, 64, device=device)
     torch.library.opcheck(torch.ops.halo.hadamard_qgemm.default, (x, w, torch.int8, None, None, None, 0, None))

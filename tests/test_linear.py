@@ -22,6 +22,7 @@ import halo_ext
 from halo_ext import HaloLinear
 
 from conftest import DEVICES
+from refs import rel_err
 
 BOUND = {("int8", None): 0.035, ("fp8", None): 0.10, ("fp8", "e5m2"): 0.16}
 PRECS = list(BOUND)
@@ -579,6 +580,28 @@ def test_linear_ops_opcheck(device, level, m, b, wgs_channel, bias):
     _, gw2, _ = torch.ops.halo.linear_backward(*bwd[:13], False, True, torch.float32, None)
     # the same GEMM; the bf16 call rounds its output before the H_m undo: within a few bf16 ulps of the max
     assert gw2.dtype == torch.float32 and (gw2 - gw.float()).abs().max() <= 2 ** -6 * gw.float().abs().max()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dt", [torch.int8, torch.float8_e4m3fn])
+def test_halo2_token_undo_in_gemm(device, dt):
+    """bf16, token block 256: linear_backward undoes the token rotation inside the input-gradient GEMM (qgemm's
+    row_hadamard; the sm90 epilogue on Hopper). Same E_X as the composition it replaces (bf16 GEMM output, batched
+    GEMM with R_b, H_m undo) within that composition's own roundings: two bf16 roundings of ~2^-9 rms each."""
+    torch.manual_seed(0)
+    m, k, n, b = 300, 128, 96, 256
+    _, bwd, (_, _, ws, wqt, _, _, _) = _fwd_bwd_args(device, 2, m, k, n, b, True, False, qd=dt, gd=dt)
+    gx, _, _ = torch.ops.halo.linear_backward(*bwd)
+    ey, rot, signs, mp = bwd[0], bwd[5], bwd[6], bwd[10]
+    eyp = torch.cat([ey, ey.new_zeros(mp - m, n)])
+    qr, sr, _, _ = torch.ops.halo.ey_quantize(eyp, dt, b, signs, True, False)
+    z = halo_ext.qgemm(qr, wqt, sr, ws, torch.bfloat16)
+    z = (rot.t() @ z.view(-1, b, k)).view(mp, k)
+    z = halo_ext.hadamard(z, transpose=True)[:m]
+    assert gx.shape == (m, k) and rel_err(gx, z) < 8e-3
+    # and E_X itself against float64 (HALO-2's bound for the precision, bf16 inputs)
+    _check_layer(device, torch.bfloat16, 2, "int8" if dt == torch.int8 else "fp8", None, (m, k), n,
+                 bound_scale=1.1)
 
 
 def test_linear_backward_token_block_above_256():

@@ -5,7 +5,7 @@
 # Usage (repo root, with the wheels of ../shared/tools/gpu-wheels.sh in .whl/):  bash tools/device_run.sh [steps]
 # Single-GPU steps: build test test-hadamard test-comm sanitize bench-hadamard bench-hadamard-old bench-quant bench-gemm bench-linear bench-linear-1b
 #                   bench-linear-fp8ch bench-linear-cfg1
-#                   bench-host finetune-bench finetune-acc test-linear
+#                   bench-host finetune-bench finetune-acc test-linear test-gemm bench-linear-main
 # Multi-GPU steps (torchrun over all visible GPUs): dist-test bench-allreduce bench-fsdp bench-fsdp-perf (no loss
 #                   curves) ar-trace (all-reduce time breakdown and kernel timelines, tools/ar_trace.py)
 # Default: build test sanitize bench-hadamard bench-quant bench-gemm.
@@ -73,6 +73,11 @@ for step in $steps; do
         --gemm-config 1 --name linear_gemm_cfg1 ;;
     bench-linear-1b) run_step bench-linear-1b 60 python3 bench/linear_bench.py --breakdown --shape-set 1b ;;
     bench-host) run_step bench-host 20 python3 bench/host_overhead.py ;;
+    test-gemm)  # the GEMM tests only
+      run_step test-gemm 0 python3 -m pytest tests/test_gemm.py -q -p no:cacheprovider --timeout=900
+      grep -E "^(FAILED|ERROR)|passed|failed|Error" "$LOGS/test-gemm.log" | tail -20 ;;
+    bench-linear-main)  # the three LLaMA-3-8B layer shapes the targets name, levels 0 and 2
+      run_step bench-linear-main 60 python3 bench/linear_bench.py --breakdown --shapes 0,1,2 --levels 0,2 ;;
     test-linear)  # the layer and E_Y quantization tests only (a quick check after changing their kernels)
       run_step test-linear 0 python3 -m pytest tests/test_linear.py tests/test_ey_quantize.py -q -p no:cacheprovider \
         --timeout=900

@@ -41,6 +41,9 @@ if halo_ext.sm90_available():
         b = torch.randn(136, 256, device=dev).to(qb) if qb != torch.int8 else torch.randint(-9, 9, (136, 256), dtype=qb, device=dev)
         halo_ext.qgemm(a, b, torch.rand(200, device=dev), torch.rand(1, device=dev), torch.bfloat16,
                        torch.randn(136, device=dev, dtype=torch.bfloat16))
+        if qa == qb:  # row_hadamard 256 (transposed problem, column-major D): 512 rows, a partial tile of 136
+            halo_ext.qgemm(torch.cat([a, a, a[:112]]), b, torch.rand(512, device=dev), torch.rand(1, device=dev),
+                           torch.bfloat16, None, 256)
 # block-quantized collectives (pack / reduce / reduce_broadcast with own + deq / unpack), both lane traits, every
 # block size, ragged sizes: partial lane groups in the last warp, tails inside a lane, empty own parts
 import os  # noqa: E402

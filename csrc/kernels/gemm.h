@@ -3,6 +3,10 @@
  * \brief 8-bit GEMMs with scales in the epilogue (torch-free C++ API).
  *
  * D[M,N] = (scale_a o A[M,K]) (scale_b o B[N,K])^T (+ bias[N]), A and B both K-major ("TN"), D row-major.
+ * With row_hadamard = b > 1 the rows of the product are mixed in blocks of b before the scales:
+ * D = diag(scale_a) (I_{M/b} (x) H_b) (A B^T) diag(scale_b), H_b the unnormalized Sylvester (+-1) matrix. HALO-2
+ * uses it to undo the token rotation of the input gradient inside the GEMM (the signs and 1/sqrt(b) of the
+ * rotation go into scale_a, one value per row).
  * int8 x int8 accumulates in int32; float8 (e4m3 x e4m3, e5m2 x e4m3) accumulates in float32. The scales are
  * float32 device pointers, one value (per-tensor) or one per row of A (length M) / per row of B (length N).
  * Everything stays on the device: no host synchronization.
@@ -31,12 +35,16 @@ struct QGemmArgs {
   DType out_dtype = DType::kBFloat16;  //!< kBFloat16, kFloat16 or kFloat32
   void* d = nullptr;               //!< [M, N], row stride ldd
   int config = -1;                 //!< kernel configuration index, -1 = chosen by problem shape
+  /*! \brief 0 or 1: none; b > 1 (a power of two dividing M): (I (x) H_b) applied to the rows of A B^T before the
+   *  scales. sm90a kernels: b = 256 with int8 x int8 or e4m3 x e4m3 -> bf16, no bias. */
+  int64_t row_hadamard = 0;
 };
 
 #if defined(HALO_ENABLE_SM90) && defined(HALO_KERNEL_LAUNCHERS)
 /*!
  * \brief Whether the sm90a kernels take this problem (dtypes, alignment: K % 16 == 0, N % (16 / out bytes) == 0,
- * 16-byte aligned pointers and strides). Returns nullptr when supported, else a message saying why not.
+ * 16-byte aligned pointers and strides; row_hadamard 0, 1, or 256 with the dtypes above and M % 256 == 0).
+ * Returns nullptr when supported, else a message saying why not.
  *
  * Also required: K > 0, lda/ldb >= K and multiples of 16, ldd >= N, M, N, K < 2^31, non-null A/B/D/scales,
  * 4-byte aligned scales, bias aligned to its element size, config -1 or in [0, qgemm_sm90_num_configs()).

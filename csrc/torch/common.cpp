@@ -273,7 +273,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> plan_hadamard_quantize(
 }
 
 at::Tensor plan_qgemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
-                      std::optional<at::ScalarType> out_dtype, const std::optional<at::Tensor>& bias, QGemmArgs* g) {
+                      std::optional<at::ScalarType> out_dtype, const std::optional<at::Tensor>& bias,
+                      int64_t row_hadamard, QGemmArgs* g) {
   TORCH_CHECK_VALUE(a.dim() == 2 && b.dim() == 2, "halo.qgemm: a and b must be 2-D ([M,K] and [N,K]), got ",
                     S(a.sizes()), " and ", S(b.sizes()));
   TORCH_CHECK_VALUE(a.size(1) == b.size(1), "halo.qgemm: K mismatch: a is ", S(a.sizes()), ", b is ", S(b.sizes()),
@@ -309,6 +310,13 @@ at::Tensor plan_qgemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor
                      " must equal out_dtype ", ot);
     TORCH_CHECK_VALUE(bias->device() == a.device(), "halo.qgemm: bias is on ", bias->device());
   }
+  TORCH_CHECK_VALUE(row_hadamard >= 0 && (row_hadamard & (row_hadamard - 1)) == 0,
+                    "halo.qgemm: row_hadamard must be 0 or a power of two, got ", S(row_hadamard));
+  if (row_hadamard > 1) {
+    TORCH_CHECK_VALUE(M % row_hadamard == 0, "halo.qgemm: row_hadamard (", S(row_hadamard),
+                      ") must divide the rows of a (M = ", S(M), ")");
+    TORCH_CHECK_VALUE(!bias, "halo.qgemm: bias is not supported with row_hadamard");
+  }
   at::Tensor d = at::empty({M, N}, a.options().dtype(ot));
   g->a = a.data_ptr();
   g->b = b.data_ptr();
@@ -327,6 +335,7 @@ at::Tensor plan_qgemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor
   g->bias = bias ? bias->data_ptr() : nullptr;
   g->out_dtype = to_dtype(ot);
   g->d = d.data_ptr();
+  g->row_hadamard = row_hadamard;
   return d;
 }
 
@@ -343,7 +352,7 @@ const Ops& Ops::get() {
                                                         int64_t)>(),
           d.findSchemaOrThrow("halo::qgemm", "")
               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                std::optional<at::ScalarType>, const OptT&)>(),
+                                std::optional<at::ScalarType>, const OptT&, int64_t)>(),
           d.findSchemaOrThrow("halo::hadamard", "")
               .typed<at::Tensor(const at::Tensor&, std::optional<double>, int64_t, const OptT&, bool)>()};
     return o;
@@ -377,7 +386,7 @@ at::Tensor hadamard_qgemm_composite(const at::Tensor& x, const at::Tensor& w, at
   auto rx = ops.hq.call(x, dtype, std::nullopt, block, signs, false, true, false, std::nullopt);
   const int64_t K = x.size(-1);
   at::Tensor qx = std::get<0>(rx).reshape({-1, K});
-  at::Tensor out = ops.mm.call(qx, qw, std::get<2>(rx), sw, out_dtype.value_or(x.scalar_type()), bias);
+  at::Tensor out = ops.mm.call(qx, qw, std::get<2>(rx), sw, out_dtype.value_or(x.scalar_type()), bias, 0);
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = w.size(0);
   return out.view(shape);

@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> plan_hadamard_quantize(
 /*! \brief Validates qgemm() arguments; returns the output and fills args. */
 at::Tensor plan_qgemm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
                       std::optional<at::ScalarType> out_dtype, const std::optional<at::Tensor>& bias,
-                      QGemmArgs* args);
+                      int64_t row_hadamard, QGemmArgs* args);
 
 /*! \brief ey_quantize() outputs and the contiguous inputs its args point into (keep them alive while it runs). */
 struct EyQuantPlan {
@@ -117,7 +117,7 @@ struct Ops {
                                                               int64_t)>
       quant;  //!< halo::quantize
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                      std::optional<at::ScalarType>, const OptT&)>
+                                      std::optional<at::ScalarType>, const OptT&, int64_t)>
       mm;  //!< halo::qgemm
   c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, std::optional<double>, int64_t, const OptT&, bool)>
       had;  //!< halo::hadamard

@@ -11,6 +11,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
+#include <cmath>
 #include <optional>
 #include <tuple>
 
@@ -48,6 +49,14 @@ Quantized given(const at::Tensor& q, const at::Tensor& s) { return {q, s, none_l
 Quantized quantize(const Ops& ops, const at::Tensor& src, at::ScalarType qdtype, int64_t blk, bool want_t) {
   auto r = ops.hq.call(src, qdtype, std::nullopt, blk, std::nullopt, false, true, want_t, std::nullopt);
   return {std::get<0>(r), std::get<2>(r), std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+}
+
+// Whether HALO-2's token undo H_T runs as qgemm's row_hadamard (the configurations with a fused sm90 kernel: token
+// block 256, int8 or e4m3 operands, bfloat16 gradients) rather than as a batched GEMM over the bf16 product. The
+// same choice on every backend, so CPU and CUDA compute the same algebra.
+bool token_undo_in_gemm(int64_t b, bool fused_rot, at::ScalarType out, at::ScalarType a, at::ScalarType w) {
+  const bool pair = (a == at::kChar && w == at::kChar) || (a == at::kFloat8_e4m3fn && w == at::kFloat8_e4m3fn);
+  return fused_rot && b == 256 && out == at::kBFloat16 && pair;
 }
 
 const at::Tensor& need(const OptT& t, const char* what) {
@@ -89,7 +98,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   OptT b;
   if (bias.has_value() && bias->defined())
     b = bias->scalar_type() == x2.scalar_type() ? *bias : bias->to(x2.scalar_type());
-  at::Tensor y = ops.mm.call(x.q, w.q, x.s, w.s, x2.scalar_type(), b);
+  at::Tensor y = ops.mm.call(x.q, w.q, x.s, w.s, x2.scalar_type(), b, 0);
   if (y.size(0) != m) y = y.narrow(0, 0, m);  // the padded rows are dropped (a view of the op's own result)
   return {y, w.q_out, w.s_out, w.qt_out, x.q_out, x.qt_out, x.s_out};
 }
@@ -165,11 +174,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(
         qr = std::get<0>(q);
         sr = std::get<1>(q);
       }
-      z = ops.mm.call(qr, wt, sr, wsc, ey.scalar_type(), std::nullopt);  // Q(H_T^T E_Y) Q(W H_m)  [Mp, K]
-      z = rotate_tokens(z, r, true);                                      // H_T (...)
+      if (token_undo_in_gemm(b, fused_rot, ey.scalar_type(), qr.scalar_type(), wt.scalar_type())) {
+        // H_T Z = (I (x) diag(d) H_b / sqrt(b)) Z with Z = Q(H_T^T E_Y) Q(W H_m): the GEMM mixes the rows of its
+        // product with H_b (qgemm's row_hadamard; in the epilogue on sm90), the signs d, 1/sqrt(b) and the scale
+        // of Q(H_T^T E_Y) are its per-row scale_a
+        const at::Tensor& d = need(token_signs, "token_signs");
+        const at::Tensor rs = d.to(at::kFloat).repeat({padded_tokens / b}).mul_(sr * (1.0 / std::sqrt(double(b))));
+        z = ops.mm.call(qr, wt, rs, wsc, ey.scalar_type(), std::nullopt, b);  // H_T Q(H_T^T E_Y) Q(W H_m)  [Mp, K]
+      } else {
+        z = ops.mm.call(qr, wt, sr, wsc, ey.scalar_type(), std::nullopt, 0);  // Q(H_T^T E_Y) Q(W H_m)  [Mp, K]
+        z = rotate_tokens(z, r, true);                                         // H_T (...)
+      }
       z = ops.had.call(z, std::nullopt, rotation_block, std::nullopt, true);  // (...) H_m^T
     } else {
-      z = ops.mm.call(qe, wt, se, wsc, ey.scalar_type(), std::nullopt);  // [Mp, K]
+      z = ops.mm.call(qe, wt, se, wsc, ey.scalar_type(), std::nullopt, 0);  // [Mp, K]
       if (level == 1) z = ops.had.call(z, std::nullopt, rotation_block, std::nullopt, true);
     }
     gx = z.size(0) == m ? z : z.narrow(0, 0, m);
@@ -180,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(
     const at::ScalarType wdt = gw_dtype.value_or(ey.scalar_type());
     const bool float_w = wdt == at::kBFloat16 || wdt == at::kHalf || wdt == at::kFloat;
     at::Tensor g = ops.mm.call(qet, need(qxt, "qxt (Q(X H_m)^T)"), set, need(sx, "sx (the input scale)"),
-                               float_w ? wdt : at::kFloat, std::nullopt);  // [N, K]
+                               float_w ? wdt : at::kFloat, std::nullopt, 0);  // [N, K]
     if (level != 0) g = ops.had.call(g, std::nullopt, rotation_block, std::nullopt, true);
     gw = g.scalar_type() == wdt ? g : g.to(wdt);
   } else {

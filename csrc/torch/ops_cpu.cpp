@@ -57,11 +57,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ey_quantize_cpu(
 }
 
 at::Tensor qgemm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
-                     std::optional<at::ScalarType> out_dtype, const std::optional<at::Tensor>& bias) {
+                     std::optional<at::ScalarType> out_dtype, const std::optional<at::Tensor>& bias,
+                     int64_t row_hadamard) {
   QGemmArgs g;
   at::Tensor sa = scale_a.contiguous(), sb = scale_b.contiguous();
   std::optional<at::Tensor> bc = bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
-  at::Tensor d = plan_qgemm(a, b, sa, sb, out_dtype, bc, &g);
+  at::Tensor d = plan_qgemm(a, b, sa, sb, out_dtype, bc, row_hadamard, &g);
   if (d.numel() > 0) cpu::qgemm(g);
   return d;
 }

@@ -171,11 +171,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> hadamard_quantize_cuda(
   return out;
 }
 
-/*! \brief Portable path: dequantize to float32, matmul, scale, bias (any CUDA GPU; exact for int8 while the
- * per-row partial sums stay below 2^24). */
-void qgemm_fallback(const at::Tensor& a, const at::Tensor& b, const at::Tensor& sa,
-                    const at::Tensor& sb, const std::optional<at::Tensor>& bias, at::Tensor& d) {
+/*! \brief (I (x) H_rb) acc for acc [M, N] float32 (M % rb == 0): log2(rb) butterfly steps over the row bits. */
+at::Tensor row_hadamard_fp32(at::Tensor acc, int64_t rb) {
+  const int64_t M = acc.size(0), N = acc.size(1);
+  for (int64_t h = 1; h < rb; h <<= 1) {
+    const at::Tensor v = acc.view({M / (2 * h), 2, h, N});
+    const at::Tensor x = v.select(1, 0), y = v.select(1, 1);
+    acc = at::stack({x + y, x - y}, 1).view({M, N});
+  }
+  return acc;
+}
+
+/*! \brief Portable path: dequantize to float32, matmul, row Hadamard, scale, bias (any CUDA GPU; exact for int8
+ * while the per-row partial sums stay below 2^24). */
+void qgemm_fallback(const at::Tensor& a, const at::Tensor& b, const at::Tensor& sa, const at::Tensor& sb,
+                    const std::optional<at::Tensor>& bias, int64_t row_hadamard, at::Tensor& d) {
   at::Tensor acc = at::mm(a.to(at::kFloat), b.to(at::kFloat).t());
+  if (row_hadamard > 1) acc = row_hadamard_fp32(acc, row_hadamard);
   acc.mul_(sa.reshape({-1, 1})).mul_(sb.reshape({1, -1}));
   if (bias) acc.add_(bias->to(at::kFloat));
   d.copy_(acc);
@@ -188,13 +200,14 @@ std::atomic<int> g_qgemm_sm90_config{-1};
 #endif
 
 at::Tensor qgemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
-                      std::optional<at::ScalarType> out_dtype, const std::optional<at::Tensor>& bias) {
+                      std::optional<at::ScalarType> out_dtype, const std::optional<at::Tensor>& bias,
+                      int64_t row_hadamard) {
   check_on_cuda(a, "a");
   const c10::cuda::CUDAGuard guard(a.device());
   QGemmArgs g;
   at::Tensor sa = scale_a.contiguous(), sb = scale_b.contiguous();
   std::optional<at::Tensor> bc = bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
-  at::Tensor d = plan_qgemm(a, b, sa, sb, out_dtype, bc, &g);
+  at::Tensor d = plan_qgemm(a, b, sa, sb, out_dtype, bc, row_hadamard, &g);
   if (d.numel() == 0) return d;
   if (g.K == 0) {
     d.zero_();
@@ -205,6 +218,31 @@ at::Tensor qgemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor
   if (current_device_is_sm90()) {
     const int forced = g_qgemm_sm90_config.load(std::memory_order_relaxed);
     if (forced >= 0 && forced < qgemm_sm90_num_configs(g)) g.config = forced;
+    if (row_hadamard > 1 && qgemm_sm90_unsupported_reason(g) != nullptr) {
+      // no fused kernel for this row_hadamard / dtype combination: the plain sm90 GEMM to float32 (with scale_a
+      // only when it is per tensor, since then it commutes with the row mix), the row Hadamard, the rest
+      QGemmArgs p = g;
+      p.row_hadamard = 0;
+      p.config = -1;
+      p.out_dtype = DType::kFloat32;
+      at::Tensor acc = at::empty({g.M, g.N}, a.options().dtype(at::kFloat));
+      p.d = acc.data_ptr();
+      p.ldd = g.N;
+      at::Tensor one;
+      if (g.scale_a_per_row) {
+        one = at::ones({1}, sa.options());
+        p.scale_a = one.data_ptr<float>();
+        p.scale_a_per_row = false;
+      }
+      const char* why = qgemm_sm90_unsupported_reason(p);
+      TORCH_CHECK_VALUE(why == nullptr, "halo.qgemm: ", why);
+      at::Tensor ws = workspace(qgemm_sm90_workspace_size(p), a);
+      check_cuda(qgemm_sm90(p, ws.data_ptr(), c10::cuda::getCurrentCUDAStream()), "qgemm");
+      acc = row_hadamard_fp32(acc, row_hadamard);
+      if (g.scale_a_per_row) acc.mul_(sa.reshape({-1, 1}));
+      d.copy_(acc);
+      return d;
+    }
     const char* why = qgemm_sm90_unsupported_reason(g);
     TORCH_CHECK_VALUE(why == nullptr, "halo.qgemm: ", why);
     at::Tensor ws = workspace(qgemm_sm90_workspace_size(g), a);
@@ -212,7 +250,7 @@ at::Tensor qgemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor
     return d;
   }
 #endif
-  qgemm_fallback(a, b, sa, sb, bc, d);
+  qgemm_fallback(a, b, sa, sb, bc, row_hadamard, d);
   return d;
 }
 

@@ -21,8 +21,10 @@ TORCH_LIBRARY(halo, m) {
   m.def("ey_quantize(Tensor ey, ScalarType dtype, int block, Tensor? signs=None, bool want_rot=True, "
         "bool want_t=True) -> (Tensor, Tensor, Tensor, Tensor)");
   // out[M,N] = (scale_a o a[M,K]) (scale_b o b[N,K])^T (+ bias[N]); int8 x int8 or float8 x float8_e4m3; scales
-  // float32 per tensor ([1]) or per row ([M] / [N]); out_dtype defaults to bfloat16.
-  m.def("qgemm(Tensor a, Tensor b, Tensor scale_a, Tensor scale_b, ScalarType? out_dtype=None, Tensor? bias=None) -> Tensor");
+  // float32 per tensor ([1]) or per row ([M] / [N]); out_dtype defaults to bfloat16. row_hadamard = b > 1 (a power
+  // of two dividing M, no bias): out = diag(scale_a) (I (x) H_b) (a b^T) diag(scale_b), H_b the +-1 Sylvester matrix.
+  m.def("qgemm(Tensor a, Tensor b, Tensor scale_a, Tensor scale_b, ScalarType? out_dtype=None, Tensor? bias=None, "
+        "int row_hadamard=0) -> Tensor");
   // HALO forward GEMM: rotate x [..,K] and w [N,K] along K, quantize each per tensor, 8-bit GEMM; w may be given
   // pre-rotated and pre-quantized (8-bit dtype, with w_scale).
   m.def("hadamard_qgemm(Tensor x, Tensor w, ScalarType dtype, Tensor? w_scale=None, Tensor? bias=None, "

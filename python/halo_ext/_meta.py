@@ -55,8 +55,10 @@ def _ey_quantize_fake(ey, dtype, block, signs=None, want_rot=True, want_t=True):
 
 
 @register_fake("halo::qgemm")
-def _qgemm_fake(a, b, scale_a, scale_b, out_dtype=None, bias=None):
+def _qgemm_fake(a, b, scale_a, scale_b, out_dtype=None, bias=None, row_hadamard=0):
     torch._check(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[1], lambda: "halo.qgemm: bad shapes")
+    torch._check(row_hadamard <= 1 or a.shape[0] % row_hadamard == 0,
+                 lambda: "halo.qgemm: row_hadamard must divide the rows of a")
     return a.new_empty((a.shape[0], b.shape[0]), dtype=out_dtype or torch.bfloat16)
 
 

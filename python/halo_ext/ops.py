@@ -60,9 +60,15 @@ def hadamard_quantize(x: torch.Tensor, dtype: torch.dtype = torch.int8, hadamard
 
 
 def qgemm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,
-          out_dtype: torch.dtype = torch.bfloat16, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``(scale_a * a) @ (scale_b * b).T (+ bias)`` for 8-bit ``a [M, K]`` and ``b [N, K]``."""
-    return torch.ops.halo.qgemm(a, b, scale_a, scale_b, out_dtype, bias)
+          out_dtype: torch.dtype = torch.bfloat16, bias: Optional[torch.Tensor] = None,
+          row_hadamard: int = 0) -> torch.Tensor:
+    """``(scale_a * a) @ (scale_b * b).T (+ bias)`` for 8-bit ``a [M, K]`` and ``b [N, K]``.
+
+    ``row_hadamard = b > 1`` (a power of two dividing M; no bias) mixes the rows of the product in blocks of b
+    before the scales: ``diag(scale_a) (I ⊗ H_b) (a @ b.T) diag(scale_b)`` with H_b the ±1 Sylvester matrix
+    (unnormalized). HALO-2 undoes its token rotation this way (signs and 1/sqrt(b) in a per-row scale_a); on
+    Hopper, b = 256 with int8 or e4m3 operands and a bfloat16 output runs in the GEMM's epilogue."""
+    return torch.ops.halo.qgemm(a, b, scale_a, scale_b, out_dtype, bias, row_hadamard)
 
 
 def hadamard_qgemm(x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype = torch.int8,

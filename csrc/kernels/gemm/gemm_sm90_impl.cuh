@@ -25,6 +25,12 @@
  * float first, so the int32 accumulator of the int8 kernels is converted to float before it is scaled (exact
  * for |acc| <= 2^24, rounded to 24 significant bits beyond, i.e. a relative error <= 2^-24).
  *
+ * Row-Hadamard variant (kRowHadamardLog2 > 0, QGemmArgs::row_hadamard = 2^kRowHadamardLog2): the kernel computes the
+ * transposed problem D^T[N,M] = B A^T, so that the rows of D (HALO-2: the tokens) run along the N mode of the CTA
+ * tile, where one warp holds all 256 columns of its accumulator rows; ColHadamardEpilogue mixes them with H_b in
+ * registers before the EVT above runs, and the TMA store writes D^T column-major, i.e. D row-major. The scales swap
+ * roles (scale_b per row of the kernel's output, scale_a per column).
+ *
  * The kernel is persistent (PersistentTileSchedulerSm90, grid = #SMs, default rasterization), D is written by TMA
  * stores, C is void (no source read). The launcher calls cudaLaunchKernelEx with the cluster dimension itself
  * rather than GemmUniversalAdapter, which sets function attributes on every call and prints launch errors unless
@@ -85,6 +91,80 @@ inline cudaError_t to_cuda_error(cutlass::Status status) {
 }
 
 /*!
+ * \brief CollectiveEpilogue Base preceded by a column Hadamard of the accumulators: every group of 2^kLog2 columns
+ * of the CTA tile is multiplied by the unnormalized Sylvester matrix H (x -> x H), in float32 registers, and Base's
+ * epilogue then runs on the float32 result.
+ *
+ * Needs a warpgroup MMA atom 64 x 256 with the whole tile in one atom per warpgroup (accumulator fragment
+ * ((2,2,32),1,1), GMMA::CLayout_64x256): a thread holds rows g and g+8 (g = lane / 4) of its warp's 16 rows and, of
+ * each, the columns 8j + 2t + {0, 1} (t = lane % 4, j < 32), value index v0 + 2 v1 + 4 j. Column bit 0 is the
+ * register pair v0, bits 1-2 are lane bits 0-1 (one shuffle per value each), bits 3-7 are the bits of j. Cost per
+ * thread and tile: 128 conversions, kLog2 x 128 adds, 2 x 128 shuffles.
+ */
+template <class Base, int kLog2>
+struct ColHadamardEpilogue : Base {
+  static_assert(kLog2 >= 1 && kLog2 <= 8, "column Hadamard of 2..256 columns");
+  using Base::Base;
+
+  template <class ProblemShapeMNKL, class TileShapeMNK, class TileCoordMNKL, class AccEngine, class AccLayout,
+            class TiledMma>
+  CUTLASS_DEVICE auto store(typename Base::LoadPipeline load_pipeline,
+                            typename Base::LoadPipelineState load_pipe_consumer_state,
+                            typename Base::StorePipeline store_pipeline,
+                            typename Base::StorePipelineState store_pipe_producer_state,
+                            ProblemShapeMNKL problem_shape_mnkl, TileShapeMNK tile_shape_MNK,
+                            TileCoordMNKL tile_coord_mnkl, cute::Tensor<AccEngine, AccLayout> accumulators,
+                            TiledMma tiled_mma, int thread_idx, typename Base::TensorStorage& shared_tensors,
+                            int subtile_idx = -1) {
+    using namespace cute;
+    static_assert(is_static<AccLayout>::value, "static accumulator layout");
+    static_assert(std::is_same_v<decltype(shape(AccLayout{})),
+                                 decltype(make_shape(make_shape(_2{}, _2{}, _32{}), _1{}, _1{}))>,
+                  "ColHadamardEpilogue: expects one 64x256 wgmma accumulator per warpgroup");
+    static_assert(size<1>(TileShapeMNK{}) == 256, "ColHadamardEpilogue: expects 256-column tiles");
+
+    Tensor acc = make_fragment_like<float>(accumulators);
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < 128; ++i) acc(i) = static_cast<float>(accumulators(i));
+    // column bit 0: the register pair
+    CUTLASS_PRAGMA_UNROLL
+    for (int i = 0; i < 128; i += 2) {
+      const float x = acc(i), y = acc(i + 1);
+      acc(i) = x + y;
+      acc(i + 1) = x - y;
+    }
+    // column bits 3 .. kLog2-1: bits 0 .. kLog2-4 of j, value index stride 4 << k
+    CUTLASS_PRAGMA_UNROLL
+    for (int k = 0; k < kLog2 - 3; ++k) {
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < 128; ++i) {
+        if ((i & (4 << k)) == 0) {
+          const float x = acc(i), y = acc(i + (4 << k));
+          acc(i) = x + y;
+          acc(i + (4 << k)) = x - y;
+        }
+      }
+    }
+    // column bits 1, 2: lane bits 0, 1 (the lane with the bit clear keeps x + y, the other x - y)
+    const int lane = static_cast<int>(threadIdx.x % 32);
+    CUTLASS_PRAGMA_UNROLL
+    for (int lb = 1; lb <= 2; ++lb) {
+      if (lb < kLog2) {
+        const float sign = (lane & lb) ? -1.0f : 1.0f;
+        CUTLASS_PRAGMA_UNROLL
+        for (int i = 0; i < 128; ++i) {
+          const float other = __shfl_xor_sync(0xffffffffu, acc(i), lb);
+          acc(i) = fmaf(sign, acc(i), other);
+        }
+      }
+    }
+    return Base::store(load_pipeline, load_pipe_consumer_state, store_pipeline, store_pipe_producer_state,
+                       problem_shape_mnkl, tile_shape_MNK, tile_coord_mnkl, acc, tiled_mma, thread_idx,
+                       shared_tensors, subtile_idx);
+  }
+};
+
+/*!
  * \brief One sm90a 8-bit GEMM kernel configuration.
  *
  * \tparam ElementA_       int8_t, cutlass::float_e4m3_t or cutlass::float_e5m2_t (row-major [M, K])
@@ -95,9 +175,12 @@ inline cudaError_t to_cuda_error(cutlass::Status status) {
  * \tparam KernelSchedule_ one of the schedule:: tags. For float8, Cooperative / Pingpong accumulate with the
  *                         "promotion" mainloop (wgmma partial sums added into float32 registers every 128 of K);
  *                         the FP8Fast ones accumulate in the tensor core for the whole K (faster, less exact).
+ * \tparam kRowHadamardLog2 0: plain; k > 0: QGemmArgs::row_hadamard = 2^k (transposed problem, ColHadamardEpilogue,
+ *                         column-major D; see the file comment). ElementA_/ElementB_ are then the dtypes of the
+ *                         kernel's operands, i.e. of args.b and args.a.
  */
 template <class ElementA_, class ElementB_, class ElementD_, class TileShape_, class ClusterShape_,
-          class KernelSchedule_>
+          class KernelSchedule_, int kRowHadamardLog2 = 0>
 struct QGemmSm90 {
   using ElementA = ElementA_;
   using ElementB = ElementB_;
@@ -137,12 +220,16 @@ struct QGemmSm90 {
       cutlass::epilogue::fusion::Sm90Compute<cutlass::homogeneous_multiply_add, ElementD, ElementCompute, kRound>,
       ScaleB, ScaledAcc, Bias>;
 
-  using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+  static constexpr bool kRowHadamard = kRowHadamardLog2 > 0;
+  using LayoutD = std::conditional_t<kRowHadamard, cutlass::layout::ColumnMajor, cutlass::layout::RowMajor>;
+  using BuiltEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, ElementAccumulator, ElementCompute,
-      void, cutlass::layout::RowMajor, kAlignmentD,       // no C operand
-      ElementD, cutlass::layout::RowMajor, kAlignmentD,  // D
+      void, LayoutD, kAlignmentD,       // no C operand
+      ElementD, LayoutD, kAlignmentD,  // D
       EpilogueSchedule, EpilogueEVT>::CollectiveOp;
+  using CollectiveEpilogue = std::conditional_t<kRowHadamard, ColHadamardEpilogue<BuiltEpilogue, kRowHadamardLog2>,
+                                                BuiltEpilogue>;
 
   using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
@@ -187,8 +274,31 @@ struct QGemmSm90 {
     return 1;
   }
 
+  /*! \brief The problem the kernel computes: args itself, or for the row-Hadamard variant its transpose. */
+  static QGemmArgs kernel_problem(const QGemmArgs& args) {
+    if constexpr (!kRowHadamard) {
+      return args;
+    } else {
+      QGemmArgs t = args;
+      t.a = args.b;
+      t.b = args.a;
+      t.a_dtype = args.b_dtype;
+      t.b_dtype = args.a_dtype;
+      t.M = args.N;
+      t.N = args.M;
+      t.lda = args.ldb;
+      t.ldb = args.lda;
+      t.scale_a = args.scale_b;
+      t.scale_a_per_row = args.scale_b_per_row;
+      t.scale_b = args.scale_a;
+      t.scale_b_per_row = args.scale_a_per_row;
+      return t;  // ldd: the column stride of the column-major D^T = the row stride of D
+    }
+  }
+
   /*! \brief CUTLASS arguments for a (validated) problem. */
-  static Arguments make_arguments(const QGemmArgs& args, const DeviceInfo& dev) {
+  static Arguments make_arguments(const QGemmArgs& op_args, const DeviceInfo& dev) {
+    const QGemmArgs args = kernel_problem(op_args);
     using StrideA = typename GemmKernel::StrideA;
     using StrideB = typename GemmKernel::StrideB;
     using StrideD = typename GemmKernel::StrideD;
@@ -215,7 +325,11 @@ struct QGemmSm90 {
     };
     out.epilogue.ptr_C = nullptr;
     out.epilogue.ptr_D = static_cast<ElementD*>(args.d);
-    out.epilogue.dD = StrideD{args.ldd, cute::_1{}, int64_t(0)};
+    if constexpr (kRowHadamard) {
+      out.epilogue.dD = StrideD{cute::_1{}, args.ldd, int64_t(0)};
+    } else {
+      out.epilogue.dD = StrideD{args.ldd, cute::_1{}, int64_t(0)};
+    }
 
     out.scheduler.max_swizzle_size = swizzle_size(args.M, args.N);
     out.hw_info.device_id = dev.device;

@@ -55,6 +55,9 @@ extern const QGemmSm90Kernel kQGemmE5m2E4m3Bf16_128x128_C1x2_PingpongFastAcc;
 extern const QGemmSm90Kernel kQGemmE5m2E4m3Bf16_128x128_C1x2_Coop;
 extern const QGemmSm90Kernel kQGemmE5m2E4m3F16_128x256_C2x1_CoopFastAcc;
 extern const QGemmSm90Kernel kQGemmE5m2E4m3F32_128x128_C1x2_Coop;
+// QGemmArgs::row_hadamard = 256 (transposed problem, column Hadamard of the accumulators, column-major D)
+extern const QGemmSm90Kernel kQGemmI8Bf16_128x256_C2x1_Coop_RowHad256;
+extern const QGemmSm90Kernel kQGemmE4m3Bf16_128x256_C2x1_CoopFastAcc_RowHad256;
 /*! \} */
 
 }  // namespace sm90

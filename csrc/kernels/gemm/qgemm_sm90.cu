@@ -61,6 +61,11 @@ const Config kE5m2E4m3Bf16[] = {
 const Config kE5m2E4m3F16[] = {{&sm90::kQGemmE5m2E4m3F16_128x256_C2x1_CoopFastAcc, 1.0f}};
 const Config kE5m2E4m3F32[] = {{&sm90::kQGemmE5m2E4m3F32_128x128_C1x2_Coop, 1.0f}};
 
+// QGemmArgs::row_hadamard = 256: one kernel per dtype pair (the transposed problem with ColHadamardEpilogue).
+const Config kI8Bf16RowHad[] = {{&sm90::kQGemmI8Bf16_128x256_C2x1_Coop_RowHad256, 1.0f}};
+const Config kE4m3Bf16RowHad[] = {{&sm90::kQGemmE4m3Bf16_128x256_C2x1_CoopFastAcc_RowHad256, 1.0f}};
+constexpr int64_t kRowHadamardBlock = 256;
+
 template <size_t N>
 constexpr Family family(DType a, DType b, DType out, const Config (&configs)[N]) {
   return Family{a, b, out, configs, static_cast<int>(N)};
@@ -78,8 +83,21 @@ const Family kFamilies[] = {
     family(DType::kFloat8E5M2, DType::kFloat8E4M3, DType::kFloat32, kE5m2E4m3F32),
 };
 
-/*! \brief The family of args' dtypes, nullptr if none. */
+const Family kRowHadFamilies[] = {
+    family(DType::kInt8, DType::kInt8, DType::kBFloat16, kI8Bf16RowHad),
+    family(DType::kFloat8E4M3, DType::kFloat8E4M3, DType::kBFloat16, kE4m3Bf16RowHad),
+};
+
+bool has_row_hadamard(const QGemmArgs& args) { return args.row_hadamard > 1; }
+
+/*! \brief The family of args' dtypes (and row_hadamard variant), nullptr if none. */
 const Family* find_family(const QGemmArgs& args) {
+  if (has_row_hadamard(args)) {
+    for (const Family& f : kRowHadFamilies) {
+      if (f.a == args.a_dtype && f.b == args.b_dtype && f.out == args.out_dtype) return &f;
+    }
+    return nullptr;
+  }
   for (const Family& f : kFamilies) {
     if (f.a == args.a_dtype && f.b == args.b_dtype && f.out == args.out_dtype) return &f;
   }
@@ -143,8 +161,18 @@ const char* qgemm_sm90_unsupported_reason(const QGemmArgs& args) {
     return "qgemm_sm90: unsupported operand dtypes (supported A x B: int8 x int8, float8_e4m3fn x float8_e4m3fn, "
            "float8_e5m2 x float8_e4m3fn)";
   }
+  if (args.row_hadamard < 0 || (has_row_hadamard(args) && args.row_hadamard != kRowHadamardBlock)) {
+    return "qgemm_sm90: row_hadamard must be 0, 1 or 256";
+  }
   const Family* family = find_family(args);
+  if (family == nullptr && has_row_hadamard(args)) {
+    return "qgemm_sm90: row_hadamard = 256 needs int8 x int8 or float8_e4m3fn x float8_e4m3fn with bfloat16 output";
+  }
   if (family == nullptr) return "qgemm_sm90: unsupported output dtype (supported: bfloat16, float16, float32)";
+  if (has_row_hadamard(args)) {
+    if (args.M % kRowHadamardBlock != 0) return "qgemm_sm90: row_hadamard = 256 needs M % 256 == 0";
+    if (args.bias != nullptr) return "qgemm_sm90: row_hadamard does not take a bias";
+  }
   if (args.config < -1 || args.config >= family->num_configs) {
     return "qgemm_sm90: config out of range (valid: -1 for the heuristic, or 0..qgemm_sm90_num_configs()-1)";
   }
