@@ -5,7 +5,7 @@
 # Usage (repo root, with the wheels of ../shared/tools/gpu-wheels.sh in .whl/):  bash tools/device_run.sh [steps]
 # Single-GPU steps: build test test-hadamard test-comm sanitize bench-hadamard bench-hadamard-old bench-quant bench-gemm bench-linear bench-linear-1b
 #                   bench-linear-fp8ch bench-linear-cfg1
-#                   bench-host finetune-bench finetune-acc test-linear test-gemm bench-linear-main
+#                   bench-host finetune-bench finetune-acc test-linear test-gemm bench-linear-main gemm-probe
 # Multi-GPU steps (torchrun over all visible GPUs): dist-test bench-allreduce bench-fsdp bench-fsdp-perf (no loss
 #                   curves) ar-trace (all-reduce time breakdown and kernel timelines, tools/ar_trace.py)
 # Default: build test sanitize bench-hadamard bench-quant bench-gemm.
@@ -78,6 +78,8 @@ for step in $steps; do
       grep -E "^(FAILED|ERROR)|passed|failed|Error" "$LOGS/test-gemm.log" | tail -20 ;;
     bench-linear-main)  # the three LLaMA-3-8B layer shapes the targets name, levels 0 and 2
       run_step bench-linear-main 60 python3 bench/linear_bench.py --breakdown --shapes 0,1,2 --levels 0,2 ;;
+    gemm-probe)  # A/B of sm90 qgemm configurations on one layer's GEMMs (tools/gemm_config_probe.py)
+      run_step gemm-probe 60 python3 tools/gemm_config_probe.py ;;
     test-linear)  # the layer and E_Y quantization tests only (a quick check after changing their kernels)
       run_step test-linear 0 python3 -m pytest tests/test_linear.py tests/test_ey_quantize.py -q -p no:cacheprovider \
         --timeout=900
