@@ -197,6 +197,14 @@ void qgemm_fallback(const at::Tensor& a, const at::Tensor& b, const at::Tensor& 
 // Configuration index forced on every sm90 qgemm whose dtype family has it (-1: the shape heuristic). Set only by
 // the tuning helper set_qgemm_sm90_config (benchmarks compare configurations through whole layers with it).
 std::atomic<int> g_qgemm_sm90_config{-1};
+
+/*! \brief Runs one sm90 qgemm on the current stream (a clear error for arguments the kernels do not take). */
+void run_qgemm_sm90(const QGemmArgs& g, const at::Tensor& like) {
+  const char* why = qgemm_sm90_unsupported_reason(g);
+  TORCH_CHECK_VALUE(why == nullptr, "halo.qgemm: ", why);
+  at::Tensor ws = workspace(qgemm_sm90_workspace_size(g), like);
+  check_cuda(qgemm_sm90(g, ws.data_ptr(), c10::cuda::getCurrentCUDAStream()), "qgemm");
+}
 #endif
 
 at::Tensor qgemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale_a, const at::Tensor& scale_b,
@@ -234,19 +242,13 @@ at::Tensor qgemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor
         p.scale_a = one.data_ptr<float>();
         p.scale_a_per_row = false;
       }
-      const char* why = qgemm_sm90_unsupported_reason(p);
-      TORCH_CHECK_VALUE(why == nullptr, "halo.qgemm: ", why);
-      at::Tensor ws = workspace(qgemm_sm90_workspace_size(p), a);
-      check_cuda(qgemm_sm90(p, ws.data_ptr(), c10::cuda::getCurrentCUDAStream()), "qgemm");
+      run_qgemm_sm90(p, a);
       acc = row_hadamard_fp32(acc, row_hadamard);
       if (g.scale_a_per_row) acc.mul_(sa.reshape({-1, 1}));
       d.copy_(acc);
       return d;
     }
-    const char* why = qgemm_sm90_unsupported_reason(g);
-    TORCH_CHECK_VALUE(why == nullptr, "halo.qgemm: ", why);
-    at::Tensor ws = workspace(qgemm_sm90_workspace_size(g), a);
-    check_cuda(qgemm_sm90(g, ws.data_ptr(), c10::cuda::getCurrentCUDAStream()), "qgemm");
+    run_qgemm_sm90(g, a);
     return d;
   }
 #endif
