@@ -6,7 +6,6 @@
 # Single-GPU steps: build test test-hadamard test-comm sanitize bench-hadamard bench-hadamard-old bench-quant bench-gemm bench-linear bench-linear-1b
 #                   bench-linear-fp8ch bench-linear-cfg1
 #                   bench-host finetune-bench finetune-acc test-linear test-gemm bench-linear-main gemm-probe
-#                   l2-probe bench-linear-l2off
 # Multi-GPU steps (torchrun over all visible GPUs): dist-test bench-allreduce bench-fsdp bench-fsdp-perf (no loss
 #                   curves) ar-trace (all-reduce time breakdown and kernel timelines, tools/ar_trace.py)
 # Default: build test sanitize bench-hadamard bench-quant bench-gemm.
@@ -79,11 +78,6 @@ for step in $steps; do
       grep -E "^(FAILED|ERROR)|passed|failed|Error" "$LOGS/test-gemm.log" | tail -20 ;;
     bench-linear-main)  # the three LLaMA-3-8B layer shapes the issue's targets name, levels 0 and 2
       run_step bench-linear-main 60 python3 bench/linear_bench.py --breakdown --shapes 0,1,2 --levels 0,2 ;;
-    l2-probe)  # A/B of the memory-bound kernels' L2 prefetch distance (tools/l2_prefetch_probe.py)
-      run_step l2-probe 40 python3 tools/l2_prefetch_probe.py ;;
-    bench-linear-l2off)  # A/B: the layer shapes of bench-linear-main at level 2 without L2 prefetch
-      run_step bench-linear-l2off 30 env HALO_L2_PREFETCH_TILES=0 python3 bench/linear_bench.py --breakdown \
-        --shapes 0,1,2 --levels 2 --precisions int8 --no-torchao --name linear_l2off ;;
     gemm-probe)  # A/B of sm90 qgemm configurations on one layer's GEMMs (tools/gemm_config_probe.py)
       run_step gemm-probe 60 python3 tools/gemm_config_probe.py ;;
     test-linear)  # the layer and E_Y quantization tests only (a quick check after changing their kernels)

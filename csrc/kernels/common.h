@@ -42,16 +42,4 @@ enum class Granularity : int {
   kBlock = 2,   //!< one scale per contiguous group of `block` elements of a row, shape [rows, cols/block]
 };
 
-#ifdef HALO_KERNEL_LAUNCHERS
-/*!
- * \brief Tuning: how many persistent-grid strides beyond the tile it is already loading a memory-bound kernel asks
- * L2 to prefetch (ey_quantize, the power-of-two Hadamard kernel and hadamard_quantize's transpose; 0: none). Default 1;
- * the environment variable HALO_L2_PREFETCH_TILES sets the initial value.
- * Read at each launch; process-wide. Benchmarks compare settings with it.
- */
-int l2_prefetch_tiles();
-/*! \brief Sets l2_prefetch_tiles() (clamped to [0, 8]). */
-void set_l2_prefetch_tiles(int tiles);
-#endif
-
 }  // namespace halo

@@ -41,7 +41,6 @@ namespace {
 using detail::QuantScale;
 using detail::qmax_dev;
 using detail::quant4;
-using detail::prefetch_l2;
 
 constexpr int kTileRows = 256;                // rows (tokens) per CTA
 constexpr int kTileCols = 64;                 // columns per CTA
@@ -120,7 +119,7 @@ __device__ __forceinline__ void unpack_rows(const typename Pair<T>::Raw (&raw)[3
  * words would need 64 more registers).
  */
 template <bool REVERSE, typename T, typename Body>
-__device__ __forceinline__ void for_each_tile(const EyQuantArgs& a, int l2_ahead, Body&& body) {
+__device__ __forceinline__ void for_each_tile(const EyQuantArgs& a, Body&& body) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int64_t ncol = (a.cols + kTileCols - 1) / kTileCols;
   const int64_t ntiles = ncol * ((a.rows + kTileRows - 1) / kTileRows);
@@ -136,19 +135,8 @@ __device__ __forceinline__ void for_each_tile(const EyQuantArgs& a, int l2_ahead
     origin(id, r0, c0);
     load_rows<T>(a, r0 + warp * 32, c0 + 2 * lane, raw);
   }
-  // L2 prefetch: thread t asks for row t of the tile l2_ahead strides beyond the one loaded into registers next.
-  const int64_t l2_dist = (int64_t(kPrefetch ? 1 : 0) + l2_ahead) * gridDim.x;
   for (; id < ntiles; id += gridDim.x) {
     origin(id, r0, c0);
-    if (l2_ahead > 0 && id + l2_dist < ntiles) {
-      int64_t pr0, pc0;
-      origin(id + l2_dist, pr0, pc0);
-      const int64_t r = pr0 + threadIdx.x;
-      if (r < a.rows) {
-        const int64_t w = a.cols - pc0 < kTileCols ? a.cols - pc0 : kTileCols;  // cols % 16 == 0: 16-byte multiple
-        prefetch_l2(static_cast<const T*>(a.ey) + r * a.ld + pc0, static_cast<uint32_t>(w * sizeof(T)));
-      }
-    }
     if (!kPrefetch) load_rows<T>(a, r0 + warp * 32, c0 + 2 * lane, raw);
     float x[32][2];
     unpack_rows<T>(raw, x);
@@ -268,7 +256,7 @@ __device__ __forceinline__ const float* stage_signs(const float* signs, float* s
  */
 template <typename T, int LOGB>
 __global__ void __launch_bounds__(kThreads, 2) ey_amax_kernel(const __grid_constant__ EyQuantArgs a, float* ws,
-                                                              float rs, int l2_ahead) {
+                                                              float rs) {
   extern __shared__ float4 exchange[];
   __shared__ float sgn_s[kEyMaxBlock];
   __shared__ float col_red[kWarps][kTileCols];
@@ -277,7 +265,7 @@ __global__ void __launch_bounds__(kThreads, 2) ey_amax_kernel(const __grid_const
   const float* sgn = stage_signs<LOGB>(a.signs, sgn_s);
   __syncthreads();  // sgn_s
   float mrot = 0.0f;  // absmax of this thread's rotated values (before the 1/sqrt(b)) over all its tiles
-  for_each_tile<false, T>(a, l2_ahead, [&](int64_t, int64_t c0, float (&x)[32][2]) {
+  for_each_tile<false, T>(a, [&](int64_t, int64_t c0, float (&x)[32][2]) {
     if (a.qt != nullptr) {
       float m0 = 0.0f, m1 = 0.0f;
 #pragma unroll
@@ -330,7 +318,7 @@ __global__ void __launch_bounds__(kThreads, 2) ey_amax_kernel(const __grid_const
  */
 template <typename T, int LOGB, DType Q>
 __global__ void __launch_bounds__(kThreads, 2) ey_quant_kernel(const __grid_constant__ EyQuantArgs a,
-                                                               const float* ws, float rs, int l2_ahead) {
+                                                               const float* ws, float rs) {
   extern __shared__ float4 exchange[];
   __shared__ float sgn_s[kEyMaxBlock];
   constexpr float qmax = qmax_dev(Q);
@@ -340,7 +328,7 @@ __global__ void __launch_bounds__(kThreads, 2) ey_quant_kernel(const __grid_cons
   const float rot_inv = a.q_rot != nullptr ? QuantScale(ws[a.cols], qmax).inv : 0.0f;
   if (a.q_rot != nullptr && blockIdx.x == 0 && threadIdx.x == 0) a.scale_rot[0] = QuantScale(ws[a.cols], qmax).scale;
   uint8_t* q_rot = static_cast<uint8_t*>(a.q_rot);
-  for_each_tile<true, T>(a, l2_ahead, [&](int64_t r0, int64_t c0, float (&x)[32][2]) {
+  for_each_tile<true, T>(a, [&](int64_t r0, int64_t c0, float (&x)[32][2]) {
     const int64_t r = r0 + warp * 32, c = c0 + 2 * lane;
     if (a.qt != nullptr && c < a.cols) {
 #pragma unroll
@@ -385,15 +373,14 @@ cudaError_t launch_block(const EyQuantArgs& a, float* ws, cudaStream_t stream) {
   // pass 1 needs the exchange tile only for the cross-warp stages; pass 2 always writes q_rot through it
   const size_t smem1 = (a.q_rot != nullptr && LOGB > 5) ? kExchangeBytes : 0;
   const size_t smem2 = a.q_rot != nullptr ? kExchangeBytes : 0;
-  const int l2_ahead = l2_prefetch_tiles();
   int grid = 0;
   auto k1 = ey_amax_kernel<T, LOGB>;
   HALO_RETURN_IF_ERROR(detail::persistent_grid(k1, kThreads, smem1, ntiles, &grid));
-  k1<<<grid, kThreads, smem1, stream>>>(a, ws, rs, l2_ahead);
+  k1<<<grid, kThreads, smem1, stream>>>(a, ws, rs);
   HALO_RETURN_IF_ERROR(cudaGetLastError());
   auto run2 = [&](auto k2) -> cudaError_t {
     HALO_RETURN_IF_ERROR(detail::persistent_grid(k2, kThreads, smem2, ntiles, &grid));
-    k2<<<grid, kThreads, smem2, stream>>>(a, ws, rs, l2_ahead);
+    k2<<<grid, kThreads, smem2, stream>>>(a, ws, rs);
     return cudaGetLastError();
   };
   switch (a.qdtype) {

@@ -206,7 +206,6 @@ struct Pow2Params {
   uint32_t num_tiles = 0;        //!< ceil(num_groups / groups per tile)
   FastDivmod gpr;                //!< groups per row
   bool reverse = false;          //!< tiles in descending order (see tile_order)
-  uint32_t l2_ahead = 0;         //!< L2-prefetch the tile this many steps beyond the staged ones (0: none)
 };
 
 /*!
@@ -302,18 +301,6 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
     }
   };
 
-  /*! L2 prefetch of a tile's groups (prefetch_l2), a group per thread; off for groups under 128 B. */
-  auto prefetch_tile = [&](uint32_t tile) {
-    constexpr uint32_t kGroupBytes = (1u << P) * sizeof(T);
-    if constexpr (kGroupBytes % 16 == 0 && kGroupBytes >= 128) {
-      for (uint32_t k = tid; k < gpt; k += Plan::kThreads) {
-        const uint32_t g = tile * gpt + k;
-        if (g < prm.num_groups) prefetch_l2(src(g), kGroupBytes);
-      }
-    }
-  };
-  constexpr uint32_t kLead = NST >= 2 ? NST - 1 : NST;  // tiles ahead of the current one that are already staged
-
   // Prologue: the first NST-1 tiles in flight (NST >= 2), or the first tile (NST == 1).
   if constexpr (NST > 0) {
 #pragma unroll
@@ -327,10 +314,6 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
   uint32_t i = 0;
   for (uint32_t tile = tile_of(0); tile < prm.num_tiles; ++i, tile = tile_of(i)) {
     const uint32_t next = tile_of(i + 1);
-    if (prm.l2_ahead > 0) {
-      const uint32_t far = tile_of(i + kLead + prm.l2_ahead);
-      if (far < prm.num_tiles) prefetch_tile(far);
-    }
     if constexpr (NST >= 2) {
       const uint32_t ahead = tile_of(i + NST - 1);
       if (ahead < prm.num_tiles) issue_copy(ahead, st == 0 ? NST - 1 : st - 1);
@@ -726,7 +709,6 @@ struct DenseRegParams {
   uint32_t l_bytes = 0, group_bytes = 0, stage_bytes = 0;
   FastDivmod fm;                      //!< division by m (row of a tile -> group, row in the group)
   bool contiguous = false;            //!< x_stride == cols: a tile's groups are one contiguous span of x
-  uint32_t l2_ahead = 0;              //!< L2-prefetch the tile this many grid strides beyond the staged ones
 };
 
 /*! \brief Waits for cp.async groups with a run-time bound n in [0, 3]. */
@@ -831,12 +813,6 @@ __global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant
       const uint32_t nt = tile + uint32_t(S - 1) * gridDim.x;
       if (nt < prm.num_tiles) issue_copy(nt, st == 0 ? S - 1 : st - 1);
       cp_async_commit();
-      const uint32_t far = nt + prm.l2_ahead * gridDim.x;  // L2 prefetch: a group (n contiguous elements) a thread
-      if (prm.l2_ahead > 0 && far < prm.num_tiles && tid < tile_groups(far)) {
-        uint32_t row, gcol;
-        prm.gpr.divmod(far * uint32_t(R) + uint32_t(tid), row, gcol);
-        prefetch_l2(x + int64_t(row) * prm.x_stride + int64_t(gcol) * prm.n, uint32_t(prm.n) * uint32_t(sizeof(T)));
-      }
     }
 
     // One warp item: NM m-tiles (compile time, so nothing below is predicated) from mt0, all columns of group r.
@@ -1159,7 +1135,6 @@ cudaError_t launch_pow2(const HadamardArgs& a, const typename Epi::Params& ep, i
   p.num_tiles = (p.num_groups + Plan::kGroupsPerTile - 1) / Plan::kGroupsPerTile;
   p.gpr = FastDivmod(static_cast<uint32_t>(a.cols / a.n));
   p.reverse = reverse;
-  p.l2_ahead = static_cast<uint32_t>(l2_prefetch_tiles());
   const size_t smem = pow2_smem_bytes<T, P, CfgT>();
   auto kernel = pow2_kernel<T, Plan, Cfg::kNst, Epi>;
   int grid = 0;
@@ -1299,7 +1274,6 @@ cudaError_t launch_dense_reg(const HadamardArgs& a, int log2p, const DenseRegPla
     } else {
       DenseRegParams p;
       p.x = a.x, p.x_stride = a.x_row_stride, p.n = a.n, p.m = m;
-      p.l2_ahead = static_cast<uint32_t>(l2_prefetch_tiles());
       p.m_pad = (m + 15) / 16 * 16, p.mt_count = p.m_pad / 16, p.kq_count = (p.mt_count + 3) / 4;
       p.lfrag = a.dense_left_frag;
       p.pre_signs = a.signs_after ? nullptr : a.signs;

@@ -143,20 +143,13 @@ struct HqEpilogue {
  * registers, 32 qt rows per warp instruction, ran at 0.43 of clone bandwidth on H100.) Otherwise byte accesses.
  */
 template <bool VEC>
-__global__ void __launch_bounds__(256) transpose_kernel(const uint8_t* q, uint8_t* qt, int64_t rows, int64_t cols,
-                                                        int l2_ahead) {
+__global__ void __launch_bounds__(256) transpose_kernel(const uint8_t* q, uint8_t* qt, int64_t rows, int64_t cols) {
   constexpr int TR = 256, TC = 128;
   __shared__ __align__(16) uint8_t tile[TR * TC];
   const int64_t tiles_c = (cols + TC - 1) / TC, tiles = ((rows + TR - 1) / TR) * tiles_c;
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
     const int64_t r0 = (t / tiles_c) * TR, c0 = (t % tiles_c) * TC;
     if constexpr (VEC) {
-      // L2 prefetch of the tile l2_ahead strides ahead: row threadIdx.x of it (cols % 16 == 0 here).
-      const int64_t pt = t + int64_t(l2_ahead) * gridDim.x;
-      if (l2_ahead > 0 && pt < tiles) {
-        const int64_t pr = (pt / tiles_c) * TR + threadIdx.x, pc = (pt % tiles_c) * TC;
-        if (pr < rows) prefetch_l2(q + pr * cols + pc, static_cast<uint32_t>(cols - pc < TC ? cols - pc : TC));
-      }
       for (int k = threadIdx.x; k < TR * TC / 16; k += blockDim.x) {
         const int r = k / (TC / 16), c = (k % (TC / 16)) * 16;
         if (r0 + r < rows && c0 + c < cols)
@@ -284,10 +277,9 @@ cudaError_t hq_typed(const HadamardQuantArgs& a, int log2p, void* workspace, cud
   HALO_RETURN_IF_ERROR(sm_count(&sms));
   const int grid = static_cast<int>(tiles < int64_t(sms) * 8 ? tiles : int64_t(sms) * 8);
   if (vec) {
-    transpose_kernel<true><<<grid, 256, 0, stream>>>(p.q, static_cast<uint8_t*>(a.qt), h.rows, h.cols,
-                                                     l2_prefetch_tiles());
+    transpose_kernel<true><<<grid, 256, 0, stream>>>(p.q, static_cast<uint8_t*>(a.qt), h.rows, h.cols);
   } else {
-    transpose_kernel<false><<<grid, 256, 0, stream>>>(p.q, static_cast<uint8_t*>(a.qt), h.rows, h.cols, 0);
+    transpose_kernel<false><<<grid, 256, 0, stream>>>(p.q, static_cast<uint8_t*>(a.qt), h.rows, h.cols);
   }
   return cudaPeekAtLastError();
 }

@@ -110,25 +110,6 @@ __device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(static_cast
 /*! \brief Writes 16 bytes to global memory. */
 __device__ __forceinline__ void stg16(void* p, const uint4& v) { *static_cast<uint4*>(p) = v; }
 
-/*!
- * \brief Asks L2 to fetch [p, p + bytes): a hint that takes no registers or shared memory and nothing waits for.
- * p must be 16-byte aligned and bytes a multiple of 16 (and the range inside one allocation). On sm_90 one bulk
- * prefetch (cp.async.bulk.prefetch.L2); on older GPUs one prefetch.global.L2 per 128-byte line.
- *
- * The persistent memory-bound kernels (ey_quantize, the power-of-two Hadamard kernel, hadamard_quantize's
- * transpose) use it for the tile l2_prefetch_tiles() grid strides beyond the one they are already loading, so that
- * their own loads of that tile later find it in L2: their bytes in flight are limited by registers and shared
- * memory, not by what the memory system could have in flight.
- */
-__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-#else
-  for (uint32_t o = 0; o < bytes; o += 128)
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(static_cast<const char*>(p) + o) : "memory");
-#endif
-}
-
 // ------------------------------------------------------------------------------------------------------------------
 // Quantization rule (hadamard.h): bit-identical to csrc/cpu/dtype_utils.h
 // ------------------------------------------------------------------------------------------------------------------

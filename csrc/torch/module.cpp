@@ -73,13 +73,6 @@ PYBIND11_MODULE(_C, m) {
     return std::string("cpu_reference");
 #endif
   }, "Which qgemm implementation the current CUDA device runs");
-#ifdef HALO_WITH_CUDA
-  m.def("set_l2_prefetch_tiles", &halo::set_l2_prefetch_tiles, py::arg("tiles"),
-        "Tuning: how many grid strides ahead the persistent memory-bound kernels (ey_quantize, the power-of-two "
-        "Hadamard kernel, hadamard_quantize's transpose) ask L2 to prefetch (0: none; clamped to 0..8). "
-        "Process-wide.");
-  m.def("l2_prefetch_tiles", &halo::l2_prefetch_tiles, "The L2 prefetch distance set_l2_prefetch_tiles set");
-#endif
 #ifdef HALO_ENABLE_SM90
   m.def("qgemm_sm90_configs", [](const std::string& a_dtype) {
     halo::QGemmArgs g;
