@@ -94,16 +94,32 @@ struct Pair<__half> {
 };
 
 /*!
+ * \brief Tile geometry of a launch: column tiles (a fast divisor) and the tile count (< 2^31), computed on the host.
+ */
+struct EyTiles {
+  detail::FastDivmod ncol;  //!< column tiles per row tile
+  uint32_t ntiles = 0;      //!< row tiles x column tiles
+};
+
+/*!
  * \brief raw[j] = ey[r + j][c, c + 1] for j < 32 (zero for rows >= rows or columns >= cols). cols is a multiple of
  * 16, so a thread's pair of columns is all in or all out.
+ *
+ * One pointer steps by the row stride (a 64-bit add a row) and one 32-bit compare a row checks the count of valid
+ * rows: with a 64-bit multiply and a 64-bit bounds check per row the address arithmetic was ~12 instructions a load, a quarter of both passes' instructions (the passes are issue-bound, not DRAM-bound:
+ * notes/halo_linear.md, eleventh session).
  */
 template <typename T>
 __device__ __forceinline__ void load_rows(const EyQuantArgs& a, int64_t r, int64_t c,
                                           typename Pair<T>::Raw (&raw)[32]) {
-  const T* p = static_cast<const T*>(a.ey) + r * a.ld + c;
-  const bool col_ok = c < a.cols;
+  // The stride goes through an opaque move: otherwise the compiler hoists the 32 row offsets out of the tile loop
+  // (64 registers), and pass 2 spills them.
+  int64_t ld;
+  asm volatile("mov.b64 %0, %1;" : "=l"(ld) : "l"(a.ld));
+  const T* p = static_cast<const T*>(a.ey) + r * ld + c;
+  const int valid = c < a.cols ? static_cast<int>(a.rows - r < 32 ? a.rows - r : 32) : 0;  // rows to load
 #pragma unroll
-  for (int j = 0; j < 32; ++j) raw[j] = (col_ok && r + j < a.rows) ? Pair<T>::load(p + j * a.ld) : Pair<T>::zero();
+  for (int j = 0; j < 32; ++j, p += ld) raw[j] = j < valid ? Pair<T>::load(p) : Pair<T>::zero();
 }
 
 template <typename T>
@@ -119,18 +135,20 @@ __device__ __forceinline__ void unpack_rows(const typename Pair<T>::Raw (&raw)[3
  * words would need 64 more registers).
  */
 template <bool REVERSE, typename T, typename Body>
-__device__ __forceinline__ void for_each_tile(const EyQuantArgs& a, Body&& body) {
+__device__ __forceinline__ void for_each_tile(const EyQuantArgs& a, const EyTiles& tl, Body&& body) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t ncol = (a.cols + kTileCols - 1) / kTileCols;
-  const int64_t ntiles = ncol * ((a.rows + kTileRows - 1) / kTileRows);
-  auto origin = [&](int64_t id, int64_t& r0, int64_t& c0) {
+  const uint32_t ntiles = tl.ntiles;
+  auto origin = [&](uint32_t id, int64_t& r0, int64_t& c0) {
     if (REVERSE) id = ntiles - 1 - id;
-    r0 = (id / ncol) * kTileRows;
-    c0 = (id % ncol) * kTileCols;
+    uint32_t rt, ct;
+    tl.ncol.divmod(id, rt, ct);
+    r0 = int64_t(rt) * kTileRows;
+    c0 = int64_t(ct) * kTileCols;
   };
   constexpr bool kPrefetch = sizeof(T) == 2;
   typename Pair<T>::Raw raw[32];
-  int64_t id = blockIdx.x, r0, c0;
+  uint32_t id = blockIdx.x;
+  int64_t r0, c0;
   if (kPrefetch && id < ntiles) {
     origin(id, r0, c0);
     load_rows<T>(a, r0 + warp * 32, c0 + 2 * lane, raw);
@@ -255,8 +273,8 @@ __device__ __forceinline__ const float* stage_signs(const float* signs, float* s
  * multiply per thread instead of one per element.
  */
 template <typename T, int LOGB>
-__global__ void __launch_bounds__(kThreads, 2) ey_amax_kernel(const __grid_constant__ EyQuantArgs a, float* ws,
-                                                              float rs) {
+__global__ void __launch_bounds__(kThreads, 2) ey_amax_kernel(const __grid_constant__ EyQuantArgs a,
+                                                              const __grid_constant__ EyTiles tl, float* ws, float rs) {
   extern __shared__ float4 exchange[];
   __shared__ float sgn_s[kEyMaxBlock];
   __shared__ float col_red[kWarps][kTileCols];
@@ -265,7 +283,7 @@ __global__ void __launch_bounds__(kThreads, 2) ey_amax_kernel(const __grid_const
   const float* sgn = stage_signs<LOGB>(a.signs, sgn_s);
   __syncthreads();  // sgn_s
   float mrot = 0.0f;  // absmax of this thread's rotated values (before the 1/sqrt(b)) over all its tiles
-  for_each_tile<false, T>(a, [&](int64_t, int64_t c0, float (&x)[32][2]) {
+  for_each_tile<false, T>(a, tl, [&](int64_t, int64_t c0, float (&x)[32][2]) {
     if (a.qt != nullptr) {
       float m0 = 0.0f, m1 = 0.0f;
 #pragma unroll
@@ -318,7 +336,8 @@ __global__ void __launch_bounds__(kThreads, 2) ey_amax_kernel(const __grid_const
  */
 template <typename T, int LOGB, DType Q>
 __global__ void __launch_bounds__(kThreads, 2) ey_quant_kernel(const __grid_constant__ EyQuantArgs a,
-                                                               const float* ws, float rs) {
+                                                               const __grid_constant__ EyTiles tl, const float* ws,
+                                                               float rs) {
   extern __shared__ float4 exchange[];
   __shared__ float sgn_s[kEyMaxBlock];
   constexpr float qmax = qmax_dev(Q);
@@ -328,7 +347,7 @@ __global__ void __launch_bounds__(kThreads, 2) ey_quant_kernel(const __grid_cons
   const float rot_inv = a.q_rot != nullptr ? QuantScale(ws[a.cols], qmax).inv : 0.0f;
   if (a.q_rot != nullptr && blockIdx.x == 0 && threadIdx.x == 0) a.scale_rot[0] = QuantScale(ws[a.cols], qmax).scale;
   uint8_t* q_rot = static_cast<uint8_t*>(a.q_rot);
-  for_each_tile<true, T>(a, [&](int64_t r0, int64_t c0, float (&x)[32][2]) {
+  for_each_tile<true, T>(a, tl, [&](int64_t r0, int64_t c0, float (&x)[32][2]) {
     const int64_t r = r0 + warp * 32, c = c0 + 2 * lane;
     if (a.qt != nullptr && c < a.cols) {
 #pragma unroll
@@ -354,12 +373,17 @@ __global__ void __launch_bounds__(kThreads, 2) ey_quant_kernel(const __grid_cons
     rotate_local<LOGB>(x, sgn, warp);
     store_exchange(reinterpret_cast<float2*>(exchange), x, warp, lane);
     __syncthreads();
+    // Row offsets from the tile's origin, with the row pitch through an opaque move: otherwise the compiler hoists
+    // the 16 64-bit row offsets of a thread out of the tile loop, and they spill.
+    int64_t pitch;
+    asm volatile("mov.b64 %0, %1;" : "=l"(pitch) : "l"(a.cols));
+    uint8_t* tile_q = q_rot + r0 * pitch + c0;
+    const int64_t rows_left = a.rows - r0, cols_left = a.cols - c0;
     rotate_exchanged<LOGB>(exchange, [&](int row, int quad, const float4& v) {
-      const int64_t rr = r0 + row, cc = c0 + 4 * quad;
-      if (rr < a.rows && cc < a.cols) {
+      if (row < rows_left && 4 * quad < cols_left) {
         const float4 sv = f4_mul(v, rs);
         const float f[4] = {sv.x, sv.y, sv.z, sv.w};
-        *reinterpret_cast<uint32_t*>(q_rot + rr * a.cols + cc) = quant4<Q>(f, rot_inv);
+        *reinterpret_cast<uint32_t*>(tile_q + row * pitch + 4 * quad) = quant4<Q>(f, rot_inv);
       }
     });
     __syncthreads();  // exchange reads done before the next tile writes it
@@ -369,18 +393,23 @@ __global__ void __launch_bounds__(kThreads, 2) ey_quant_kernel(const __grid_cons
 template <typename T, int LOGB>
 cudaError_t launch_block(const EyQuantArgs& a, float* ws, cudaStream_t stream) {
   const float rs = static_cast<float>(1.0 / std::sqrt(static_cast<double>(1 << LOGB)));
-  const int64_t ntiles = ((a.cols + kTileCols - 1) / kTileCols) * ((a.rows + kTileRows - 1) / kTileRows);
+  const int64_t ncol = (a.cols + kTileCols - 1) / kTileCols;
+  const int64_t ntiles = ncol * ((a.rows + kTileRows - 1) / kTileRows);
+  if (ntiles >= (int64_t(1) << 31)) return cudaErrorInvalidValue;  // tile indices are 32-bit
+  EyTiles tl;
+  tl.ncol = detail::FastDivmod(static_cast<uint32_t>(ncol));
+  tl.ntiles = static_cast<uint32_t>(ntiles);
   // pass 1 needs the exchange tile only for the cross-warp stages; pass 2 always writes q_rot through it
   const size_t smem1 = (a.q_rot != nullptr && LOGB > 5) ? kExchangeBytes : 0;
   const size_t smem2 = a.q_rot != nullptr ? kExchangeBytes : 0;
   int grid = 0;
   auto k1 = ey_amax_kernel<T, LOGB>;
   HALO_RETURN_IF_ERROR(detail::persistent_grid(k1, kThreads, smem1, ntiles, &grid));
-  k1<<<grid, kThreads, smem1, stream>>>(a, ws, rs);
+  k1<<<grid, kThreads, smem1, stream>>>(a, tl, ws, rs);
   HALO_RETURN_IF_ERROR(cudaGetLastError());
   auto run2 = [&](auto k2) -> cudaError_t {
     HALO_RETURN_IF_ERROR(detail::persistent_grid(k2, kThreads, smem2, ntiles, &grid));
-    k2<<<grid, kThreads, smem2, stream>>>(a, ws, rs);
+    k2<<<grid, kThreads, smem2, stream>>>(a, tl, ws, rs);
     return cudaGetLastError();
   };
   switch (a.qdtype) {
