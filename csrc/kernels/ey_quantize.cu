@@ -130,8 +130,7 @@ __device__ __forceinline__ void unpack_rows(const typename Pair<T>::Raw (&raw)[3
 
 /*!
  * \brief The tiles of a persistent CTA (column-fastest order, or its reverse) with the next tile's loads in flight: calls
- * body(r0, c0, nc0, x) for each tile, x = the thread's 32 x 2 values, nc0 the column origin of the CTA's next tile (-1
- * if none). For 16-bit T the loads of tile i + grid are
+ * body(r0, c0, x) for each tile, x = the thread's 32 x 2 values. For 16-bit T the loads of tile i + grid are
  * issued right after tile i is unpacked (raw words: 32 registers); float32 loads each tile when it starts (its raw
  * words would need 64 more registers).
  */
@@ -159,12 +158,12 @@ __device__ __forceinline__ void for_each_tile(const EyQuantArgs& a, const EyTile
     if (!kPrefetch) load_rows<T>(a, r0 + warp * 32, c0 + 2 * lane, raw);
     float x[32][2];
     unpack_rows<T>(raw, x);
-    int64_t nr0 = -1, nc0 = -1;
-    if (id + gridDim.x < ntiles) {
+    if (kPrefetch && id + gridDim.x < ntiles) {
+      int64_t nr0, nc0;
       origin(id + gridDim.x, nr0, nc0);
-      if (kPrefetch) load_rows<T>(a, nr0 + warp * 32, nc0 + 2 * lane, raw);
+      load_rows<T>(a, nr0 + warp * 32, nc0 + 2 * lane, raw);
     }
-    body(r0, c0, nc0, x);
+    body(r0, c0, x);
   }
 }
 
@@ -284,7 +283,7 @@ __global__ void __launch_bounds__(kThreads, 2) ey_amax_kernel(const __grid_const
   const float* sgn = stage_signs<LOGB>(a.signs, sgn_s);
   __syncthreads();  // sgn_s
   float mrot = 0.0f;  // absmax of this thread's rotated values (before the 1/sqrt(b)) over all its tiles
-  for_each_tile<false, T>(a, tl, [&](int64_t, int64_t c0, int64_t, float (&x)[32][2]) {
+  for_each_tile<false, T>(a, tl, [&](int64_t, int64_t c0, float (&x)[32][2]) {
     if (a.qt != nullptr) {
       float m0 = 0.0f, m1 = 0.0f;
 #pragma unroll
@@ -348,24 +347,12 @@ __global__ void __launch_bounds__(kThreads, 2) ey_quant_kernel(const __grid_cons
   const float rot_inv = a.q_rot != nullptr ? QuantScale(ws[a.cols], qmax).inv : 0.0f;
   if (a.q_rot != nullptr && blockIdx.x == 0 && threadIdx.x == 0) a.scale_rot[0] = QuantScale(ws[a.cols], qmax).scale;
   uint8_t* q_rot = static_cast<uint8_t*>(a.q_rot);
-  // Column maxima of the thread's two columns, loaded one tile ahead: loaded where they are used, they were a
-  // dependent global load (a full memory latency) in every tile.
-  float cmax[2] = {0.0f, 0.0f};
-  bool cmax_ready = false;
-  auto load_cmax = [&](int64_t col0) {
-    const int64_t c = col0 + 2 * lane;
-    if (c < a.cols) {
-      const float2 m = *reinterpret_cast<const float2*>(ws + c);  // c is even: 8-byte aligned
-      cmax[0] = m.x, cmax[1] = m.y;
-    }
-  };
-  for_each_tile<true, T>(a, tl, [&](int64_t r0, int64_t c0, int64_t nc0, float (&x)[32][2]) {
+  for_each_tile<true, T>(a, tl, [&](int64_t r0, int64_t c0, float (&x)[32][2]) {
     const int64_t r = r0 + warp * 32, c = c0 + 2 * lane;
-    if (a.qt != nullptr && !cmax_ready) load_cmax(c0);
     if (a.qt != nullptr && c < a.cols) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const QuantScale qs(cmax[e], qmax);
+        const QuantScale qs(ws[c + e], qmax);
         if (r0 == 0 && warp == 0) a.scale_t[c + e] = qs.scale;
         uint8_t* dst = static_cast<uint8_t*>(a.qt) + (c + e) * a.rows + r;
 #pragma unroll
@@ -382,8 +369,6 @@ __global__ void __launch_bounds__(kThreads, 2) ey_quant_kernel(const __grid_cons
         }
       }
     }
-    cmax_ready = a.qt != nullptr && nc0 >= 0;
-    if (cmax_ready) load_cmax(nc0);
     if (a.q_rot == nullptr) return;
     rotate_local<LOGB>(x, sgn, warp);
     store_exchange(reinterpret_cast<float2*>(exchange), x, warp, lane);
