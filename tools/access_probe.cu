@@ -142,14 +142,17 @@ int main(int argc, char** argv) {
                 2.0 * n / ts[ts.size() / 2] / 1e9);
   }
   for (int rep = 0; rep < 2; ++rep) {
-    run<4, 32, false>("read, 256 rows x 128 B (ey_quantize today)", x, rows, row_bytes, out, sink, flush, flush_bytes, sms);
+    run<4, 32, false>("read, 256 rows x 128 B (ey_quantize today)",
+        x, rows, row_bytes, out, sink, flush, flush_bytes, sms);
     run<8, 16, false>("read, 128 rows x 256 B", x, rows, row_bytes, out, sink, flush, flush_bytes, sms);
     run<16, 8, false>("read, 64 rows x 512 B", x, rows, row_bytes, out, sink, flush, flush_bytes, sms);
-    run<16, 8, false>("read, contiguous 32 KB tiles", x, rows * (row_bytes / 512), 512, out, sink, flush, flush_bytes, sms);
+    run<16, 8, false>("read, contiguous 32 KB tiles",
+        x, rows * (row_bytes / 512), 512, out, sink, flush, flush_bytes, sms);
     run<4, 32, true>("read + write half, 256 rows x 128 B", x, rows, row_bytes, out, sink, flush, flush_bytes, sms);
     run<8, 16, true>("read + write half, 128 rows x 256 B", x, rows, row_bytes, out, sink, flush, flush_bytes, sms);
     run<16, 8, true>("read + write half, 64 rows x 512 B", x, rows, row_bytes, out, sink, flush, flush_bytes, sms);
-    run<16, 8, true>("read + write half, contiguous", x, rows * (row_bytes / 512), 512, out, sink, flush, flush_bytes, sms);
+    run<16, 8, true>("read + write half, contiguous",
+        x, rows * (row_bytes / 512), 512, out, sink, flush, flush_bytes, sms);
   }
   return 0;
 }

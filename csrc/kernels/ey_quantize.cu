@@ -106,8 +106,9 @@ struct EyTiles {
  * 16, so a thread's pair of columns is all in or all out.
  *
  * One pointer steps by the row stride (a 64-bit add a row) and one 32-bit compare a row checks the count of valid
- * rows: with a 64-bit multiply and a 64-bit bounds check per row the address arithmetic was ~12 instructions a load, a quarter of both passes' instructions (the passes are issue-bound, not DRAM-bound:
- * notes/halo_linear.md, eleventh session).
+ * rows. With a 64-bit multiply and a 64-bit bounds check per row the address arithmetic was ~12 instructions a load,
+ * a quarter of pass 1's instructions; without it pass 1 took 102 instead of 131 us at 8192 x 14336 on H100 (pass 2
+ * is limited elsewhere: notes/halo_linear.md, eleventh session).
  */
 template <typename T>
 __device__ __forceinline__ void load_rows(const EyQuantArgs& a, int64_t r, int64_t c,
