@@ -74,6 +74,30 @@ __global__ void __launch_bounds__(256, 2) tile_read(const uint8_t* x, int64_t ro
   if (acc == 0x9e3779b9u) sink[0] = acc;
 }
 
+/*! Median ms of launch() over 20 timed calls after 5 warm-ups, L2 flushed (a 256 MB memset) before each. */
+template <class F>
+float median_ms(F&& launch, uint8_t* flush, size_t flush_bytes) {
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  std::vector<float> ts;
+  for (int it = 0; it < 25; ++it) {
+    CK(cudaMemsetAsync(flush, it, flush_bytes));
+    CK(cudaEventRecord(a));
+    launch();
+    CK(cudaEventRecord(b));
+    CK(cudaEventSynchronize(b));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    if (it >= 5) ts.push_back(ms);
+  }
+  CK(cudaGetLastError());
+  CK(cudaEventDestroy(a));
+  CK(cudaEventDestroy(b));
+  std::sort(ts.begin(), ts.end());
+  return ts[ts.size() / 2];
+}
+
 template <int BPL, int RPW, bool WRITE>
 float run(const char* name, const uint8_t* x, int64_t rows, int64_t row_bytes, uint8_t* out, uint32_t* sink,
           uint8_t* flush, size_t flush_bytes, int sms) {
@@ -82,23 +106,7 @@ float run(const char* name, const uint8_t* x, int64_t rows, int64_t row_bytes, u
   CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, 256, 0));
   const int64_t tiles = (rows / (8 * RPW)) * (row_bytes / (32 * BPL));
   const int grid = int(std::min<int64_t>(tiles, int64_t(per_sm) * sms));
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  std::vector<float> ts;
-  for (int it = 0; it < 25; ++it) {
-    CK(cudaMemsetAsync(flush, it, flush_bytes));
-    CK(cudaEventRecord(a));
-    k<<<grid, 256>>>(x, rows, row_bytes, out, sink);
-    CK(cudaEventRecord(b));
-    CK(cudaEventSynchronize(b));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    if (it >= 5) ts.push_back(ms);
-  }
-  CK(cudaGetLastError());
-  std::sort(ts.begin(), ts.end());
-  const float ms = ts[ts.size() / 2];
+  const float ms = median_ms([&] { k<<<grid, 256>>>(x, rows, row_bytes, out, sink); }, flush, flush_bytes);
   const double bytes = double(rows) * row_bytes * (WRITE ? 1.5 : 1.0);
   std::printf("%-44s segment %4d B  rows %6lld x %6lld B  grid %5d  %.4f ms  %.3f TB/s\n", name, 32 * BPL,
               (long long)rows, (long long)row_bytes, grid, ms, bytes / ms / 1e9);
@@ -122,25 +130,10 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop;
   CK(cudaGetDeviceProperties(&prop, dev));
   std::printf("device %s, %d SMs\n", prop.name, sms);
-  {  // copy reference: read n + write n
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    std::vector<float> ts;
-    for (int it = 0; it < 25; ++it) {
-      CK(cudaMemsetAsync(flush, it, flush_bytes));
-      CK(cudaEventRecord(a));
-      CK(cudaMemcpyAsync(cpy, x, n, cudaMemcpyDeviceToDevice));
-      CK(cudaEventRecord(b));
-      CK(cudaEventSynchronize(b));
-      float ms = 0;
-      CK(cudaEventElapsedTime(&ms, a, b));
-      if (it >= 5) ts.push_back(ms);
-    }
-    std::sort(ts.begin(), ts.end());
-    std::printf("%-44s %.4f ms  %.3f TB/s (read + write)\n", "cudaMemcpy D2D", ts[ts.size() / 2],
-                2.0 * n / ts[ts.size() / 2] / 1e9);
-  }
+  // copy reference: read n + write n
+  const float copy_ms =
+      median_ms([&] { CK(cudaMemcpyAsync(cpy, x, n, cudaMemcpyDeviceToDevice)); }, flush, flush_bytes);
+  std::printf("%-44s %.4f ms  %.3f TB/s (read + write)\n", "cudaMemcpy D2D", copy_ms, 2.0 * n / copy_ms / 1e9);
   for (int rep = 0; rep < 2; ++rep) {
     run<4, 32, false>("read, 256 rows x 128 B (ey_quantize today)",
         x, rows, row_bytes, out, sink, flush, flush_bytes, sms);

@@ -90,18 +90,18 @@ const Family kRowHadFamilies[] = {
 
 bool has_row_hadamard(const QGemmArgs& args) { return args.row_hadamard > 1; }
 
-/*! \brief The family of args' dtypes (and row_hadamard variant), nullptr if none. */
-const Family* find_family(const QGemmArgs& args) {
-  if (has_row_hadamard(args)) {
-    for (const Family& f : kRowHadFamilies) {
-      if (f.a == args.a_dtype && f.b == args.b_dtype && f.out == args.out_dtype) return &f;
-    }
-    return nullptr;
-  }
-  for (const Family& f : kFamilies) {
+/*! \brief The family of `table` with args' dtypes, nullptr if none. */
+template <size_t N>
+const Family* match_family(const Family (&table)[N], const QGemmArgs& args) {
+  for (const Family& f : table) {
     if (f.a == args.a_dtype && f.b == args.b_dtype && f.out == args.out_dtype) return &f;
   }
   return nullptr;
+}
+
+/*! \brief The family of args' dtypes (and row_hadamard variant), nullptr if none. */
+const Family* find_family(const QGemmArgs& args) {
+  return has_row_hadamard(args) ? match_family(kRowHadFamilies, args) : match_family(kFamilies, args);
 }
 
 /*! \brief Bytes of one element of an output dtype (0 for the others). */
