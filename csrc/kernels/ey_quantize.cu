@@ -49,6 +49,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kRowsPerThread = kTileRows / kWarps;   // 32 consecutive rows per thread
 constexpr int kQuads = kTileCols / 4;         // float4 column groups per tile row (16)
 constexpr size_t kExchangeBytes = size_t(kTileRows) * kTileCols * sizeof(float);  // 64 KB
+constexpr size_t kQtStageBytes = size_t(kTileRows) * kTileCols;                    // 16 KB of qt codes (pass 2)
 static_assert(kRowsPerThread == 32 && kQuads == 16, "the layout below assumes 32 rows per thread, 16 quads");
 
 /*!
@@ -332,8 +333,22 @@ __global__ void __launch_bounds__(kThreads, 2) ey_amax_kernel(const __grid_const
 }
 
 /*!
+ * \brief Byte offset of the 16-byte chunk `chunk` (0..15) of qt row `row` (0..63) in the qt staging tile (64 rows of
+ * 256 bytes: the tile's 256 tokens of one column). The chunk index is XORed with bits 1..3 of the row, so that the
+ * 8 lanes of a quarter-warp hit 8 different 16-byte bank groups both when they write (rows 2l + e, one chunk) and
+ * when they read (one row, chunks 8p .. 8p + 7).
+ */
+__device__ __forceinline__ int qt_stage_offset(int row, int chunk) {
+  return row * kTileRows + 16 * (chunk ^ ((row >> 1) & 7));
+}
+
+/*!
  * \brief Pass 2: per tile, the qt codes from the loaded values, then the rotation and the q_rot codes (and the
  * scales, written by the tiles of the first row tile / the first CTA).
+ *
+ * The qt codes go through shared memory. A thread's codes are 2 x 32 bytes of two qt rows; stored from registers,
+ * a warp's 16-byte stores went to 32 different rows (32 half-sector writes an instruction, ~40 % of the L2 sector
+ * operations of the pass). Staged, each warp store writes two 256-byte runs of qt rows.
  */
 template <typename T, int LOGB, DType Q>
 __global__ void __launch_bounds__(kThreads, 2) ey_quant_kernel(const __grid_constant__ EyQuantArgs a,
@@ -348,17 +363,21 @@ __global__ void __launch_bounds__(kThreads, 2) ey_quant_kernel(const __grid_cons
   const float rot_inv = a.q_rot != nullptr ? QuantScale(ws[a.cols], qmax).inv : 0.0f;
   if (a.q_rot != nullptr && blockIdx.x == 0 && threadIdx.x == 0) a.scale_rot[0] = QuantScale(ws[a.cols], qmax).scale;
   uint8_t* q_rot = static_cast<uint8_t*>(a.q_rot);
+  // qt staging tile after the exchange tile (at the start of shared memory without q_rot)
+  uint8_t* stage = reinterpret_cast<uint8_t*>(exchange) + (a.q_rot != nullptr ? kExchangeBytes : 0);
   for_each_tile<true, T>(a, tl, [&](int64_t r0, int64_t c0, float (&x)[32][2]) {
-    const int64_t r = r0 + warp * 32, c = c0 + 2 * lane;
+    const int64_t c = c0 + 2 * lane;
+    // The thread index through an opaque move: the staging offsets derived from it are loop-invariant, and hoisted
+    // out of the tile loop (with the copy-out offsets below) they spill.
+    int tid;
+    asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
     if (a.qt != nullptr && c < a.cols) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const QuantScale qs(ws[c + e], qmax);
         if (r0 == 0 && warp == 0) a.scale_t[c + e] = qs.scale;
-        uint8_t* dst = static_cast<uint8_t*>(a.qt) + (c + e) * a.rows + r;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {  // rows r + 16h .. r + 16h + 15 (with qt, rows is a multiple of 16)
-          if (r + 16 * h >= a.rows) break;
+        for (int h = 0; h < 2; ++h) {  // tile rows 32 warp + 16h .. + 15 = chunk 2 warp + h of qt row 2 lane + e
           uint32_t w[4];
 #pragma unroll
           for (int k = 0; k < 4; ++k) {
@@ -366,28 +385,46 @@ __global__ void __launch_bounds__(kThreads, 2) ey_quant_kernel(const __grid_cons
                                 x[16 * h + 4 * k + 3][e]};
             w[k] = quant4<Q>(v, qs.inv);
           }
-          *reinterpret_cast<uint4*>(dst + 16 * h) = make_uint4(w[0], w[1], w[2], w[3]);
+          *reinterpret_cast<uint4*>(stage + qt_stage_offset(2 * (tid % 32) + e, 2 * (tid / 32) + h)) =
+              make_uint4(w[0], w[1], w[2], w[3]);
         }
       }
     }
-    if (a.q_rot == nullptr) return;
-    rotate_local<LOGB>(x, sgn, warp);
-    store_exchange(reinterpret_cast<float2*>(exchange), x, warp, lane);
+    if (a.q_rot != nullptr) {
+      rotate_local<LOGB>(x, sgn, warp);
+      store_exchange(reinterpret_cast<float2*>(exchange), x, warp, lane);
+    }
     __syncthreads();
-    // Row offsets from the tile's origin, with the row pitch through an opaque move: otherwise the compiler hoists
-    // the 16 64-bit row offsets of a thread out of the tile loop, and they spill.
-    int64_t pitch;
-    asm volatile("mov.b64 %0, %1;" : "=l"(pitch) : "l"(a.cols));
-    uint8_t* tile_q = q_rot + r0 * pitch + c0;
-    const int64_t rows_left = a.rows - r0, cols_left = a.cols - c0;
-    rotate_exchanged<LOGB>(exchange, [&](int row, int quad, const float4& v) {
-      if (row < rows_left && 4 * quad < cols_left) {
-        const float4 sv = f4_mul(v, rs);
-        const float f[4] = {sv.x, sv.y, sv.z, sv.w};
-        *reinterpret_cast<uint32_t*>(tile_q + row * pitch + 4 * quad) = quant4<Q>(f, rot_inv);
+    if (a.q_rot != nullptr) {
+      // Row offsets from the tile's origin, with the row pitch through an opaque move: otherwise the compiler
+      // hoists the 16 64-bit row offsets of a thread out of the tile loop, and they spill.
+      int64_t pitch;
+      asm volatile("mov.b64 %0, %1;" : "=l"(pitch) : "l"(a.cols));
+      uint8_t* tile_q = q_rot + r0 * pitch + c0;
+      const int64_t rows_left = a.rows - r0, cols_left = a.cols - c0;
+      rotate_exchanged<LOGB>(exchange, [&](int row, int quad, const float4& v) {
+        if (row < rows_left && 4 * quad < cols_left) {
+          const float4 sv = f4_mul(v, rs);
+          const float f[4] = {sv.x, sv.y, sv.z, sv.w};
+          *reinterpret_cast<uint32_t*>(tile_q + row * pitch + 4 * quad) = quant4<Q>(f, rot_inv);
+        }
+      });
+    }
+    if (a.qt != nullptr) {
+      // thread t copies chunks t + 256 i (qt row = chunk / 16, 16-byte chunk = chunk % 16); rows is a multiple of 16.
+      // The qt row pitch through an opaque move too.
+      int64_t qld;
+      asm volatile("mov.b64 %0, %1;" : "=l"(qld) : "l"(a.rows));
+      uint8_t* tile_qt = static_cast<uint8_t*>(a.qt) + c0 * qld + r0;
+#pragma unroll
+      for (int i = 0; i < kTileCols * kTileRows / 16 / kThreads; ++i) {
+        const int idx = tid + kThreads * i, row = idx / 16, chunk = idx % 16;
+        if (c0 + row < a.cols && r0 + 16 * chunk < a.rows)
+          *reinterpret_cast<uint4*>(tile_qt + row * qld + 16 * chunk) =
+              *reinterpret_cast<const uint4*>(stage + qt_stage_offset(row, chunk));
       }
-    });
-    __syncthreads();  // exchange reads done before the next tile writes it
+    }
+    __syncthreads();  // exchange and staging reads done before the next tile writes them
   });
 }
 
@@ -400,9 +437,10 @@ cudaError_t launch_block(const EyQuantArgs& a, float* ws, cudaStream_t stream) {
   EyTiles tl;
   tl.ncol = detail::FastDivmod(static_cast<uint32_t>(ncol));
   tl.ntiles = static_cast<uint32_t>(ntiles);
-  // pass 1 needs the exchange tile only for the cross-warp stages; pass 2 always writes q_rot through it
+  // pass 1 needs the exchange tile only for the cross-warp stages; pass 2 always writes q_rot through it, and qt
+  // through its staging tile
   const size_t smem1 = (a.q_rot != nullptr && LOGB > 5) ? kExchangeBytes : 0;
-  const size_t smem2 = a.q_rot != nullptr ? kExchangeBytes : 0;
+  const size_t smem2 = (a.q_rot != nullptr ? kExchangeBytes : 0) + (a.qt != nullptr ? kQtStageBytes : 0);
   int grid = 0;
   auto k1 = ey_amax_kernel<T, LOGB>;
   HALO_RETURN_IF_ERROR(detail::persistent_grid(k1, kThreads, smem1, ntiles, &grid));
