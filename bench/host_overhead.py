@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, write_results  # noqa: E402
 
 import halo_ext  # noqa: E402
+from halo_ext.linear import _XQ_CACHE  # noqa: E402
 
 
 def host_us(fn, n: int) -> float:
@@ -87,6 +88,7 @@ def main() -> int:
             layers[f"HaloLinear L{level} {prec}"] = halo_ext.HaloLinear.from_linear(lin, level=level, precision=prec)
     for name, mod in layers.items():
         def fb(mod=mod):
+            _XQ_CACHE.clear()  # a new input each call, as in training (see bench/linear_bench.py: fwd_bwd)
             y = mod(xr)
             return torch.autograd.grad(y, (xr, mod.weight), g)
         rows.append({"what": name + " fwd+bwd", "shape": f"{M}x{D}->{D}", "host_us": host_us(fb, args.n),

@@ -12,8 +12,13 @@ Timing (bench/_common.py): L2 flushed before each call, median of CUDA-event sam
              sample (the only method of the results of sessions 1-5);
   *_gpu_ms   each call queued behind a ~5 ms spin kernel: GPU time alone, whatever the host does.
 The bf16 peer and every variant are timed in --rounds interleaved rounds and each figure is the median over them.
+Every timed HALO call rotates and quantizes its input (the input-quantization cache is cleared before each call: a
+training step's activation is a new tensor). Before the twelfth session it was not: the timed calls reused one x and
+hit HaloLinear's sibling-input cache, so those figures left out X's rotate+quantize.
 halo_cached_w_ms: the layer with cache_weight=True and an unchanged weight (back to back), i.e. the micro-steps of
-gradient accumulation after the first (no weight quantization).
+gradient accumulation after the first (no weight quantization); its input is quantized each call too.
+halo_shared_x_ms: the layer whose input another layer has already quantized (back to back): the second and third
+of q/k/v, the second of gate/up.
 --gemm-config N forces one sm90 GEMM configuration (A/B against the shape heuristic; pair it with --name).
 --breakdown prints (and stores under "breakdown") the time of each step of the HALO pipeline, timed separately.
 Usage: python bench/linear_bench.py [--breakdown] [--shape-set llama3-8b|1b] [--shapes 0,1] [--levels 0,2]
@@ -31,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, time_ms, write_results  # noqa: E402
 
 import halo_ext  # noqa: E402
-from halo_ext.linear import _rotate_tokens, _token_block, _token_hadamard, _token_signs  # noqa: E402
+from halo_ext.linear import _XQ_CACHE, _rotate_tokens, _token_block, _token_hadamard, _token_signs  # noqa: E402
 
 SHAPES = [(8192, 4096, 4096), (8192, 4096, 14336), (8192, 14336, 4096), (4096, 4096, 4096), (2048, 8192, 8192)]
 # --shape-set 1b: the block linears of bench/finetune_bench.py's ~1B preset (TinyLlama-1.1B) at its 8192 tokens/step:
@@ -41,10 +46,17 @@ SHAPE_SETS = {"llama3-8b": SHAPES,
 QD = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
-def fwd_bwd(mod, x, g, w=None):
+def fwd_bwd(mod, x, g, w=None, shared_x=False):
     w = mod.weight if w is None else w
 
     def fn():
+        # Every call quantizes its input, as a training step does with its new activation. HaloLinear caches the
+        # quantization of the last input tensor for sibling layers reading the same tensor (q/k/v, gate/up); the
+        # timed calls reuse one x, so without this every call after the first skipped X's rotate+quantize (the
+        # case of the figures of sessions 4-11, which were optimistic by that op's time). shared_x=True keeps the
+        # cache: the layer as the second or third sibling reading an input another layer has quantized.
+        if not shared_x:
+            _XQ_CACHE.clear()
         y = mod(x)
         return torch.autograd.grad(y, (x, w), g)
     return fn
@@ -187,12 +199,13 @@ def main():
                                  halo_ext.HaloLinear.from_linear(lin, cache_weight=True, **kw)))
         # Interleaved rounds: bf16 peer, then every variant, args.rounds times; each figure is the median over the
         # rounds of per-round medians, so a slow stretch of the (shared) host or a clock dip hits one round only.
-        bf16_t, halo_t, cw_t = [], [[] for _ in variants], [[] for _ in variants]
+        bf16_t, halo_t, cw_t, sx_t = [], [[] for _ in variants], [[] for _ in variants], [[] for _ in variants]
         for _ in range(args.rounds):
             bf16_t.append(timed(fwd_bwd(lin, x, g)))
             for vi, (_, _, h, hc) in enumerate(variants):
                 halo_t[vi].append(timed(fwd_bwd(h, x, g)))
                 cw_t[vi].append({"ms": time_ms(fwd_bwd(hc, x, g), iters=args.iters, sync_each=False)})
+                sx_t[vi].append({"ms": time_ms(fwd_bwd(h, x, g, shared_x=True), iters=args.iters, sync_each=False)})
         tao = None if args.no_torchao else torchao_fn(lin, x, g)
         torchao_ms = None
         if tao is not None:
@@ -205,6 +218,7 @@ def main():
         for vi, (level, prec, h, _) in enumerate(variants):
             hm = {m: med(halo_t[vi], m) for m in ("ms", "sync_ms", "gpu_ms")}
             cw = med(cw_t[vi], "ms")
+            sx = med(sx_t[vi], "ms")
             shape_rows.append({
                 "M": M, "K": K, "N": N, "level": level, "precision": prec,
                 "rotation_block": h.rotation_block if level else None, "wgrad_scale": h.wgrad_scale,
@@ -216,12 +230,14 @@ def main():
                 "halo_gpu_ms": hm["gpu_ms"], "bf16_gpu_ms": bf16["gpu_ms"],
                 "speedup_vs_bf16_gpu": bf16["gpu_ms"] / hm["gpu_ms"],
                 "halo_cached_w_ms": cw, "speedup_cached_w_vs_bf16": bf16["ms"] / cw,
+                "halo_shared_x_ms": sx, "speedup_shared_x_vs_bf16": bf16["ms"] / sx,
+                "input_quantized_each_call": True,
                 "halo_ms_rounds": [t["ms"] for t in halo_t[vi]], "bf16_ms_rounds": [t["ms"] for t in bf16_t],
                 "torchao_speedup_vs_bf16": bf16["ms"] / torchao_ms if torchao_ms else None,
                 "halo_vs_torchao": torchao_ms / hm["ms"] if torchao_ms else None})
         print_table(shape_rows, ["M", "K", "N", "level", "precision", "halo_ms", "bf16_ms", "speedup_vs_bf16",
                                  "speedup_vs_bf16_sync", "speedup_vs_bf16_gpu", "speedup_cached_w_vs_bf16",
-                                 "torchao_speedup_vs_bf16"])
+                                 "speedup_shared_x_vs_bf16", "torchao_speedup_vs_bf16"])
         rows += shape_rows
         del variants, tao
         if args.breakdown:
@@ -233,7 +249,8 @@ def main():
         del lin, x, g
         torch.cuda.empty_cache()
     cols = ["M", "K", "N", "level", "precision", "halo_ms", "bf16_ms", "torchao_ms", "speedup_vs_bf16",
-            "speedup_vs_bf16_sync", "speedup_vs_bf16_gpu", "speedup_cached_w_vs_bf16", "torchao_speedup_vs_bf16"]
+            "speedup_vs_bf16_sync", "speedup_vs_bf16_gpu", "speedup_cached_w_vs_bf16", "speedup_shared_x_vs_bf16",
+            "torchao_speedup_vs_bf16"]
     print_table(rows, cols)
     extra = {"breakdown": bd_rows} if bd_rows else None
     print("wrote", write_results(args.name, rows, merge_key=("M", "K", "N", "level", "precision", "rotation_block"),
