@@ -6,6 +6,9 @@
 # Single-GPU steps: build test test-hadamard test-comm sanitize bench-hadamard bench-hadamard-old bench-quant bench-gemm bench-linear bench-linear-1b
 #                   bench-linear-fp8ch bench-linear-cfg1
 #                   bench-host finetune-bench finetune-acc test-linear test-gemm bench-linear-main gemm-probe
+#                   layer-trace (kernel timeline of HALO-2 int8 layer calls, tools/layer_trace.py)
+#                   ncu-ey (Nsight Compute on ey_quantize's two passes at 8192 x 14336, tools/ncu_probe.py)
+#                   host-profile (host time per layer call and its split by op, tools/host_profile.py)
 # Multi-GPU steps (torchrun over all visible GPUs): dist-test bench-allreduce bench-fsdp bench-fsdp-perf (no loss
 #                   curves) ar-trace (all-reduce time breakdown and kernel timelines, tools/ar_trace.py)
 # Default: build test sanitize bench-hadamard bench-quant bench-gemm.
@@ -78,6 +81,20 @@ for step in $steps; do
       grep -E "^(FAILED|ERROR)|passed|failed|Error" "$LOGS/test-gemm.log" | tail -20 ;;
     bench-linear-main)  # the three LLaMA-3-8B layer shapes the targets name, levels 0 and 2
       run_step bench-linear-main 60 python3 bench/linear_bench.py --breakdown --shapes 0,1,2 --levels 0,2 ;;
+    layer-trace)
+      run_step layer-trace 120 python3 tools/layer_trace.py --shapes 0,1,2 --levels 0,2 \
+        --out bench/results/layer_trace.json ;;
+    host-profile)
+      run_step host-profile 0 python3 tools/host_profile.py 8192 4096 4096
+      grep -E "host .* us/call" "$LOGS/host-profile.log"
+      run_step host-profile-small 0 python3 tools/host_profile.py 256 1024 1024
+      grep -E "host .* us/call" "$LOGS/host-profile-small.log" ;;
+    ncu-ey)
+      run_step ncu-ey 0 ncu --clock-control none -k regex:'ey_' --launch-skip 2 --launch-count 2 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section SchedulerStats --section WarpStateStats \
+        --section LaunchStats --section Occupancy python3 tools/ncu_probe.py 8192 4096 14336
+      grep -E "ey_|Duration|DRAM Throughput|L2 Cache Throughput|Registers Per|Issued Warp|Achieved Active" \
+        "$LOGS/ncu-ey.log" ;;
     gemm-probe)  # A/B of sm90 qgemm configurations on one layer's GEMMs (tools/gemm_config_probe.py)
       run_step gemm-probe 60 python3 tools/gemm_config_probe.py ;;
     test-linear)  # the layer and E_Y quantization tests only (a quick check after changing their kernels)
