@@ -6,7 +6,7 @@
  * Tile and thread layout. One CTA (256 threads, 8 warps) owns 256 rows (tokens) x 64 columns of E_Y. Lane l of warp
  * w holds columns 2l, 2l+1 of rows 32w .. 32w+31 in registers (x[j][e], j = row - 32w): a warp reads 128
  * contiguous bytes (bf16) of each of its 32 rows, and a thread's 32 rows of one column are 32 consecutive bytes of
- * one row of qt, written as two 16-byte stores.
+ * one row of qt, staged in shared memory and written out as 256-byte runs of qt rows (pass 2).
  *
  * The rotation along the rows (H_b diag(signs), b = 2^LOGB <= 256) runs in two steps:
  *  - butterflies over bits 0..min(LOGB,5)-1 of the row index inside each thread's registers (no communication);
