@@ -43,6 +43,7 @@
 #include <atomic>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include <cute/tensor.hpp>
 #include <cutlass/cutlass.h>
@@ -279,19 +280,13 @@ struct QGemmSm90 {
     if constexpr (!kRowHadamard) {
       return args;
     } else {
-      QGemmArgs t = args;
-      t.a = args.b;
-      t.b = args.a;
-      t.a_dtype = args.b_dtype;
-      t.b_dtype = args.a_dtype;
-      t.M = args.N;
-      t.N = args.M;
-      t.lda = args.ldb;
-      t.ldb = args.lda;
-      t.scale_a = args.scale_b;
-      t.scale_a_per_row = args.scale_b_per_row;
-      t.scale_b = args.scale_a;
-      t.scale_b_per_row = args.scale_a_per_row;
+      QGemmArgs t = args;  // every A field trades places with its B twin
+      std::swap(t.a, t.b);
+      std::swap(t.a_dtype, t.b_dtype);
+      std::swap(t.M, t.N);
+      std::swap(t.lda, t.ldb);
+      std::swap(t.scale_a, t.scale_b);
+      std::swap(t.scale_a_per_row, t.scale_b_per_row);
       return t;  // ldd: the column stride of the column-major D^T = the row stride of D
     }
   }
