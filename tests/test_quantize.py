@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import halo_ext
+import hadamard_ref as hr
 from refs import QMAX, hadamard_ref, quant_ref
 
 QDTYPES = [torch.int8, torch.float8_e4m3fn, torch.float8_e5m2]
@@ -123,6 +124,35 @@ def test_hadamard_quantize_cuda_vs_cpu(n):
     diff = (qg.cpu().int() - qc.int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3  # fp32 summation order only
     assert torch.equal(qtg.cpu(), qg.cpu().t())
+
+
+@pytest.mark.parametrize("n", [32, 1024, 4096])
+def test_int8_ties_round_half_even(device, n):
+    """Codes of exact half-integers (scale exactly 1, absmax 127) round half to even on every device: quantize, and
+    hadamard_quantize of x = y H / n (unnormalized H, hadamard_scale=1), whose butterflies are exact in float32
+    (after any subset of stages the values are signed averages of y), so H x = y and absmax = 127 exactly. Covers
+    the int8 conversion (clamp, round, pack) and pass 1's absmax on the fused kernels' deferred last butterfly."""
+    g = torch.Generator().manual_seed(n)
+    rows = 64
+    y = torch.randint(-254, 255, (rows, n), generator=g).double() / 2  # half-integers in [-127, 127]
+    y[0, 0] = 127.0
+    y[1, :7] = torch.tensor([0.5, -0.5, 1.5, -1.5, 2.5, 126.5, -126.5], dtype=torch.float64)
+    expected = torch.round(y).to(torch.int8)  # half to even
+    q, s = halo_ext.quantize(y.float().to(device), torch.int8, "tensor")
+    assert s.item() == 1.0 and torch.equal(q.cpu(), expected)
+    h = torch.from_numpy(hr.sylvester(n)).double()
+    x = (y @ h / n).float()
+    assert torch.equal((x.double() @ h), y)  # exact construction
+    q, qt, s = halo_ext.hadamard_quantize(x.to(device), torch.int8, hadamard_scale=1.0, want_qt=True)
+    assert s.item() == 1.0
+    assert torch.equal(q.cpu(), expected) and torch.equal(qt.cpu(), expected.t())
+    # bfloat16 input: one tie per row, x = (127 h_0 + 0.5 h_1) / n is exact in bfloat16
+    yb = torch.zeros(rows, n, dtype=torch.float64)
+    yb[:, 0], yb[:, 1] = 127.0, 0.5
+    xb = (yb @ h / n).to(torch.bfloat16)
+    assert torch.equal(xb.double() @ h, yb)
+    q, _, s = halo_ext.hadamard_quantize(xb.to(device), torch.int8, hadamard_scale=1.0)
+    assert s.item() == 1.0 and torch.equal(q.cpu(), torch.round(yb).to(torch.int8))
 
 
 def _u8(t):

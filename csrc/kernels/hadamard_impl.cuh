@@ -162,6 +162,26 @@ __device__ __forceinline__ void butterflies(float (&v)[E]) {
   }
 }
 
+/*! \brief Register index of the last butterfly butterflies<OWN, NEW> does (the highest owned bit in NEW), or -1. */
+template <uint32_t OWN, uint32_t NEW>
+__host__ __device__ constexpr int last_new_reg_bit() {
+  int last = -1;
+  for (int j = 0; j < popcount(OWN); ++j)
+    if ((NEW >> nth_bit(OWN, j)) & 1u) last = j;
+  return last;
+}
+
+/*!
+ * \brief Whether epilogue Epi only wants max |y| (it declares kAbsPairs = true and put_abs(Group, float)): the kernel
+ * then leaves out its last butterfly and hands the epilogue |a| + |b| per pair, which is max(|a + b|, |a - b|) with
+ * the same rounding (the exact values of |a + b| and |a - b| are |a| + |b| and ||a| - |b||, and rounding to nearest
+ * is monotonic and symmetric). Saves an add and a max per pair.
+ */
+template <class Epi, class = void>
+struct EpiAbsPairs : std::false_type {};
+template <class Epi>
+struct EpiAbsPairs<Epi, std::void_t<decltype(Epi::kAbsPairs)>> : std::bool_constant<Epi::kAbsPairs> {};
+
 /*! \brief Loads a thread's E values of a pass from the float32 buffer (16-byte accesses when bits 0,1 are owned). */
 template <uint32_t OWN, int E, class FL = FpadLayout>
 __device__ __forceinline__ void load_fbuf(const float* fb, uint32_t base, float (&v)[E]) {
@@ -264,12 +284,18 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
   // Register-index bits of a slot: the owned in-group bits, and at least the packet bits.
   constexpr int kSlotA = popcount(kOwnA & kMask) > VB ? popcount(kOwnA & kMask) : VB;
   constexpr int kSlotF = popcount(kOwnF & kMask) > VB ? popcount(kOwnF & kMask) : VB;
+  // An absmax-only epilogue gets |a| + |b| of the last butterfly's pairs instead of the butterfly (EpiAbsPairs):
+  // kJ is that butterfly's register bit in the last pass (F, or A in single-pass plans), kDefer its element bit.
+  constexpr bool kAbsPairs = EpiAbsPairs<Epi>::value;
+  constexpr uint32_t kOwnL = Plan::kSingle ? kOwnA : kOwnF, kNewL = Plan::kSingle ? Plan::kNewA : Plan::kNewF;
+  constexpr int kJ = kAbsPairs ? last_new_reg_bit<kOwnL, kNewL>() : -1;
+  constexpr uint32_t kDefer = kJ >= 0 ? (1u << nth_bit(kOwnL, kJ)) : 0u;
+  static_assert(!kAbsPairs || (kJ >= 0 && kJ < kSlotF), "the deferred pair must lie in one slot");
 
   extern __shared__ __align__(16) unsigned char smem[];
   float* fbuf = reinterpret_cast<float*>(smem);
   unsigned char* stage = smem + Plan::kFBytes;
   Epi epi(ep);
-  epi.init();
 
   const uint32_t tid = threadIdx.x;
   const uint32_t offA = deposit_rt<kThrA>(tid), offF = deposit_rt<kThrF>(tid);
@@ -301,7 +327,8 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
     }
   };
 
-  // Prologue: the first NST-1 tiles in flight (NST >= 2), or the first tile (NST == 1).
+  // Prologue: the first NST-1 tiles in flight (NST >= 2), or the first tile (NST == 1). The epilogue's init() comes
+  // after it: under programmatic dependent launch it waits for the previous kernel, and x is not written by it.
   if constexpr (NST > 0) {
 #pragma unroll
     for (int s = 0; s < (NST > 1 ? NST - 1 : 1); ++s) {
@@ -310,6 +337,7 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
       cp_async_commit();
     }
   }
+  epi.init();
   int st = 0;  // stage of the current tile
   uint32_t i = 0;
   for (uint32_t tile = tile_of(0); tile < prm.num_tiles; ++i, tile = tile_of(i)) {
@@ -359,7 +387,7 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
         }
       }
     }
-    butterflies<kOwnA, Plan::kNewA>(v);
+    butterflies<kOwnA, Plan::kNewA & ~(Plan::kSingle ? kDefer : 0u)>(v);
 
     if constexpr (!Plan::kSingle) {
       store_fbuf<kOwnA>(fbuf, fpad(offA), v);
@@ -378,20 +406,35 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
       }
       // ---- pass F: the top bits
       load_fbuf<kOwnF>(fbuf, fpad(offF), v);
-      butterflies<kOwnF, Plan::kNewF>(v);
+      butterflies<kOwnF, Plan::kNewF & ~kDefer>(v);
     }
-    // ---- epilogue on coalesced 16-byte packets
+    if constexpr (kAbsPairs) {
+      // ---- absmax epilogue: |a| + |b| of the deferred butterfly's pairs
 #pragma unroll
-    for (int s = 0; s < (E >> kSlotF); ++s) {
-      const uint32_t o0 = offF + deposit(uint32_t(s) << kSlotF, kOwnF);
-      const uint32_t g = tile * gpt + (o0 >> P);
-      uint32_t row = 0, gcol = 0;
-      const bool valid = g < prm.num_groups;
-      if (valid) group_coords(prm, g, row, gcol);
-      const typename Epi::Group grp = epi.group(row, gcol, valid);
+      for (int s = 0; s < (E >> kSlotF); ++s) {
+        const uint32_t o0 = offF + deposit(uint32_t(s) << kSlotF, kOwnF);
+        if (tile * gpt + (o0 >> P) >= prm.num_groups) continue;
 #pragma unroll
-      for (int r = 0; r < (1 << kSlotF); r += VEC)
-        epi.put(grp, (o0 + deposit(uint32_t(r), kOwnF)) & kMask, &v[(s << kSlotF) + r]);
+        for (int r = 0; r < (1 << kSlotF); ++r)
+          if (!((r >> kJ) & 1)) {
+            const int i = (s << kSlotF) + r;
+            epi.put_abs(fabsf(v[i]) + fabsf(v[i | (1 << kJ)]));
+          }
+      }
+    } else {
+      // ---- epilogue on coalesced 16-byte packets
+#pragma unroll
+      for (int s = 0; s < (E >> kSlotF); ++s) {
+        const uint32_t o0 = offF + deposit(uint32_t(s) << kSlotF, kOwnF);
+        const uint32_t g = tile * gpt + (o0 >> P);
+        uint32_t row = 0, gcol = 0;
+        const bool valid = g < prm.num_groups;
+        if (valid) group_coords(prm, g, row, gcol);
+        const typename Epi::Group grp = epi.group(row, gcol, valid);
+#pragma unroll
+        for (int r = 0; r < (1 << kSlotF); r += VEC)
+          epi.put(grp, (o0 + deposit(uint32_t(r), kOwnF)) & kMask, &v[(s << kSlotF) + r]);
+      }
     }
     if constexpr (NST >= 2) st = st == NST - 1 ? 0 : st + 1;
   }
@@ -1122,10 +1165,13 @@ inline bool pow2_fast_ok(const HadamardArgs& a, int elem_bytes) {
 /*!
  * \brief Launches pow2_kernel<T, P> (tile configuration CfgT<T, P>) over all groups of `a`.
  * \param max_grid upper bound on the grid
+ * \param reverse walk the tiles backwards (tile_order)
+ * \param pdl launch with programmatic stream serialization where pdl_ok() allows (Epi::init() must griddep_wait()
+ *        before reading what the previous kernel writes)
  */
 template <typename T, int P, class Epi, template <typename, int> class CfgT = Pow2Config>
 cudaError_t launch_pow2(const HadamardArgs& a, const typename Epi::Params& ep, int max_grid, cudaStream_t stream,
-                        int* grid_out = nullptr, bool reverse = false) {
+                        int* grid_out = nullptr, bool reverse = false, bool pdl = false) {
   using Cfg = CfgT<T, P>;
   using Plan = typename Cfg::Plan;
   Pow2Params p;
@@ -1141,6 +1187,8 @@ cudaError_t launch_pow2(const HadamardArgs& a, const typename Epi::Params& ep, i
   HALO_RETURN_IF_ERROR(persistent_grid(kernel, Plan::kThreads, smem, p.num_tiles, &grid));
   if (grid > max_grid) grid = max_grid;
   if (grid_out != nullptr) *grid_out = grid;
+  if (pdl && pdl_ok(reinterpret_cast<const void*>(kernel)))
+    return launch_kernel(kernel, grid, Plan::kThreads, smem, stream, true, p, ep);
   kernel<<<grid, Plan::kThreads, smem, stream>>>(p, ep);
   return cudaPeekAtLastError();
 }

@@ -6,7 +6,9 @@
  * HqEpilogue<kAmax> (one partial maximum per CTA into the workspace, nothing else written); pass 2 runs it again
  * with HqEpilogue<kQuant>, which first reduces the partial maxima (or reads amax_in, and then pass 1 is skipped)
  * and writes the codes. Both passes do the same float32 arithmetic per group, so the absmax is exactly that of the
- * quantized values. The power-of-two passes use small tiles and many resident CTAs (Pow2FusedConfig).
+ * quantized values. The power-of-two passes use small tiles and many resident CTAs (Pow2FusedConfig); pass 1 takes
+ * |a| + |b| of its last butterfly's pairs instead of doing it (EpiAbsPairs), and pass 2 (then the transpose) starts
+ * under programmatic dependent launch (pdl_ok, HALO_PDL=0 turns it off).
  *
  * On the power-of-two route pass 2 walks the tiles in the reverse order of pass 1 (tile_order in hadamard_impl.cuh),
  * so it starts on the part of x that pass 1 read last and L2 still holds; transpose_kernel then walks forwards and
@@ -72,6 +74,8 @@ template <int VEC, HqMode MODE>
 struct HqEpilogue {
   using Params = HqParams;
   static constexpr bool kAmax = MODE == HqMode::kAmax;
+  /*! \brief pow2_kernel hands pass 1 |a| + |b| of its last butterfly's pairs (put_abs), see EpiAbsPairs. */
+  static constexpr bool kAbsPairs = kAmax;
   struct Group {
     int64_t row, gcol;
     uint8_t* q;          //!< start of the group in q, or nullptr
@@ -84,7 +88,11 @@ struct HqEpilogue {
 
   __device__ explicit HqEpilogue(const Params& params) : p(params) {}
   __device__ void init() {
+    // Programmatic dependent launch: pass 1 lets pass 2 start on SMs its finished CTAs free, and pass 2 lets the
+    // transpose start; pass 2 waits here (after its first tiles' copies are issued) for pass 1's partial maxima.
+    griddep_launch_dependents();
     if constexpr (!kAmax) {
+      griddep_wait();
       __shared__ float red[32];
       const float amax = p.amax_count > 0 ? reduce_partials(p.amax, p.amax_count, red) : __ldg(p.amax);
       const QuantScale qs(amax, qmax_dev(p.qdtype));
@@ -113,6 +121,8 @@ struct HqEpilogue {
       }
     }
   }
+  /*! \brief Pass 1 on pow2_kernel: |a| + |b| of a pair of the last butterfly, = max(|a + b|, |a - b|). */
+  __device__ __forceinline__ void put_abs(float a) { m = fmaxf(m, a); }
   /*! \brief Generic-kernel path: one value; q and qt written directly. */
   __device__ void put1(const Group& g, uint32_t col, float v) {
     if constexpr (kAmax) {
@@ -147,6 +157,7 @@ __global__ void __launch_bounds__(256) transpose_kernel(const uint8_t* q, uint8_
   constexpr int TR = 256, TC = 128;
   __shared__ __align__(16) uint8_t tile[TR * TC];
   const int64_t tiles_c = (cols + TC - 1) / TC, tiles = ((rows + TR - 1) / TR) * tiles_c;
+  griddep_wait();  // launched with programmatic serialization after pass 2: q must be complete
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
     const int64_t r0 = (t / tiles_c) * TR, c0 = (t % tiles_c) * TC;
     if constexpr (VEC) {
@@ -234,14 +245,14 @@ Route plan_route(const HadamardQuantArgs& a, int log2p) {
  */
 template <typename T, HqMode MODE>
 cudaError_t hq_launch(const HadamardArgs& h, int log2p, const Route& route, const HqParams& p, int max_grid,
-                      cudaStream_t stream, int* grid) {
+                      cudaStream_t stream, int* grid, bool pdl = false) {
   using Epi = HqEpilogue<Vec<T>::kVec, MODE>;
   constexpr bool kReverse = MODE == HqMode::kQuant;  // pass 2 first reads what pass 1 left in L2 (tile_order)
   if (!route.fast) return launch_generic<T, Epi>(h, log2p, p, max_grid, stream, grid);
   // (the dense kernel keeps the forward order: reversed, it measured 4-7 % slower at n = 14336 on H100)
   if (h.dense_m > 1) return launch_dense<T, Epi>(h, log2p, route.dense, p, max_grid, stream, grid);
   return dispatch_log2<kMinFusedP>(log2p, [&](auto P) {
-    return launch_pow2<T, decltype(P)::value, Epi, Pow2FusedConfig>(h, p, max_grid, stream, grid, kReverse);
+    return launch_pow2<T, decltype(P)::value, Epi, Pow2FusedConfig>(h, p, max_grid, stream, grid, kReverse, pdl);
   });
 }
 
@@ -267,21 +278,22 @@ cudaError_t hq_typed(const HadamardQuantArgs& a, int log2p, void* workspace, cud
     p.amax_count = grid;
   }
 
-  // Pass 2: codes (the generic kernel also writes qt).
+  // Pass 2: codes (the generic kernel also writes qt). On the power-of-two route it starts under programmatic
+  // dependent launch after pass 1 (its first tiles load while pass 1's last CTAs finish), and so does the transpose.
   if (!route.fast) p.qt = static_cast<uint8_t*>(a.qt);
-  HALO_RETURN_IF_ERROR((hq_launch<T, HqMode::kQuant>(h, log2p, route, p, 1 << 30, stream, nullptr)));
+  const bool pdl_route = route.fast && h.dense_m == 1;
+  HALO_RETURN_IF_ERROR(
+      (hq_launch<T, HqMode::kQuant>(h, log2p, route, p, 1 << 30, stream, nullptr, pdl_route && a.amax_in == nullptr)));
   if (!route.transpose) return cudaSuccess;
   const bool vec = h.rows % 32 == 0 && h.cols % 16 == 0 && aligned(p.q, 16) && aligned(a.qt, 16);
   const int64_t tiles = ((h.rows + 255) / 256) * ((h.cols + 127) / 128);
   int sms = 0;
   HALO_RETURN_IF_ERROR(sm_count(&sms));
   const int grid = static_cast<int>(tiles < int64_t(sms) * 8 ? tiles : int64_t(sms) * 8);
-  if (vec) {
-    transpose_kernel<true><<<grid, 256, 0, stream>>>(p.q, static_cast<uint8_t*>(a.qt), h.rows, h.cols);
-  } else {
-    transpose_kernel<false><<<grid, 256, 0, stream>>>(p.q, static_cast<uint8_t*>(a.qt), h.rows, h.cols);
-  }
-  return cudaPeekAtLastError();
+  auto kernel = vec ? transpose_kernel<true> : transpose_kernel<false>;
+  const bool pdl = pdl_route && pdl_ok(reinterpret_cast<const void*>(kernel));
+  return launch_kernel(kernel, grid, 256, 0, stream, pdl, static_cast<const uint8_t*>(p.q),
+                       static_cast<uint8_t*>(a.qt), h.rows, h.cols);
 }
 
 /*! \brief Writes the scale of an empty tensor (absmax 0). */

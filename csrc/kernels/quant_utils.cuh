@@ -12,7 +12,9 @@
 #include <cuda_fp8.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "hadamard.h"
@@ -153,10 +155,28 @@ __device__ __forceinline__ uint32_t quant_code(float x, float inv) {
 template <DType Q>
 __device__ __forceinline__ uint32_t quant4(const float* v, float inv) {
   if constexpr (Q == DType::kInt8) {
+    // The rule of quant_code in 2.5 instructions a value instead of 4.75: max.NaN clamps from below (NaN stays NaN),
+    // and cvt.rni.s32 + cvt.pack.sat.s8 (which ptxas fuses into one F2IP.S8.F32 per pair) rounds half to even,
+    // saturates at 127 and turns NaN into 0, as __float2int_rn does. The old form (cvt.rni, two integer clamps, three
+    // byte permutes) ran on the quarter-rate conversion pipe once per value.
     int r[4];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
 #pragma unroll
     for (int j = 0; j < 4; ++j) r[j] = max(min(__float2int_rn(__fmul_rn(v[j], inv)), 127), -127);
     return __byte_perm(__byte_perm(r[0], r[1], 0x0040), __byte_perm(r[2], r[3], 0x0040), 0x5410);
+#else
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float c;
+      asm("max.NaN.f32 %0, %1, 0fC2FE0000;" : "=f"(c) : "f"(__fmul_rn(v[j], inv)));  // max(s, -127)
+      asm("cvt.rni.s32.f32 %0, %1;" : "=r"(r[j]) : "f"(c));
+    }
+    // cvt.pack.sat.s8.s32.b32 d, a, b, c: d = (c << 16) | (sat(a) << 8) | sat(b), bytes as little-endian codes.
+    uint32_t hi, w;
+    asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, 0;" : "=r"(hi) : "r"(r[3]), "r"(r[2]));
+    asm("cvt.pack.sat.s8.s32.b32 %0, %1, %2, %3;" : "=r"(w) : "r"(r[1]), "r"(r[0]), "r"(hi));
+    return w;
+#endif
   } else {
     constexpr __nv_fp8_interpretation_t kind = Q == DType::kFloat8E4M3 ? __NV_E4M3 : __NV_E5M2;
     const uint32_t lo =
@@ -278,6 +298,80 @@ inline cudaError_t sm_count(int* sms) {
   int dev = 0;
   HALO_RETURN_IF_ERROR(cudaGetDevice(&dev));
   return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Programmatic dependent launch (sm_90): a kernel launched with it may start while the previous kernel of the stream
+// still runs; it must call griddep_wait() before it reads anything that kernel writes. The previous kernel calls
+// griddep_launch_dependents() to let it start before its own last CTAs are done. Both are no-ops below sm_90 and in
+// kernels launched without the attribute.
+// ------------------------------------------------------------------------------------------------------------------
+
+/*! \brief Waits until the grids this one depends on have completed and their writes are visible. */
+__device__ __forceinline__ void griddep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/*! \brief Lets the next kernel of the stream, if launched with programmatic serialization, start early. */
+__device__ __forceinline__ void griddep_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+/*!
+ * \brief Whether `kernel` may be launched with programmatic stream serialization on the current device: the device
+ * is sm_90 or newer, the kernel's loaded image was built for sm_90 or newer (so its griddep_wait() is compiled in;
+ * an sm_80 image running on an H100 would race), and HALO_PDL is not "0" (read once). The image's version is
+ * queried once per kernel.
+ */
+inline bool pdl_ok(const void* kernel) {
+  static const bool env_off = [] {
+    const char* e = std::getenv("HALO_PDL");
+    return e != nullptr && e[0] == '0';
+  }();
+  if (env_off) return false;
+  static std::mutex mu;
+  static std::vector<std::pair<const void*, int>> binaries;  // kernel -> binaryVersion of its loaded image
+  int binary = -1;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& e : binaries)
+      if (e.first == kernel) binary = e.second;
+    if (binary < 0) {
+      cudaFuncAttributes fa{};
+      binary = cudaFuncGetAttributes(&fa, kernel) == cudaSuccess ? fa.binaryVersion : 0;
+      binaries.emplace_back(kernel, binary);
+    }
+  }
+  if (binary < 90) return false;
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+    return false;
+  return major >= 9;
+}
+
+/*!
+ * \brief kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization when `pdl` (the
+ * kernel must then griddep_wait() before it touches what the previous kernel writes).
+ */
+template <typename... KArgs, typename... Args>
+cudaError_t launch_kernel(void (*kernel)(KArgs...), unsigned grid, unsigned block, size_t smem, cudaStream_t stream,
+                          bool pdl, Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(block);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = pdl ? attr : nullptr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
 /*!
