@@ -5,7 +5,8 @@ those bytes at copy speed gives). Minimal bytes per element for a bf16 input: re
 transposed copy); per-block/per-row scales add 4 bytes per group. A per-tensor scale over a tensor larger than
 on-chip memory needs the input twice (one reduction pass): "bytes_2pass" records that count, and
 "frac_of_2pass_bound" the fraction of the two-pass bound reached. Writes bench/results/quant.json.
-Usage: python bench/quant_bench.py [--rows 16384 --cols 8192]
+Usage: python bench/quant_bench.py [--rows 16384 --cols 8192] [--ops hadamard_quantize] [--name quant_pdl_off]
+(--ops keeps the ops whose name contains one of the given strings; --name writes bench/results/<name>.json.)
 """
 import argparse
 import os
@@ -27,6 +28,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, default=16384)
     ap.add_argument("--cols", type=int, nargs="*", default=[8192, 4096, 14336])
+    ap.add_argument("--ops", nargs="*", default=None, help="only ops whose name contains one of these")
+    ap.add_argument("--name", default="quant", help="results file bench/results/<name>.json")
     args = ap.parse_args()
     if not halo_ext.cuda_available():
         sys.exit("quant_bench: needs a CUDA GPU and a CUDA build of halo_ext")
@@ -57,6 +60,8 @@ def main():
                     halo_ext.quantize(x.t().contiguous(), qd, "row")), 4 * n, 6 * n),
             ]
             for op, fn, bytes_min, bytes_2pass in cases:
+                if args.ops and not any(o in op for o in args.ops):
+                    continue
                 t = time_ms(fn)
                 row = {"op": op, "dtype": qname, "rows": args.rows, "cols": cols, "ms": t,
                        "halo_TBps": bytes_min / t / 1e9, "bound_TBps": clone_TBps}
@@ -68,7 +73,8 @@ def main():
         del x
         torch.cuda.empty_cache()
     print_table(out, ["op", "dtype", "cols", "ms", "halo_TBps", "bound_TBps", "frac_of_bound", "frac_of_2pass_bound"])
-    print("wrote", write_results("quant", out, merge_key=("op", "dtype", "cols")))
+    extra = {"env": {k: os.environ[k] for k in ("HALO_PDL",) if k in os.environ}}
+    print("wrote", write_results(args.name, out, merge_key=("op", "dtype", "cols"), extra=extra))
 
 
 if __name__ == "__main__":

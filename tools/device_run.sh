@@ -3,7 +3,8 @@
 # the kernels, the benchmarks and the main job; logs go into $OUT/logs.tgz, bench/results/ into $OUT/results.tgz
 # (both refreshed after every step, so a call cut short still returns what it did).
 # Usage (repo root, with the wheels of ../shared/tools/gpu-wheels.sh in .whl/):  bash tools/device_run.sh [steps]
-# Single-GPU steps: build test test-hadamard test-comm sanitize bench-hadamard bench-hadamard-old bench-quant bench-gemm bench-linear bench-linear-1b
+# Single-GPU steps: build test test-hadamard test-comm sanitize bench-hadamard bench-hadamard-old bench-quant bench-hq-pdl
+#                   bench-gemm bench-linear bench-linear-1b
 #                   bench-linear-fp8ch bench-linear-cfg1
 #                   bench-host finetune-bench finetune-acc test-linear test-gemm bench-linear-main gemm-probe
 #                   layer-trace (kernel timeline of HALO-2 int8 layer calls, tools/layer_trace.py)
@@ -66,6 +67,10 @@ for step in $steps; do
         --dims 12288 5120 14336 28672 11008 13824 18944 10240 1792 3584 8960 ;;
     bench-hadamard) run_step bench-hadamard 24 python3 bench/hadamard_bench.py ;;
     bench-quant) run_step bench-quant 34 python3 bench/quant_bench.py ;;
+    bench-hq-pdl)  # A/B: hadamard_quantize with programmatic dependent launch off (HALO_PDL=0), then on again
+      run_step bench-hq-pdl-off 14 env HALO_PDL=0 python3 bench/quant_bench.py --ops hadamard_quantize \
+        --name quant_hq_pdl_off
+      run_step bench-hq-pdl-on 14 python3 bench/quant_bench.py --ops hadamard_quantize --name quant_hq_pdl_on ;;
     bench-gemm) for d in int8 fp8 bf16; do run_step bench-gemm-$d 40 python3 bench/gemm_bench.py --dtype $d; done ;;
     bench-linear) run_step bench-linear 90 python3 bench/linear_bench.py --breakdown ;;
     bench-linear-fp8ch)  # A/B: fp8 layers with E_Y of the weight gradient scaled per channel (not the default)
