@@ -172,7 +172,7 @@ __host__ __device__ constexpr int last_new_reg_bit() {
 }
 
 /*!
- * \brief Whether epilogue Epi only wants max |y| (it declares kAbsPairs = true and put_abs(Group, float)): the kernel
+ * \brief Whether epilogue Epi only wants max |y| (it declares kAbsPairs = true and put_abs(float)): pow2_kernel
  * then leaves out its last butterfly and hands the epilogue |a| + |b| per pair, which is max(|a + b|, |a - b|) with
  * the same rounding (the exact values of |a + b| and |a - b| are |a| + |b| and ||a| - |b||, and rounding to nearest
  * is monotonic and symmetric). Saves an add and a max per pair.
