@@ -324,8 +324,8 @@ __device__ __forceinline__ void griddep_launch_dependents() {
 /*!
  * \brief Whether `kernel` may be launched with programmatic stream serialization on the current device: the device
  * is sm_90 or newer, the kernel's loaded image was built for sm_90 or newer (so its griddep_wait() is compiled in;
- * an sm_80 image running on an H100 would race), and HALO_PDL is not "0" (read once). The image's version is
- * queried once per kernel.
+ * an sm_80 image running on an H100 would race), and HALO_PDL is not "0" (read once). The answer is cached per
+ * kernel and device.
  */
 inline bool pdl_ok(const void* kernel) {
   static const bool env_off = [] {
@@ -333,25 +333,24 @@ inline bool pdl_ok(const void* kernel) {
     return e != nullptr && e[0] == '0';
   }();
   if (env_off) return false;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  struct Entry {
+    const void* kernel;
+    int device;
+    bool ok;
+  };
   static std::mutex mu;
-  static std::vector<std::pair<const void*, int>> binaries;  // kernel -> binaryVersion of its loaded image
-  int binary = -1;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    for (const auto& e : binaries)
-      if (e.first == kernel) binary = e.second;
-    if (binary < 0) {
-      cudaFuncAttributes fa{};
-      binary = cudaFuncGetAttributes(&fa, kernel) == cudaSuccess ? fa.binaryVersion : 0;
-      binaries.emplace_back(kernel, binary);
-    }
-  }
-  if (binary < 90) return false;
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-    return false;
-  return major >= 9;
+  static std::vector<Entry> cache;  // (kernel, device) -> the answer, so a launch makes no attribute query
+  std::lock_guard<std::mutex> lock(mu);
+  for (const Entry& e : cache)
+    if (e.kernel == kernel && e.device == dev) return e.ok;
+  cudaFuncAttributes fa{};
+  int major = 0;
+  const bool ok = cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.binaryVersion >= 90 &&
+                  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+  cache.push_back({kernel, dev, ok});
+  return ok;
 }
 
 /*!
