@@ -31,14 +31,25 @@ CONVENTIONS (identical in csrc/common/hadamard_matrices.cpp and tests/hadamard_r
     then normalized symmetrically: d_j = H0[0][j], H[i][j] = d_i * d_j * H0[i][j]
     (first row and first column all +1, still symmetric).
 
+ Goethals-Seidel, order 4t (t odd, in the table of hadamard_matrices.cpp: t = 23, 29, 39, 43), NOT symmetric:
+    four +-1 sequences a_0..a_3 of length t whose periodic autocorrelations sum to zero at every nonzero shift
+    (found by tools/gs_search.c, stored as '+'/'-' strings), circulants A_k[i][j] = a_k[(j - i) mod t],
+    R[i][j] = [i + j == t - 1],
+      H0 = [[ A0,     A1 R,    A2 R,    A3 R  ],
+            [-A1 R,   A0,      A3^T R, -A2^T R],
+            [-A2 R,  -A3^T R,  A0,      A1^T R],
+            [-A3 R,   A2^T R, -A1^T R,  A0    ]]
+    then H[i][j] = H0[i][j] * H0[0][j] (first row all +1).
+
  Doubling: H_{2m} = [[H_m, H_m], [H_m, -H_m]]   (symmetric iff H_m is).
 
  Choice rule for the dense matrix of order m (first that applies):
     1. m a power of two (incl. 1, 2): Sylvester S_m (symmetric);
     2. q = m/2 - 1 an odd prime power with q = 1 (mod 4): Paley II (symmetric);
     3. q = m - 1 an odd prime power with q = 3 (mod 4): Paley I (not symmetric);
-    4. m even and m/2 constructible: doubling of H_{m/2};
-    5. otherwise not constructible (e.g. 92, 116, 156, 172, 188, 236 would need Williamson-type constructions).
+    4. m = 4t with t in the Goethals-Seidel table (92, 116, 156, 172): Goethals-Seidel (not symmetric);
+    5. m even and m/2 constructible: doubling of H_{m/2};
+    6. otherwise not constructible (e.g. 188 = 4 * 47 and 236 = 4 * 59: no sequences in the table).
 
  Factorization rule (hadamard_factor): among n = m * 2^p with 2^p <= max_pow2, m <= max_m and m constructible,
  take the smallest m (the largest p). m = 1 for powers of two n <= max_pow2.
@@ -46,7 +57,9 @@ CONVENTIONS (identical in csrc/common/hadamard_matrices.cpp and tests/hadamard_r
 
 Implementation notes (deliberately different algorithms from the C++ where the result is fixed by the conventions):
 irreducible polynomials are found by sieving out all products of lower-degree monic polynomials (C++: trial
-division), chi by enumerating squares (C++: Euler's criterion), Paley II via np.kron (C++: explicit loops).
+division), chi by enumerating squares (C++: Euler's criterion), Paley II via np.kron (C++: explicit loops),
+Goethals-Seidel from circulant matrices and np.block (C++: closed-form indices per block). The Goethals-Seidel
+sequences are data (the output of tools/gs_search.c), so both files hold the same table.
 
 All matrices are returned as float64 arrays of +-1 (fresh copies; the cache below is internal).
 """
@@ -62,6 +75,8 @@ __all__ = [
     "sylvester",
     "paley1",
     "paley2",
+    "goethals_seidel",
+    "GS_SEQUENCES",
     "dense_hadamard",
     "dense_construction",
     "dense_constructible",
@@ -227,9 +242,48 @@ def paley2(q: int) -> np.ndarray:
     return d[:, None] * H0 * d[None, :]
 
 
+# Output of tools/gs_search.c (t seed steps in the comment), the same table as kGsTable in hadamard_matrices.cpp.
+GS_SEQUENCES = {
+    23: (  # gs_search 23 1 20000 -> order 92
+        "--+---+-++--+++++--+---", "----+-+++--+----+---+-+", "---++++-+--++---++--+--", "++--+-++++--+-+-+-++-++",
+    ),
+    29: (  # gs_search 29 1 20000 -> order 116
+        "--++-+--++----+---------++-++", "+++-----+++--+---+-+----++--+", "+-+-+++-++-+--+-+-++-+----++-",
+        "+-----+++-+++-++----+---+-+-+",
+    ),
+    39: (  # gs_search 39 1 200000 -> order 156
+        "+---+-+----+-+--+++--+--+--+-+-+-+--+++", "+-------+-++++----++-++--+++-++--++++-+",
+        "+-++++--+----+-+---+++-+++++++--+-+++++", "--++-+-+---++++--++--+++++-+-+-++-++-++",
+    ),
+    43: (  # gs_search 43 1 200000 -> order 172
+        "+----++--+--+---+-+-+----+++--+----++---+++", "-+-+---++-++-+-+----+--+--+--+---++-----+++",
+        "+-+++++++++--+-+---+-++-+-------++-++---++-", "+------+-+++-+-++--++---+---+-++-++++-+---+",
+    ),
+}  # fmt: skip
+
+
+def goethals_seidel(t: int) -> np.ndarray:
+    """Goethals-Seidel Hadamard matrix of order 4t from GS_SEQUENCES[t], columns normalized (first row all +1)."""
+    if t not in GS_SEQUENCES:
+        raise ValueError(f"goethals_seidel: no sequences of length {t} (have {sorted(GS_SEQUENCES)})")
+    seqs = [np.array([1.0 if ch == "+" else -1.0 for ch in s]) for s in GS_SEQUENCES[t]]
+    idx = (np.arange(t)[None, :] - np.arange(t)[:, None]) % t
+    A0, A1, A2, A3 = (a[idx] for a in seqs)  # circulants A[i][j] = a[(j - i) mod t]
+    R = np.fliplr(np.eye(t))
+    H0 = np.block(
+        [
+            [A0, A1 @ R, A2 @ R, A3 @ R],
+            [-A1 @ R, A0, A3.T @ R, -A2.T @ R],
+            [-A2 @ R, -A3.T @ R, A0, A1.T @ R],
+            [-A3 @ R, A2.T @ R, -A1.T @ R, A0],
+        ]
+    )
+    return H0 * H0[0][None, :]
+
+
 def dense_construction(m: int):
     """Which construction the choice rule picks for order m:
-    ('sylvester', None) | ('paley2', q) | ('paley1', q) | ('doubling', None) | None."""
+    ('sylvester', None) | ('paley2', q) | ('paley1', q) | ('goethals_seidel', t) | ('doubling', None) | None."""
     if m < 1:
         return None
     if _is_pow2(m):
@@ -238,6 +292,8 @@ def dense_construction(m: int):
         return ("paley2", m // 2 - 1)
     if (m - 1) % 4 == 3 and _odd_prime_power(m - 1):
         return ("paley1", m - 1)
+    if m % 4 == 0 and m // 4 in GS_SEQUENCES:
+        return ("goethals_seidel", m // 4)
     if m % 2 == 0 and dense_construction(m // 2) is not None:
         return ("doubling", None)
     return None
@@ -269,6 +325,8 @@ def _dense_cached(m: int) -> np.ndarray:
         h = paley2(q)
     elif kind == "paley1":
         h = paley1(q)
+    elif kind == "goethals_seidel":
+        h = goethals_seidel(q)
     else:
         g = _dense_cached(m // 2)
         h = np.block([[g, g], [g, -g]])

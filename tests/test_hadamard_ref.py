@@ -10,13 +10,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hadamard_ref as R  # noqa: E402
 
 # Same expectations as tests/cpp/test_hadamard_matrices.cpp.
+# (312, 344, 368 and 464 are constructible but are doublings of 156, 172, 184 and 232, so not dense orders.)
 EXPECTED_ORDERS = [
-    1, 12, 20, 28, 36, 44, 52, 60, 68, 76, 84, 100, 108, 124, 132, 140, 148, 164, 180, 196, 204, 212, 220, 228, 244,
-    252, 276, 284, 300, 308, 312, 316, 332, 340, 344, 348, 364, 368, 380, 388, 396, 420, 444, 460, 464, 468, 484, 492,
+    1, 12, 20, 28, 36, 44, 52, 60, 68, 76, 84, 92, 100, 108, 116, 124, 132, 140, 148, 156, 164, 172, 180, 196, 204,
+    212, 220, 228, 244, 252, 276, 284, 300, 308, 316, 332, 340, 348, 364, 380, 388, 396, 420, 444, 460, 468, 484, 492,
     500,
 ]  # fmt: skip
-EXPECTED_NONSYMMETRIC = [44, 68, 132, 140, 212, 284, 308, 312, 332, 344, 368, 380, 420, 444, 464, 492, 500]
-NOT_CONSTRUCTIBLE = [0, -4, 3, 5, 6, 10, 14, 18, 22, 92, 116, 156, 172, 184, 188, 236, 507]
+EXPECTED_NONSYMMETRIC = [44, 68, 92, 116, 132, 140, 156, 172, 212, 284, 308, 332, 380, 420, 444, 492, 500]
+GOETHALS_SEIDEL_ORDERS = [92, 116, 156, 172]
+NOT_CONSTRUCTIBLE = [0, -4, 3, 5, 6, 10, 14, 18, 22, 188, 236, 376, 428, 507]
 
 # FNV-1a 64 of the int8 bytes of dense_hadamard(m); the C++ harness pins halo::hadamard_dense(m) to the same values.
 GOLDEN_HASHES = {
@@ -32,11 +34,16 @@ GOLDEN_HASHES = {
     252: 0x5951FB80AB6D09BD,  # Paley II, q = 125 = 5^3
     340: 0xF4E8D0C6F0BA932D,  # Paley II, q = 169 = 13^2
     344: 0xF71284691F0DCD25,  # Paley I, q = 343 = 7^3
+    92: 0x6280068AD254BDFD,  # Goethals-Seidel, t = 23
+    116: 0x9417B2A248C7FB15,  # Goethals-Seidel, t = 29
+    156: 0x195C4B7481B6DF5D,  # Goethals-Seidel, t = 39
+    172: 0x249A2374E2000F5D,  # Goethals-Seidel, t = 43
+    184: 0xD6739C03D113E5D5,  # doubling of 92
     500: 0x37142A804DB6B7A5,  # Paley I, q = 499
 }
 
 MODEL_FACTORS = {
-    11008: (344, 5),
+    11008: (172, 6),
     13824: (108, 7),
     14336: (28, 9),
     18944: (148, 7),
@@ -149,6 +156,21 @@ def test_paley1(q):
     np.testing.assert_array_equal(h[1:, 0], -1)
 
 
+@pytest.mark.parametrize("t", [23, 29, 39, 43])
+def test_goethals_seidel(t):
+    """The stored sequences have zero summed periodic autocorrelation, and the array is a Hadamard matrix."""
+    seqs = np.array([[1 if ch == "+" else -1 for ch in s] for s in R.GS_SEQUENCES[t]])
+    assert seqs.shape == (4, t)
+    for shift in range(1, t):
+        assert int(np.sum(seqs * np.roll(seqs, -shift, axis=1))) == 0, shift
+    h = R.goethals_seidel(t)
+    assert_hadamard(h, 4 * t)
+    np.testing.assert_array_equal(h[0], 1)
+    assert not np.array_equal(h, h.T)
+    with pytest.raises(ValueError):
+        R.goethals_seidel(47)
+
+
 @pytest.mark.parametrize("q", [5, 9, 13, 17, 25, 49, 53, 81, 121, 125, 169, 241])
 def test_paley2(q):
     h = R.paley2(q)
@@ -180,7 +202,7 @@ def test_every_constructible_order_up_to_512():
         np.testing.assert_array_equal(h[0], 1)
         if sym:
             np.testing.assert_array_equal(h[:, 0], 1)
-    assert count == 107
+    assert count == 113
 
 
 def test_dense_orders_and_symmetry():
@@ -188,10 +210,13 @@ def test_dense_orders_and_symmetry():
     assert orders == EXPECTED_ORDERS
     assert [m for m in orders if not R.dense_symmetric(m)] == EXPECTED_NONSYMMETRIC
     assert R.dense_orders(30) == [1, 12, 20, 28]
-    for m in EXPECTED_NONSYMMETRIC:  # non-symmetric dense orders are all Paley I, hence skew-type
-        assert R.dense_construction(m) == ("paley1", m - 1)
+    for m in EXPECTED_NONSYMMETRIC:  # non-symmetric dense orders are Paley I (skew-type) or Goethals-Seidel
         h = R.dense_hadamard(m)
-        np.testing.assert_array_equal(h + h.T, 2 * np.eye(m))
+        if m in GOETHALS_SEIDEL_ORDERS:
+            assert R.dense_construction(m) == ("goethals_seidel", m // 4)
+        else:
+            assert R.dense_construction(m) == ("paley1", m - 1)
+            np.testing.assert_array_equal(h + h.T, 2 * np.eye(m))
 
 
 def test_choice_rule():
@@ -199,7 +224,9 @@ def test_choice_rule():
     assert R.dense_construction(12) == ("paley2", 5)  # not Paley I (q = 11)
     assert R.dense_construction(28) == ("paley2", 13)  # not Paley I (q = 27)
     assert R.dense_construction(244) == ("paley2", 121)  # not Paley I (q = 243)
-    assert R.dense_construction(344) == ("paley1", 343)
+    assert R.dense_construction(344) == ("paley1", 343)  # not the doubling of Goethals-Seidel 172
+    assert R.dense_construction(172) == ("goethals_seidel", 43)
+    assert R.dense_construction(184) == ("doubling", None)
     assert R.dense_construction(312) == ("paley1", 311)
     assert R.dense_construction(40) == ("doubling", None)
     assert R.dense_construction(24) == ("paley1", 23)
@@ -244,24 +271,21 @@ def test_model_factorizations():
 
 def test_small_factorizations():
     for k in range(11):
-        for K in (12, 20, 28, 36, 44, 52, 60, 108, 140):
+        for K in (12, 20, 28, 36, 44, 52, 60, 92, 108, 116, 140, 156, 172):
             assert R.factor(K << k) == (K, k)
         assert R.factor(40 << k) == (20, k + 1)
         assert R.factor(2 << k) == (1, k + 1)
-        if k >= 1:
-            assert R.factor(156 << k) == (312, k - 1)
-            assert R.factor(172 << k) == (344, k - 1)
     assert R.factor(32768) == (1, 15)
     assert R.factor(65536) == (2, 15)  # Sylvester part capped at max_pow2
     assert R.factor(12 << 20) == (384, 15)
     assert R.factor(4096, max_pow2=4096) == (1, 12)
     assert R.factor(4096, max_pow2=2048) == (2, 11)
     assert R.factor(11008, max_pow2=16, max_m=1024) == (688, 4)
-    assert R.factor(92 << 3) == (368, 1)
+    assert R.factor(47 << 3) is None  # 376 = 2 * 188 = 8 * 47: no construction
     assert R.factor(36) == (36, 0)
-    for n in (1, 0, -8, 3, 105, 156, 172, 92, 236 << 5, 12 << 30):
+    for n in (1, 0, -8, 3, 105, 39, 43, 86, 188, 236 << 5, 12 << 30):
         assert R.factor(n) is None, n
-    assert R.factor(11008, max_m=256) is None
+    assert R.factor(11008, max_m=128) is None  # 172 > 128; 86 and 43 are not Hadamard orders
 
 
 def test_factor_matches_brute_force():
@@ -286,6 +310,6 @@ def test_hadamard_matrix(n):
 
 def test_hadamard_matrix_errors():
     with pytest.raises(ValueError):
-        R.hadamard_matrix(156)
+        R.hadamard_matrix(188)
     with pytest.raises(ValueError):
         R.hadamard_matrix(1)

@@ -9,6 +9,7 @@
 #                   bench-host finetune-bench finetune-acc test-linear test-gemm bench-linear-main gemm-probe
 #                   layer-trace (kernel timeline of HALO-2 int8 layer calls, tools/layer_trace.py)
 #                   ncu-ey (Nsight Compute on ey_quantize's two passes at 8192 x 14336, tools/ncu_probe.py)
+#                   ncu-dense (Nsight Compute on the dense-factor Hadamard kernels, tools/prof_dense.py)
 #                   host-profile (host time per layer call and its split by op, tools/host_profile.py)
 # Multi-GPU steps (torchrun over all visible GPUs): dist-test bench-allreduce bench-fsdp bench-fsdp-perf (no loss
 #                   curves) ar-trace (all-reduce time breakdown and kernel timelines, tools/ar_trace.py)
@@ -100,6 +101,13 @@ for step in $steps; do
         --section LaunchStats --section Occupancy python3 tools/ncu_probe.py 8192 4096 14336
       grep -E "ey_|Duration|DRAM Throughput|L2 Cache Throughput|Registers Per|Issued Warp|Achieved Active" \
         "$LOGS/ncu-ey.log" ;;
+    ncu-dense)  # Nsight Compute on the dense-factor Hadamard kernels, one launch per size (tools/prof_dense.py)
+      run_step ncu-dense 0 ncu --clock-control none -k regex:'dense' \
+        --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
+        --section MemoryWorkloadAnalysis --section SchedulerStats --section WarpStateStats --section LaunchStats \
+        --section Occupancy python3 tools/prof_dense.py 11008 8960 18944 14336 28672
+      grep -E "dense_|Duration|Memory Throughput|Executed Ipc A|Issue Slots Busy|Issued Warp|No Eligible|Warp Cycles Per Issued|Registers Per|Achieved Active|Shared Memory|Bank" \
+        "$LOGS/ncu-dense.log" ;;
     gemm-probe)  # A/B of sm90 qgemm configurations on one layer's GEMMs (tools/gemm_config_probe.py)
       run_step gemm-probe 60 python3 tools/gemm_config_probe.py ;;
     test-linear)  # the layer and E_Y quantization tests only (a quick check after changing their kernels)

@@ -9,6 +9,7 @@ import torch
 import halo_ext
 
 dims = [int(a) for a in sys.argv[1:]] or [11008, 8960, 13824, 18944, 3584]
+print("dims", dims, "factors", [halo_ext.hadamard_factor(d) for d in dims], flush=True)
 for d in dims:
     x = torch.randn(max(1, (32 << 20) // d), d, device="cuda", dtype=torch.bfloat16)
     halo_ext.hadamard(x)

@@ -1,6 +1,6 @@
 /*!
  * \file hadamard_matrices.cpp
- * \brief Sylvester / Paley I / Paley II / doubling constructions of dense Hadamard matrices (see the header for the
+ * \brief Sylvester / Paley I / Paley II / Goethals-Seidel / doubling constructions of dense Hadamard matrices (see the header for the
  *        exact conventions, which tests/hadamard_ref.py reproduces bit for bit).
  */
 #include "hadamard_matrices.h"
@@ -181,7 +181,40 @@ std::vector<int8_t> jacobsthal(int p, int k) {
 // Constructions
 // ------------------------------------------------------------------------------------------------------------------
 
-enum class Construction { kNone, kSylvester, kPaley2, kPaley1, kDoubling };
+enum class Construction { kNone, kSylvester, kPaley2, kPaley1, kGoethalsSeidel, kDoubling };
+
+// ------------------------------------------------------------------------------------------------------------------
+// Goethals-Seidel: four circulant +-1 sequences of odd length t whose periodic autocorrelations sum to zero at every
+// nonzero shift. Found by tools/gs_search.c (tabu search; the arguments that reproduce each row are given), pasted
+// verbatim; tests/hadamard_ref.py holds the same table. '+' = +1, '-' = -1.
+// ------------------------------------------------------------------------------------------------------------------
+
+struct GsSequences {
+  int t;
+  const char* a[4];
+};
+
+constexpr GsSequences kGsTable[] = {
+    {23,  // gs_search 23 1 20000 -> order 92
+     {"--+---+-++--+++++--+---", "----+-+++--+----+---+-+", "---++++-+--++---++--+--", "++--+-++++--+-+-+-++-++"}},
+    {29,  // gs_search 29 1 20000 -> order 116
+     {"--++-+--++----+---------++-++", "+++-----+++--+---+-+----++--+", "+-+-+++-++-+--+-+-++-+----++-",
+      "+-----+++-+++-++----+---+-+-+"}},
+    {39,  // gs_search 39 1 200000 -> order 156
+     {"+---+-+----+-+--+++--+--+--+-+-+-+--+++", "+-------+-++++----++-++--+++-++--++++-+",
+      "+-++++--+----+-+---+++-+++++++--+-+++++", "--++-+-+---++++--++--+++++-+-+-++-++-++"}},
+    {43,  // gs_search 43 1 200000 -> order 172
+     {"+----++--+--+---+-+-+----+++--+----++---+++", "-+-+---++-++-+-+----+--+--+--+---++-----+++",
+      "+-+++++++++--+-+---+-++-+-------++-++---++-", "+------+-+++-+-++--++---+---+-++-++++-+---+"}},
+};
+
+/*! \brief The Goethals-Seidel sequences of length m / 4, or nullptr. */
+const GsSequences* gs_sequences(int64_t m) {
+  if (m % 4 != 0) return nullptr;
+  for (const GsSequences& g : kGsTable)
+    if (g.t == m / 4) return &g;
+  return nullptr;
+}
 
 /*! \brief Which construction the choice rule (header) picks for order m; *p, *k get q = p^k for the Paley ones. */
 Construction plan(int64_t m, int* p = nullptr, int* k = nullptr) {
@@ -195,6 +228,8 @@ Construction plan(int64_t m, int* p = nullptr, int* k = nullptr) {
     c = Construction::kPaley2;
   } else if (odd_prime_power(m - 1, &pp, &kk) && (m - 1) % 4 == 3) {
     c = Construction::kPaley1;
+  } else if (gs_sequences(m) != nullptr) {
+    c = Construction::kGoethalsSeidel;
   } else if (m % 2 == 0 && plan(m / 2) != Construction::kNone) {
     c = Construction::kDoubling;
   }
@@ -263,6 +298,40 @@ std::vector<int8_t> paley2(int p, int k) {
   return H;
 }
 
+/*!
+ * \brief Goethals-Seidel array of the circulants A_k[i][j] = a_k[(j - i) mod t] and the back-diagonal R, order 4t:
+ *   [[ A0,     A1 R,    A2 R,    A3 R  ],
+ *    [-A1 R,   A0,      A3^T R, -A2^T R],
+ *    [-A2 R,  -A3^T R,  A0,      A1^T R],
+ *    [-A3 R,   A2^T R, -A1^T R,  A0    ]]
+ * then every column multiplied by its first-row entry (first row all +1). (A R)[i][j] = a[(t - 1 - i - j) mod t],
+ * (A^T R)[i][j] = a[(i + j + 1) mod t].
+ */
+std::vector<int8_t> goethals_seidel(const GsSequences& g) {
+  const int t = g.t, m = 4 * t;
+  auto at = [&](int k, int64_t idx) -> int {
+    const int64_t r = ((idx % t) + t) % t;
+    return g.a[k][r] == '+' ? 1 : -1;
+  };
+  // Block (R, C): which sequence, sign, and form (0 = circulant, 1 = A R, 2 = A^T R).
+  static const int kSeq[4][4] = {{0, 1, 2, 3}, {1, 0, 3, 2}, {2, 3, 0, 1}, {3, 2, 1, 0}};
+  static const int kSign[4][4] = {{1, 1, 1, 1}, {-1, 1, 1, -1}, {-1, -1, 1, 1}, {-1, 1, -1, 1}};
+  static const int kForm[4][4] = {{0, 1, 1, 1}, {1, 0, 2, 2}, {1, 2, 0, 2}, {1, 2, 2, 0}};
+  std::vector<int8_t> H(static_cast<size_t>(m) * m);
+  for (int br = 0; br < 4; ++br)
+    for (int bc = 0; bc < 4; ++bc)
+      for (int i = 0; i < t; ++i)
+        for (int j = 0; j < t; ++j) {
+          const int k = kSeq[br][bc], f = kForm[br][bc];
+          const int v = f == 0 ? at(k, j - i) : f == 1 ? at(k, t - 1 - i - j) : at(k, i + j + 1);
+          H[static_cast<size_t>(br * t + i) * m + bc * t + j] = static_cast<int8_t>(kSign[br][bc] * v);
+        }
+  for (int j = 0; j < m; ++j)
+    if (H[j] < 0)
+      for (int i = 0; i < m; ++i) H[static_cast<size_t>(i) * m + j] = static_cast<int8_t>(-H[static_cast<size_t>(i) * m + j]);
+  return H;
+}
+
 /*! \brief [[H, H], [H, -H]]. */
 std::vector<int8_t> doubling(const std::vector<int8_t>& h, int m) {
   const int n = 2 * m;
@@ -284,12 +353,14 @@ std::vector<int8_t> build_dense(int m) {
     case Construction::kSylvester: return sylvester(m);
     case Construction::kPaley2: return paley2(p, k);
     case Construction::kPaley1: return paley1(p, k);
+    case Construction::kGoethalsSeidel: return goethals_seidel(*gs_sequences(m));
     case Construction::kDoubling: return doubling(hadamard_dense(m / 2), m / 2);
     case Construction::kNone: break;
   }
   throw std::invalid_argument("hadamard_dense: no Hadamard matrix construction for order " + std::to_string(m) +
                               " (supported: powers of two, Paley I q+1 with q = 3 mod 4, Paley II 2(q+1) with q = 1 "
-                              "mod 4, q an odd prime power, and their doublings)");
+                              "mod 4, q an odd prime power, Goethals-Seidel 4t for t in {23, 29, 39, 43}, and their "
+                              "doublings)");
 }
 
 }  // namespace
@@ -307,6 +378,7 @@ bool hadamard_dense_symmetric(int m) {
       case Construction::kPaley2: return true;
       case Construction::kDoubling: m /= 2; continue;  // [[H, H], [H, -H]] is symmetric iff H is
       case Construction::kPaley1:
+      case Construction::kGoethalsSeidel:
       case Construction::kNone: return false;
     }
   }

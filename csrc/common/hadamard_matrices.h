@@ -34,14 +34,25 @@
  *     then normalized symmetrically: d_j = H0[0][j], H[i][j] = d_i * d_j * H0[i][j]
  *     (first row and first column all +1, still symmetric).
  *
+ *  Goethals-Seidel, order 4t (t odd, in the table of hadamard_matrices.cpp: t = 23, 29, 39, 43), NOT symmetric:
+ *     four +-1 sequences a_0..a_3 of length t whose periodic autocorrelations sum to zero at every nonzero shift
+ *     (found by tools/gs_search.c, stored as '+'/'-' strings), circulants A_k[i][j] = a_k[(j - i) mod t],
+ *     R[i][j] = [i + j == t - 1],
+ *       H0 = [[ A0,     A1 R,    A2 R,    A3 R  ],
+ *             [-A1 R,   A0,      A3^T R, -A2^T R],
+ *             [-A2 R,  -A3^T R,  A0,      A1^T R],
+ *             [-A3 R,   A2^T R, -A1^T R,  A0    ]]
+ *     then H[i][j] = H0[i][j] * H0[0][j] (first row all +1).
+ *
  *  Doubling: H_{2m} = [[H_m, H_m], [H_m, -H_m]]   (symmetric iff H_m is).
  *
  *  Choice rule for the dense matrix of order m (first that applies):
  *     1. m a power of two (incl. 1, 2): Sylvester S_m (symmetric);
  *     2. q = m/2 - 1 an odd prime power with q = 1 (mod 4): Paley II (symmetric);
  *     3. q = m - 1 an odd prime power with q = 3 (mod 4): Paley I (not symmetric);
- *     4. m even and m/2 constructible: doubling of H_{m/2};
- *     5. otherwise not constructible (e.g. 92, 116, 156, 172, 188, 236 would need Williamson-type constructions).
+ *     4. m = 4t with t in the Goethals-Seidel table (92, 116, 156, 172): Goethals-Seidel (not symmetric);
+ *     5. m even and m/2 constructible: doubling of H_{m/2};
+ *     6. otherwise not constructible (e.g. 188 = 4 * 47 and 236 = 4 * 59: no sequences in the table).
  *
  *  Factorization rule (hadamard_factor): among n = m * 2^p with 2^p <= max_pow2, m <= max_m and m constructible,
  *  take the smallest m (the largest p). m = 1 for powers of two n <= max_pow2.
@@ -82,8 +93,8 @@ bool hadamard_dense_constructible(int m);
 
 /*!
  * \brief Whether hadamard_dense(m) is a symmetric matrix (then the inverse transform equals the forward one up to
- *        scale): true for powers of two, Paley II and doublings of symmetric matrices; false for Paley I (and its
- *        doublings) and for non-constructible m.
+ *        scale): true for powers of two, Paley II and doublings of symmetric matrices; false for Paley I,
+ *        Goethals-Seidel (and their doublings) and for non-constructible m.
  */
 bool hadamard_dense_symmetric(int m);
 

@@ -110,12 +110,14 @@ int main(int argc, char** argv) {
   }
 
   // ---- The list of dense orders --------------------------------------------------------------------------------
-  const std::vector<int> expected_orders = {1,   12,  20,  28,  36,  44,  52,  60,  68,  76,  84,  100, 108,
-                                            124, 132, 140, 148, 164, 180, 196, 204, 212, 220, 228, 244, 252,
-                                            276, 284, 300, 308, 312, 316, 332, 340, 344, 348, 364, 368, 380,
-                                            388, 396, 420, 444, 460, 464, 468, 484, 492, 500};
-  const std::vector<int> expected_nonsymmetric = {44,  68,  132, 140, 212, 284, 308, 312, 332,
-                                                  344, 368, 380, 420, 444, 464, 492, 500};
+  // 312, 344, 368 and 464 are constructible but are doublings of 156, 172, 184 and 232, so not dense orders.
+  const std::vector<int> expected_orders = {1,   12,  20,  28,  36,  44,  52,  60,  68,  76,  84,  92,  100,
+                                            108, 116, 124, 132, 140, 148, 156, 164, 172, 180, 196, 204, 212,
+                                            220, 228, 244, 252, 276, 284, 300, 308, 316, 332, 340, 348, 364,
+                                            380, 388, 396, 420, 444, 460, 468, 484, 492, 500};
+  const std::vector<int> expected_nonsymmetric = {44,  68,  92,  116, 132, 140, 156, 172, 212,
+                                                  284, 308, 332, 380, 420, 444, 492, 500};
+  const std::vector<int> goethals_seidel = {92, 116, 156, 172};
   const std::vector<int> orders = halo::hadamard_dense_orders(512);
   check(orders == expected_orders, "hadamard_dense_orders(512) matches the expected list");
   check(halo::hadamard_dense_orders(30) == std::vector<int>({1, 12, 20, 28}), "hadamard_dense_orders(30)");
@@ -141,8 +143,10 @@ int main(int argc, char** argv) {
     const bool nonsym = std::find(expected_nonsymmetric.begin(), expected_nonsymmetric.end(), m) !=
                         expected_nonsymmetric.end();
     check(halo::hadamard_dense_symmetric(m) == !nonsym, "symmetry flag of dense order " + std::to_string(m));
-    // A non-symmetric dense order is always Paley I, which is skew-type.
-    if (nonsym) check(is_skew_type(halo::hadamard_dense(m), m), "Paley I order " + std::to_string(m) + " skew-type");
+    // A non-symmetric dense order is Goethals-Seidel or Paley I; Paley I is skew-type.
+    const bool gs = std::find(goethals_seidel.begin(), goethals_seidel.end(), m) != goethals_seidel.end();
+    if (nonsym && !gs)
+      check(is_skew_type(halo::hadamard_dense(m), m), "Paley I order " + std::to_string(m) + " skew-type");
   }
   // Specific constructions.
   check(halo::hadamard_dense_symmetric(56), "56 = doubling of symmetric 28 is symmetric");
@@ -151,7 +155,7 @@ int main(int argc, char** argv) {
   check(!halo::hadamard_dense_symmetric(688), "688 = doubling of Paley I 344 is not symmetric");
 
   // ---- Non-constructible orders -------------------------------------------------------------------------------
-  for (int m : {0, -4, 3, 5, 6, 10, 14, 18, 22, 92, 116, 156, 172, 184, 188, 236, 507}) {
+  for (int m : {0, -4, 3, 5, 6, 10, 14, 18, 22, 188, 236, 376, 428, 507}) {
     const std::string tag = "m = " + std::to_string(m);
     check(!halo::hadamard_dense_constructible(m), tag + ": not constructible");
     check(!halo::hadamard_dense_symmetric(m), tag + ": not symmetric");
@@ -165,7 +169,7 @@ int main(int argc, char** argv) {
   }
 
   // ---- Factorizations -----------------------------------------------------------------------------------------
-  check_factor(11008, 344, 5);
+  check_factor(11008, 172, 6);
   check_factor(13824, 108, 7);
   check_factor(14336, 28, 9);
   check_factor(18944, 148, 7);
@@ -176,11 +180,10 @@ int main(int argc, char** argv) {
   check_factor(4864, 76, 6);
   check_factor(3584, 28, 7);
   for (int k = 0; k <= 10; ++k) {
-    for (int K : {12, 20, 28, 36, 44, 52, 60, 108, 140}) check_factor(static_cast<int64_t>(K) << k, K, k);
+    for (int K : {12, 20, 28, 36, 44, 52, 60, 92, 108, 116, 140, 156, 172})
+      check_factor(static_cast<int64_t>(K) << k, K, k);
     check_factor(int64_t{40} << k, 20, k + 1);
     check_factor(int64_t{2} << k, 1, k + 1);
-    if (k >= 1) check_factor(int64_t{156} << k, 312, k - 1);
-    if (k >= 1) check_factor(int64_t{172} << k, 344, k - 1);
   }
   check_factor(32768, 1, 15);
   check_factor(65536, 2, 15);                  // Sylvester part capped at max_pow2
@@ -188,16 +191,17 @@ int main(int argc, char** argv) {
   check_factor(4096, 1, 12, 4096);
   check_factor(4096, 2, 11, 2048);
   check_factor(11008, 688, 4, 16, 1024);
-  check_no_factor(11008, 32768, 256);          // 344 > max_m
+  check_no_factor(11008, 32768, 128);          // 172 > max_m; 86 and 43 are not Hadamard orders
   check_no_factor(int64_t{12} << 30);          // m would exceed max_m
   check_no_factor(1);
   check_no_factor(0);
   check_no_factor(-8);
   check_no_factor(3);
-  check_no_factor(156);
-  check_no_factor(172);
-  check_no_factor(92);
-  check_factor(92 << 3, 368, 1);  // 92 is not constructible but 368 (Paley I, q = 367) is
+  check_no_factor(39);
+  check_no_factor(86);
+  check_no_factor(188);
+  check_no_factor(47 << 3);       // 376 = 2 * 188 = 8 * 47: no construction
+  check_factor(92 << 3, 92, 3);   // Goethals-Seidel 92 (368 = Paley I, q = 367, is larger)
   check_no_factor(236 << 5);
   check_factor(36, 36, 0);
   check_no_factor(3 * 5 * 7);
@@ -221,6 +225,11 @@ int main(int argc, char** argv) {
         {252, 0x5951fb80ab6d09bdull},  // Paley II, q = 125 = 5^3
         {340, 0xf4e8d0c6f0ba932dull},  // Paley II, q = 169 = 13^2
         {344, 0xf71284691f0dcd25ull},  // Paley I, q = 343 = 7^3
+        {92, 0x6280068ad254bdfdull},   // Goethals-Seidel, t = 23
+        {116, 0x9417b2a248c7fb15ull},  // Goethals-Seidel, t = 29
+        {156, 0x195c4b7481b6df5dull},  // Goethals-Seidel, t = 39
+        {172, 0x249a2374e2000f5dull},  // Goethals-Seidel, t = 43
+        {184, 0xd6739c03d113e5d5ull},  // doubling of 92
         {500, 0x37142a804db6b7a5ull},  // Paley I, q = 499
     };
     for (const auto& g : golden)
