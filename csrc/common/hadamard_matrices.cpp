@@ -1,7 +1,7 @@
 /*!
  * \file hadamard_matrices.cpp
- * \brief Sylvester / Paley I / Paley II / Goethals-Seidel / doubling constructions of dense Hadamard matrices (see the header for the
- *        exact conventions, which tests/hadamard_ref.py reproduces bit for bit).
+ * \brief Sylvester / Paley I / Paley II / Goethals-Seidel / doubling constructions of dense Hadamard matrices (see
+ *        the header for the exact conventions, which tests/hadamard_ref.py reproduces bit for bit).
  */
 #include "hadamard_matrices.h"
 
@@ -328,7 +328,10 @@ std::vector<int8_t> goethals_seidel(const GsSequences& g) {
         }
   for (int j = 0; j < m; ++j)
     if (H[j] < 0)
-      for (int i = 0; i < m; ++i) H[static_cast<size_t>(i) * m + j] = static_cast<int8_t>(-H[static_cast<size_t>(i) * m + j]);
+      for (int i = 0; i < m; ++i) {
+        int8_t& v = H[static_cast<size_t>(i) * m + j];
+        v = static_cast<int8_t>(-v);
+      }
   return H;
 }
 
