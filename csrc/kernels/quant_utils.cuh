@@ -322,38 +322,6 @@ __device__ __forceinline__ void griddep_launch_dependents() {
 }
 
 /*!
- * \brief Whether `kernel` may be launched with programmatic stream serialization on the current device: the device
- * is sm_90 or newer, the kernel's loaded image was built for sm_90 or newer (so its griddep_wait() is compiled in;
- * an sm_80 image running on an H100 would race), and HALO_PDL is not "0" (read once). The answer is cached per
- * kernel and device.
- */
-inline bool pdl_ok(const void* kernel) {
-  static const bool env_off = [] {
-    const char* e = std::getenv("HALO_PDL");
-    return e != nullptr && e[0] == '0';
-  }();
-  if (env_off) return false;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  struct Entry {
-    const void* kernel;
-    int device;
-    bool ok;
-  };
-  static std::mutex mu;
-  static std::vector<Entry> cache;  // (kernel, device) -> the answer, so a launch makes no attribute query
-  std::lock_guard<std::mutex> lock(mu);
-  for (const Entry& e : cache)
-    if (e.kernel == kernel && e.device == dev) return e.ok;
-  cudaFuncAttributes fa{};
-  int major = 0;
-  const bool ok = cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.binaryVersion >= 90 &&
-                  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
-  cache.push_back({kernel, dev, ok});
-  return ok;
-}
-
-/*!
  * \brief kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization when `pdl` (the
  * kernel must then griddep_wait() before it touches what the previous kernel writes).
  */
@@ -420,7 +388,29 @@ class LaunchCache {
     return cudaSuccess;
   }
 
+  /*!
+   * \brief Whether `fn`'s loaded image on `device` was built for sm_90 or newer and the device is sm_90 or newer
+   * (pdl_ok).
+   */
+  bool pdl_capable(const void* fn, int device) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& e : pdl_)
+      if (e.fn == fn && e.device == device) return e.ok;
+    cudaFuncAttributes fa{};
+    int major = 0;
+    const bool ok = cudaFuncGetAttributes(&fa, fn) == cudaSuccess && fa.binaryVersion >= 90 &&
+                    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+                    major >= 9;
+    pdl_.push_back({fn, device, ok});
+    return ok;
+  }
+
  private:
+  struct Pdl {
+    const void* fn;
+    int device;
+    bool ok;
+  };
   struct Smem {
     const void* fn;
     int device;
@@ -435,7 +425,25 @@ class LaunchCache {
   std::mutex mu_;
   std::vector<Smem> smem_;
   std::vector<Occ> occ_;
+  std::vector<Pdl> pdl_;
 };
+
+/*!
+ * \brief Whether `kernel` may be launched with programmatic stream serialization on the current device: the device
+ * is sm_90 or newer, the kernel's loaded image was built for sm_90 or newer (so its griddep_wait() is compiled in;
+ * an sm_80 image running on an H100 would race), and HALO_PDL is not "0" (read once). The answer is cached per
+ * kernel and device (LaunchCache), so a launch makes no attribute query.
+ */
+inline bool pdl_ok(const void* kernel) {
+  static const bool env_off = [] {
+    const char* e = std::getenv("HALO_PDL");
+    return e != nullptr && e[0] == '0';
+  }();
+  if (env_off) return false;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  return LaunchCache::get().pdl_capable(kernel, dev);
+}
 
 /*!
  * \brief Persistent-grid size for `kernel`: resident CTAs per SM times SMs, at most `work` CTAs. Raises the
