@@ -153,6 +153,61 @@ def test_scatter_broadcast_variants_match():
         torch.ops.halo.qcomm_pack_scatter(x, outs[:1], chunk, block, torch.int8)
 
 
+_DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not halo_ext.cuda_available(), reason="needs a CUDA device and a CUDA build of halo_ext")])]
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("n,block,out_dtype", [(3001, 64, torch.bfloat16), (20000, 32, torch.float32),
+                                                (5, 256, torch.float16), (300000, 1024, torch.bfloat16),
+                                                (123457, 128, torch.float32)])
+def test_reduce_broadcast_unpack_rank0_of_2(n, block, out_dtype, device):
+    """qcomm_reduce_broadcast_unpack as rank 0 of 2, with rank 1's reduced chunk and flags already in place: its own
+    part = the reduce's dequantized values, rank 1's part = unpack of rank 1's chunk, its reduced chunk broadcast to
+    rank 1's slot, and every flag tile of rank 1's row set to the epoch (CPU reference on the CPU; on CUDA the
+    persistent kernel, bit for bit the same values)."""
+    world, rank, epoch = 2, 0, 5
+    chunk = chunk_elems(n, world, block)
+    cb = packed_chunk_bytes(chunk, block)
+    nb = cb // (block + 4)
+    tiles = -(-nb * block // 8192)
+    xs = [torch.randn(n, generator=torch.Generator().manual_seed(r)).to(out_dtype) for r in range(world)]
+    packed = [pack(x, world, chunk, block) for x in xs]  # packed[r][c]: rank r's chunk c
+    own = xs[0][:min(chunk, n)]
+    chunks = [torch.full((cb,), 9, dtype=torch.uint8), packed[1][0].clone()]  # A slots of rank 0 (own slot unused)
+    red0 = torch.empty(cb, dtype=torch.uint8)
+    reduce_chunks(chunks, red0, block, own=own, own_index=0)
+    red1 = torch.empty(cb, dtype=torch.uint8)  # rank 1's reduced chunk (its own slice unquantized)
+    reduce_chunks([packed[0][1].clone(), chunks[0]], red1, block, own=xs[1][chunk:], own_index=1)
+    gathered = [torch.full((cb,), 3, dtype=torch.uint8), red1.clone()]
+    flags = torch.zeros((world, tiles + 3), dtype=torch.int32)
+    flags[1, :tiles] = epoch
+    peer_flags = [torch.zeros(tiles + 1, dtype=torch.int32)]
+    outs = [torch.zeros(cb, dtype=torch.uint8)]
+    out = torch.full((n,), float("nan"), dtype=out_dtype)
+    ref = torch.empty(n, dtype=out_dtype)
+    unpack([red0, red1], ref, chunk, block)
+    if device == "cuda":
+        dev = torch.device("cuda")
+        chunks, outs, gathered = ([t.to(dev) for t in ts] for ts in (chunks, outs, gathered))
+        flags, peer_flags, out, own = flags.to(dev), [peer_flags[0].to(dev)], out.to(dev), own.to(dev)
+    torch.ops.halo.qcomm_reduce_broadcast_unpack(chunks, outs, gathered, flags, peer_flags, epoch, out, chunk, block,
+                                                 torch.int8, 1.0, own, rank)
+    assert torch.equal(out.cpu(), ref)
+    assert torch.equal(outs[0].cpu(), red0)
+    assert peer_flags[0][:tiles].eq(epoch).all() and peer_flags[0][tiles:].eq(0).all()
+    torch.library.opcheck(torch.ops.halo.qcomm_reduce_broadcast_unpack.default,
+                          (chunks, outs, gathered, flags, peer_flags, epoch, out, chunk, block, torch.int8, 1.0,
+                           own, rank))
+    args = dict(chunks=chunks, outs=outs, gathered=gathered, flags=flags, peer_flags=peer_flags, epoch=epoch, out=out,
+                chunk=chunk, block=block, dtype=torch.int8, post_scale=1.0, own=own, rank=rank)
+    for bad, match in [(dict(epoch=0), "epoch"), (dict(flags=flags.float()), "int32"),
+                       (dict(flags=flags[:, :max(tiles - 1, 0)].contiguous()), "flag tiles"), (dict(own=own[:-1]), "own"),
+                       (dict(rank=2), "rank"), (dict(outs=[]), "len"), (dict(gathered=gathered[:1]), "len")]:
+        with pytest.raises(ValueError, match=match):
+            torch.ops.halo.qcomm_reduce_broadcast_unpack(**{**args, **bad})
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The owner's own contribution (own / own_index) and the skipped own chunk (skip)
 # ---------------------------------------------------------------------------------------------------------------
@@ -374,23 +429,26 @@ def _worker(rank, world, port, outdir, what):
         json.dump(fails, f)
 
 
-def _peer_worker(rank, world, port, outdir, bufs):
-    """The peer-memory path's Python logic (push model: slots, barriers, ops) over CPU shared-memory buffers that
-    stand in for the symmetric-memory workspace (barrier = dist.barrier): bit-identical to the NCCL path."""
+def _peer_worker(rank, world, port, outdir, bufs, flag_tiles):
+    """The peer-memory path's Python logic (push model: slots, barriers, ops, the fused reduce + unpack with its flags)
+    over CPU shared-memory buffers that stand in for the symmetric-memory workspace (barrier = dist.barrier; the
+    CPU op spins on the flags the other process sets): bit-identical to the NCCL path, fused or not."""
     torch.set_num_threads(1)
     fails = []
     try:
         import torch.distributed as dist
-        from halo_ext.distributed import all_reduce, reduce_scatter
+        from halo_ext.distributed import all_reduce, reduce_scatter, reload_settings
         from halo_ext.distributed import allreduce as A
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        nbytes = bufs[0].numel() - world * flag_tiles * 4
 
         class FakeWorkspace:
-            views = A._PeerWorkspace.views  # the real slot/view logic
+            views = A._PeerWorkspace.views  # the real slot/view/flag logic
+            next_epoch = A._PeerWorkspace.next_epoch
 
             def __init__(self):
-                self.buf, self.peers, self.nbytes = bufs[rank], bufs, bufs[0].numel()
-                self.rank, self.world, self.barriers = rank, world, 0
+                self.buf, self.peers, self.nbytes, self.flag_tiles = bufs[rank], bufs, nbytes, flag_tiles
+                self.rank, self.world, self.barriers, self.epoch = rank, world, 0, 0
                 A._PeerWorkspace._setup_slots(self)
 
             def barrier(self):
@@ -399,38 +457,51 @@ def _peer_worker(rank, world, port, outdir, bufs):
 
         ws = FakeWorkspace()
 
-        def fake_ws(group, nbytes, device):
-            assert nbytes <= ws.nbytes, (nbytes, ws.nbytes)
+        def fake_ws(group, nb, device, tiles=0):
+            assert nb <= ws.nbytes and tiles <= ws.flag_tiles, (nb, ws.nbytes, tiles, ws.flag_tiles)
             return ws
 
         A._peer_workspace = fake_ws
-        for case, (n, dtype, post, block) in enumerate([(1, torch.float32, 1.0, 256), (1000, torch.bfloat16, 0.5, 64),
-                                                        (5003, torch.float32, 1.0, 128)]):
-            g = torch.Generator().manual_seed(100 * case + rank)
-            x = torch.randn(n, generator=g).to(dtype)
-            out = torch.empty_like(x)
-            b0 = ws.barriers
-            A._two_shot_peer(x, out, None, world, post, torch.int8, block)
-            # the leading barrier only on the first use: later all_reduces on the same stream skip it
-            if ws.barriers - b0 != (3 if case == 0 else 2):
-                fails.append(f"all_reduce case {case}: {ws.barriers - b0} barriers")
-            ref = all_reduce(x.clone(), op="avg" if post != 1.0 else "sum", block=block, path="nccl")
-            if not torch.equal(out, ref):  # post = 1/world for the AVG case (world == 2)
-                fails.append(f"peer-path logic differs from the NCCL path (n={n})")
-        x = torch.randn(world * 300, generator=torch.Generator().manual_seed(rank))
-        o1, o2 = torch.empty(300), torch.empty(300)
-        A._reduce_scatter_peer(x, o1, None, world, 1.0, torch.int8, 256)
-        reduce_scatter(o2, x, path="nccl")
-        if not torch.equal(o1, o2):
-            fails.append("peer reduce-scatter logic differs from the NCCL path")
-        # a reduce-scatter reads its A slots after its last barrier: the next all_reduce needs its leading barrier
-        x = torch.randn(777, generator=torch.Generator().manual_seed(7 + rank))
-        out, b0 = torch.empty_like(x), ws.barriers
-        A._two_shot_peer(x, out, None, world, 1.0, torch.int8, 256)
-        if ws.barriers - b0 != 3:
-            fails.append(f"all_reduce after reduce_scatter: {ws.barriers - b0} barriers")
-        if not torch.equal(out, all_reduce(x.clone(), block=256, path="nccl")):
-            fails.append("peer-path logic after reduce_scatter differs from the NCCL path")
+        for fused in ("1", "0"):
+            os.environ["HALO_AR_FUSED"] = fused
+            reload_settings()
+            ws.a_free_stream = None
+            per_call = 1 if fused == "1" else 2  # barriers of an all_reduce after an all_reduce
+            for case, (n, dtype, post, block) in enumerate([(1, torch.float32, 1.0, 256),
+                                                            (1000, torch.bfloat16, 1.0 / world, 64),
+                                                            (5003, torch.float32, 1.0, 128),
+                                                            (4096 * 3 + 5, torch.bfloat16, 1.0, 32)]):
+                g = torch.Generator().manual_seed(100 * case + rank)
+                x = torch.randn(n, generator=g).to(dtype)
+                out = torch.empty_like(x)
+                b0 = ws.barriers
+                A._two_shot_peer(x, out, None, world, post, torch.int8, block)
+                # the leading barrier only on the first use: later all_reduces on the same stream skip it
+                if ws.barriers - b0 != per_call + (1 if case == 0 else 0):
+                    fails.append(f"fused={fused} all_reduce case {case}: {ws.barriers - b0} barriers")
+                ref = all_reduce(x.clone(), op="avg" if post != 1.0 else "sum", block=block, path="nccl")
+                if not torch.equal(out, ref):  # post = 1/world: the AVG case
+                    fails.append(f"fused={fused}: peer-path logic differs from the NCCL path (n={n})")
+                y = x.clone()  # in place
+                A._two_shot_peer(y, y, None, world, post, torch.int8, block)
+                if not torch.equal(y, ref):
+                    fails.append(f"fused={fused}: in-place peer path differs from the NCCL path (n={n})")
+            x = torch.randn(world * 300, generator=torch.Generator().manual_seed(rank))
+            o1, o2 = torch.empty(300), torch.empty(300)
+            A._reduce_scatter_peer(x, o1, None, world, 1.0, torch.int8, 256)
+            reduce_scatter(o2, x, path="nccl")
+            if not torch.equal(o1, o2):
+                fails.append("peer reduce-scatter logic differs from the NCCL path")
+            # a reduce-scatter reads its A slots after its last barrier: the next all_reduce needs its leading barrier
+            x = torch.randn(777, generator=torch.Generator().manual_seed(7 + rank))
+            out, b0 = torch.empty_like(x), ws.barriers
+            A._two_shot_peer(x, out, None, world, 1.0, torch.int8, 256)
+            if ws.barriers - b0 != per_call + 1:
+                fails.append(f"fused={fused}: all_reduce after reduce_scatter: {ws.barriers - b0} barriers")
+            if not torch.equal(out, all_reduce(x.clone(), block=256, path="nccl")):
+                fails.append(f"fused={fused}: peer-path logic after reduce_scatter differs from the NCCL path")
+        if ws.epoch != 9:  # 4 cases out of place and in place, 1 after the reduce-scatter
+            fails.append(f"fused calls advanced the epoch to {ws.epoch}, expected 9")
         dist.barrier()
         dist.destroy_process_group()
     except Exception as e:
@@ -472,10 +543,11 @@ def test_gloo_4_ranks():
     _spawn(4, ("ar", "rs", "hier"))
 
 
-def test_peer_path_logic_matches_nccl_path():
-    world = 2
-    bufs = [torch.zeros(1 << 16, dtype=torch.uint8).share_memory_() for _ in range(world)]
-    _spawn(world, None, target=_peer_worker, extra=(bufs,))
+@pytest.mark.parametrize("world", [2, 3])
+def test_peer_path_logic_matches_nccl_path(world):
+    tiles = 64
+    bufs = [torch.zeros((1 << 17) + world * tiles * 4, dtype=torch.uint8).share_memory_() for _ in range(world)]
+    _spawn(world, None, target=_peer_worker, extra=(bufs, tiles))
 
 
 @pytest.mark.cuda

@@ -24,7 +24,7 @@ for _k, _v in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "
 import torch
 import torch.distributed as dist
 
-from halo_ext.distributed import all_reduce
+from halo_ext.distributed import all_reduce, reload_settings
 
 
 def ev_time(fn, flush, iters=15):
@@ -68,8 +68,10 @@ def tput(fn, n=20):
 
 
 def _with_env(key, value, fn):
+    """fn() with os.environ[key] = value (halo_ext's all-reduce settings re-read before and after)."""
     old = os.environ.get(key)
     os.environ[key] = value
+    reload_settings()
     try:
         return fn()
     finally:
@@ -77,6 +79,7 @@ def _with_env(key, value, fn):
             os.environ.pop(key)
         else:
             os.environ[key] = old
+        reload_settings()
 
 
 def timeline(fn, path):
@@ -97,16 +100,21 @@ def timeline(fn, path):
                                                                                           "gpu_memset")]
     cpu = [e for e in tr.get("traceEvents", []) if e.get("ph") == "X" and e.get("cat") == "cpu_op"]
     if not ev:
-        return []
+        return [], []
     t0 = min([e["ts"] for e in ev] + [e["ts"] for e in cpu])
     rows = [(e["name"][:60], e.get("tid"), e["ts"] - t0, e["dur"]) for e in sorted(ev, key=lambda e: e["ts"])]
-    return rows
+    # host side: the halo ops, c10d collectives and waits, with their start (same clock) and duration
+    keep = ("halo::", "c10d", "nccl:", "record_param_comms", "aten::empty", "cudaStreamWaitEvent", "cudaEventRecord")
+    host = [(e["name"][:60], "cpu", e["ts"] - t0, e["dur"]) for e in sorted(cpu, key=lambda e: e["ts"])
+            if e["name"].startswith(keep) or e["dur"] >= 20]
+    return rows, host
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     ap.add_argument("--sizes-mb", type=float, nargs="*", default=[1, 4, 8, 64, 256])
+    ap.add_argument("--cases", nargs="*", default=None, help="names of the cases to run (default: all)")
     args = ap.parse_args()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local)
@@ -128,18 +136,21 @@ def main():
             "halo_nccl": lambda: all_reduce(x, out=out, path="nccl"),
             "halo_peer": lambda: all_reduce(x, out=out, path="peer"),
             "halo_peer_inplace": lambda: all_reduce(buf2, path="peer"),
+            "halo_peer_unfused": lambda: _with_env("HALO_AR_FUSED", "0", lambda: all_reduce(x, out=out, path="peer")),
             "halo_auto_inplace": lambda: all_reduce(buf2),
             "halo_peer_b256": lambda: all_reduce(x, out=out, path="peer", block=256),
             "halo_peer_lane8": lambda: _with_env("HALO_QCOMM_LANE_ELEMS", "8",
                                                  lambda: all_reduce(x, out=out, path="peer")),
         }
         for name, fn in cases.items():
+            if args.cases and name not in args.cases:
+                continue
             try:
                 r = {"MB": mb, "case": name, "ev_flush_ms": ev_time(fn, flush), "ev_ms": ev_time(fn, None),
                      "host_ms": host_time(fn), "tput_ms": tput(fn)}
-                rows = timeline(fn, os.path.join(args.out, f"trace_r{rank}_{name}_{mb:g}MB.json"))
+                rows, host = timeline(fn, os.path.join(args.out, f"trace_r{rank}_{name}_{mb:g}MB.json"))
             except Exception as e:  # keep going
-                r, rows = {"MB": mb, "case": name, "error": repr(e)}, []
+                r, rows, host = {"MB": mb, "case": name, "error": repr(e)}, [], []
             summary.append(r)
             if rank == 0:
                 print(json.dumps(r), flush=True)
@@ -147,6 +158,8 @@ def main():
                     print(f"    {k[0]:<60} stream {k[1]!s:>6} start {k[2]:9.1f} us  dur {k[3]:8.1f} us")
                 if len(rows) > 60:
                     print(f"    ... {len(rows) - 60} more kernels")
+                for k in host[:40]:
+                    print(f"    host {k[0]:<55} start {k[2]:9.1f} us  dur {k[3]:8.1f} us")
         del x, buf, buf2, out
     if rank == 0:
         with open(os.path.join(args.out, "ar_trace.json"), "w") as f:

@@ -125,7 +125,8 @@ for step in $steps; do
     bench-allreduce) run_step bench-allreduce 50 torchrun --nproc_per_node="$NGPU" bench/allreduce_bench.py ;;
     bench-fsdp) run_step bench-fsdp 40 torchrun --nproc_per_node="$NGPU" bench/fsdp_bench.py ;;
     bench-fsdp-perf) run_step bench-fsdp-perf 20 torchrun --nproc_per_node="$NGPU" bench/fsdp_bench.py --loss-steps 0 ;;
-    ar-trace) run_step ar-trace 200 torchrun --nproc_per_node="$NGPU" tools/ar_trace.py --out "$OUT" ;;
+    ar-trace) run_step ar-trace 400 torchrun --nproc_per_node="$NGPU" tools/ar_trace.py --out "$OUT" \
+      ${AR_TRACE_ARGS:-} ;;
     *) summary "unknown step $step" ;;
   esac
   tar czf "$OUT/results.tgz" bench/results 2>/dev/null; tar czf "$OUT/logs.tgz" -C "$LOGS" . 2>/dev/null

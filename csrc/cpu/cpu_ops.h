@@ -49,4 +49,14 @@ void qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, int64_t c
 void qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
                             const QCommOuts& outs, const QCommOwn& own, const QCommDeq& deq);
 
+/*!
+ * \brief qcomm_reduce_broadcast_unpack of kernels/qcomm.h: the reduce, broadcast and own dequantized part, then every
+ * flag of this rank set in the peers (release stores), then each other rank's chunk dequantized once all its flags
+ * hold g.epoch (acquire loads; the peers are other processes sharing the memory). Throws std::runtime_error after
+ * timeout_s seconds without the flags.
+ */
+void qcomm_reduce_broadcast_unpack(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
+                                   const QCommOuts& outs, const QCommOwn& own, const QCommGather& g,
+                                   double timeout_s = 300.0);
+
 }  // namespace halo::cpu

@@ -6,8 +6,12 @@
  * CUDA results agree bit for bit.
  */
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "cpu/cpu_ops.h"
@@ -117,6 +121,42 @@ void qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DT
     one.stride = cb;
     one.count = 1;
     qcomm_unpack(one, nb * block, block, qt, deq.out, deq.t, deq.n);
+  }
+}
+
+void qcomm_reduce_broadcast_unpack(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
+                                   const QCommOuts& outs, const QCommOwn& own, const QCommGather& g,
+                                   double timeout_s) {
+  const int world = g.chunks.count;
+  const int64_t tiles = qcomm_flag_tiles(nb, block);
+  const int64_t es = g.t == DType::kFloat32 ? 4 : 2;  // bytes per output element (float32 / float16 / bfloat16)
+  QCommDeq deq;
+  deq.t = g.t;
+  deq.n = std::min(g.chunk, std::max<int64_t>(g.n - int64_t(g.rank) * g.chunk, 0));
+  deq.out = deq.n > 0 ? static_cast<uint8_t*>(g.out) + int64_t(g.rank) * g.chunk * es : nullptr;
+  qcomm_reduce_broadcast(in, nb, block, qt, post_scale, outs, own, deq);
+  for (int o = 0; o < g.peer_flags.count; ++o)
+    for (int64_t t = 0; t < tiles; ++t) __atomic_store_n(g.peer_flags.ptrs[o] + t, g.epoch, __ATOMIC_RELEASE);
+  const auto start = std::chrono::steady_clock::now();
+  for (int s = 0; s < world; ++s) {
+    if (s == g.rank) continue;
+    for (int64_t t = 0; t < tiles; ++t) {
+      const uint32_t* f = g.flags + int64_t(s) * g.flag_stride + t;
+      while (__atomic_load_n(f, __ATOMIC_ACQUIRE) != g.epoch) {
+        if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout_s)
+          throw std::runtime_error("halo.qcomm_reduce_broadcast_unpack: rank " + std::to_string(s) +
+                                   " did not signal its reduced chunk (flag tile " + std::to_string(t) + ")");
+        std::this_thread::yield();
+      }
+    }
+    QCommChunks one;
+    one.base = g.chunks.at(s);
+    one.stride = 0;
+    one.count = 1;
+    const int64_t valid = std::min(g.chunk, std::max<int64_t>(g.n - int64_t(s) * g.chunk, 0));
+    if (valid > 0)
+      qcomm_unpack(one, g.chunk, block, qt, static_cast<uint8_t*>(g.out) + int64_t(s) * g.chunk * es, g.t,
+                   valid);
   }
 }
 

@@ -17,6 +17,7 @@
  * same ordered sum unquantized, read from its input like the pack kernel reads x (packets where aligned, zeros
  * past its length); the pack kernels skip the own chunk (warps are mapped onto the other world - 1 chunks only).
  */
+#include <algorithm>
 #include <type_traits>
 
 #include "qcomm.h"
@@ -97,28 +98,56 @@ __device__ __forceinline__ void store_codes(uint8_t* q, const float* v, float in
   }
 }
 
+/*! \brief 16 / 8 / 4 bytes at p: read-only-cache loads, or L2-only loads (Cg) for bytes a peer may have written
+ * during this kernel (the read-only path is not coherent with such writes). */
+template <bool Cg>
+__device__ __forceinline__ uint4 ld16(const uint8_t* p) {
+  if constexpr (Cg) return __ldcg(reinterpret_cast<const uint4*>(p));
+  else return __ldg(reinterpret_cast<const uint4*>(p));
+}
+template <bool Cg>
+__device__ __forceinline__ uint2 ld8(const uint8_t* p) {
+  if constexpr (Cg) return __ldcg(reinterpret_cast<const uint2*>(p));
+  else return __ldg(reinterpret_cast<const uint2*>(p));
+}
+template <bool Cg>
+__device__ __forceinline__ uint32_t ld4(const uint8_t* p) {
+  if constexpr (Cg) return __ldcg(reinterpret_cast<const unsigned int*>(p));
+  else return __ldg(reinterpret_cast<const unsigned int*>(p));
+}
+template <bool Cg>
+__device__ __forceinline__ float ldf(const float* p) {
+  if constexpr (Cg) return __ldcg(p);
+  else return __ldg(p);
+}
+
 /*! \brief Loads E codes at q (aligned to min(E, 16)) as float values (not yet scaled). */
-template <DType Q, int E>
+template <DType Q, int E, bool Cg = false>
 __device__ __forceinline__ void load_codes(const uint8_t* q, float* v) {
   if constexpr (E % 4 == 0) {
     uint32_t w[E / 4];
     if constexpr (E % 16 == 0) {
 #pragma unroll
       for (int i = 0; i < E / 16; ++i) {
-        const uint4 u = __ldg(reinterpret_cast<const uint4*>(q) + i);
+        const uint4 u = ld16<Cg>(q + 16 * i);
         w[4 * i] = u.x, w[4 * i + 1] = u.y, w[4 * i + 2] = u.z, w[4 * i + 3] = u.w;
       }
     } else if constexpr (E % 8 == 0) {
-      const uint2 u = __ldg(reinterpret_cast<const uint2*>(q));
+      const uint2 u = ld8<Cg>(q);
       w[0] = u.x, w[1] = u.y;
     } else {
-      w[0] = __ldg(reinterpret_cast<const uint32_t*>(q));
+      w[0] = ld4<Cg>(q);
     }
 #pragma unroll
     for (int e = 0; e < E; ++e) v[e] = dequant_code<Q>((w[e / 4] >> (8 * (e % 4))) & 0xffu);
   } else {
 #pragma unroll
-    for (int e = 0; e < E; ++e) v[e] = dequant_code<Q>(__ldg(q + e));
+    for (int e = 0; e < E; ++e) {
+      uint8_t c;
+      if constexpr (Cg) c = static_cast<uint8_t>(__ldcg(reinterpret_cast<const unsigned char*>(q + e)));
+      else c = __ldg(q + e);
+      v[e] = dequant_code<Q>(c);
+    }
   }
 }
 
@@ -206,94 +235,178 @@ __global__ void __launch_bounds__(kThreadsQ)
   }
 }
 
+/*!
+ * \brief The reduce of the 32 / L blocks [b0, b0 + 32 / L) of one warp (b0 warp-uniform, < nb; groups past nb
+ * compute on block nb - 1 and store nothing, since the absmax shuffles need every lane).
+ */
+template <DType Q, int E, int L>
+__device__ __forceinline__ void reduce_group(const LaneGroup<L>& lg, int64_t b0, const QCommChunks& in, int64_t nb,
+                                             float post_scale, void* out, DType out_t, int64_t out_n,
+                                             const QCommOuts& outs, const QCommOwn& own, bool own_vec,
+                                             const QCommDeq& deq, bool deq_vec) {
+  constexpr int B = L * E;
+  const int64_t b = b0 + lg.grp;
+  const bool active = b < nb;
+  const int64_t bb = active ? b : nb - 1;  // inactive groups read a valid block, store nothing
+  const int64_t j0 = bb * B + int64_t(lg.sub) * E;
+  float acc[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) acc[e] = 0.f;
+#pragma unroll 4
+  for (int r = 0; r < in.count; ++r) {  // fixed rank order: the sum does not depend on timing
+    if (r == own.index) {  // the owner's contribution, unquantized (warp-uniform branch)
+      float v[E];
+      load_own<E>(own, j0, own_vec, v);
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] = __fadd_rn(acc[e], v[e]);
+      continue;
+    }
+    const uint8_t* p = in.at(r);
+    const float s = __ldg(reinterpret_cast<const float*>(p + nb * B) + bb);
+    float v[E];
+    load_codes<Q, E>(p + j0, v);
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[e] = __fadd_rn(acc[e], __fmul_rn(v[e], s));
+  }
+  if (post_scale != 1.0f) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc[e] = __fmul_rn(acc[e], post_scale);
+  }
+  if (out_t == Q) {
+    const QuantScale qs(group_absmax<E, L>(acc), qmax_dev(Q));
+    if (!active) return;
+    const int nout = out != nullptr ? 1 : outs.count;  // out == nullptr: the same bytes to every outs.ptrs[i]
+    for (int o = 0; o < nout; ++o) {
+      uint8_t* dst = out != nullptr ? static_cast<uint8_t*>(out) : outs.ptrs[o];
+      store_codes<Q, E>(dst + j0, acc, qs.inv);
+      if (lg.sub == 0) reinterpret_cast<float*>(dst + nb * B)[b] = qs.scale;
+    }
+    if (deq.out != nullptr && j0 < deq.n) {  // what unpack makes of these codes: code value * scale, rounded once
+      float v[E];
+#pragma unroll
+      for (int e = 0; e < E; ++e) v[e] = __fmul_rn(dequant_code<Q>(quant_code<Q>(acc[e], qs.inv)), qs.scale);
+      store_deq<E>(deq, j0, deq_vec, v);
+    }
+  } else if (active) {
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      if (j0 + e < out_n) store_any(out, out_t, j0 + e, acc[e]);
+  }
+}
+
 template <DType Q, int E, int L>
 __global__ void __launch_bounds__(kThreadsQ)
     reduce_kernel(const QCommChunks in, int64_t nb, float post_scale, void* out, DType out_t, int64_t out_n,
                   const QCommOuts outs, const QCommOwn own, bool own_vec, const QCommDeq deq, bool deq_vec) {
-  constexpr int B = L * E;
   const LaneGroup<L> lg;
-  for (int64_t b0 = lg.first(); b0 < nb; b0 += lg.stride()) {  // warp-uniform bound (see pack_kernel)
-    const int64_t b = b0 + lg.grp;
-    const bool active = b < nb;
-    const int64_t bb = active ? b : nb - 1;  // inactive groups read a valid block, store nothing
-    const int64_t j0 = bb * B + int64_t(lg.sub) * E;
-    float acc[E];
+  for (int64_t b0 = lg.first(); b0 < nb; b0 += lg.stride())  // warp-uniform bound (see pack_kernel)
+    reduce_group<Q, E, L>(lg, b0, in, nb, post_scale, out, out_t, out_n, outs, own, own_vec, deq, deq_vec);
+}
+
+/*! \brief Dequantizes this lane's E elements of block b of packed chunk c into out (chunk c at out + c * chunk). */
+template <typename T, DType Q, int E, int L, bool Cg = false>
+__device__ __forceinline__ void unpack_block(const LaneGroup<L>& lg, const QCommChunks& in, int64_t c, int64_t b,
+                                             int64_t chunk, int64_t nb, T* __restrict__ out, int64_t n, bool vec) {
+  constexpr int B = L * E;
+  const int64_t j0 = b * B + int64_t(lg.sub) * E;
+  const int64_t valid = min(chunk, max(n - c * chunk, int64_t(0)));
+  if (j0 >= valid) return;  // padding only
+  const uint8_t* p = in.at(static_cast<int>(c));
+  const float s = ldf<Cg>(reinterpret_cast<const float*>(p + nb * B) + b);
+  float v[E];
+  load_codes<Q, E, Cg>(p + j0, v);
 #pragma unroll
-    for (int e = 0; e < E; ++e) acc[e] = 0.f;
-#pragma unroll 4
-    for (int r = 0; r < in.count; ++r) {  // fixed rank order: the sum does not depend on timing
-      if (r == own.index) {  // the owner's contribution, unquantized (warp-uniform branch)
-        float v[E];
-        load_own<E>(own, j0, own_vec, v);
+  for (int e = 0; e < E; ++e) v[e] = __fmul_rn(v[e], s);
+  T* dst = out + c * chunk + j0;
+  constexpr int kV = Vec<T>::kVec;
+  if constexpr (E % kV == 0) {
+    if (vec && j0 + E <= valid) {
 #pragma unroll
-        for (int e = 0; e < E; ++e) acc[e] = __fadd_rn(acc[e], v[e]);
-        continue;
-      }
-      const uint8_t* p = in.at(r);
-      const float s = __ldg(reinterpret_cast<const float*>(p + nb * B) + bb);
-      float v[E];
-      load_codes<Q, E>(p + j0, v);
-#pragma unroll
-      for (int e = 0; e < E; ++e) acc[e] = __fadd_rn(acc[e], __fmul_rn(v[e], s));
-    }
-    if (post_scale != 1.0f) {
-#pragma unroll
-      for (int e = 0; e < E; ++e) acc[e] = __fmul_rn(acc[e], post_scale);
-    }
-    if (out_t == Q) {
-      const QuantScale qs(group_absmax<E, L>(acc), qmax_dev(Q));
-      if (!active) continue;
-      const int nout = out != nullptr ? 1 : outs.count;  // out == nullptr: the same bytes to every outs.ptrs[i]
-      for (int o = 0; o < nout; ++o) {
-        uint8_t* dst = out != nullptr ? static_cast<uint8_t*>(out) : outs.ptrs[o];
-        store_codes<Q, E>(dst + j0, acc, qs.inv);
-        if (lg.sub == 0) reinterpret_cast<float*>(dst + nb * B)[b] = qs.scale;
-      }
-      if (deq.out != nullptr && j0 < deq.n) {  // what unpack makes of these codes: code value * scale, rounded once
-        float v[E];
-#pragma unroll
-        for (int e = 0; e < E; ++e) v[e] = __fmul_rn(dequant_code<Q>(quant_code<Q>(acc[e], qs.inv)), qs.scale);
-        store_deq<E>(deq, j0, deq_vec, v);
-      }
-    } else if (active) {
-#pragma unroll
-      for (int e = 0; e < E; ++e)
-        if (j0 + e < out_n) store_any(out, out_t, j0 + e, acc[e]);
+      for (int i = 0; i < E / kV; ++i) stg16(dst + i * kV, Vec<T>::pack(v + i * kV));
+      return;
     }
   }
+#pragma unroll
+  for (int e = 0; e < E; ++e)
+    if (j0 + e < valid) Vec<T>::store1(dst, e, v[e]);
 }
 
 template <typename T, DType Q, int E, int L>
 __global__ void __launch_bounds__(kThreadsQ)
     unpack_kernel(const QCommChunks in, int64_t chunk, int64_t nb, T* __restrict__ out, int64_t n, bool vec) {
-  constexpr int B = L * E;
   const LaneGroup<L> lg;
   const int64_t total = int64_t(in.count) * nb;
   for (int64_t w0 = lg.first(); w0 < total; w0 += lg.stride()) {
     const int64_t w = w0 + lg.grp;
     if (w >= total) continue;  // no group-collective ops in this kernel
-    const int64_t c = w / nb, b = w - c * nb;
-    const int64_t j0 = b * B + int64_t(lg.sub) * E;
-    const int64_t valid = min(chunk, max(n - c * chunk, int64_t(0)));
-    if (j0 >= valid) continue;  // padding only
-    const uint8_t* p = in.at(static_cast<int>(c));
-    const float s = __ldg(reinterpret_cast<const float*>(p + nb * B) + b);
-    float v[E];
-    load_codes<Q, E>(p + j0, v);
-#pragma unroll
-    for (int e = 0; e < E; ++e) v[e] = __fmul_rn(v[e], s);
-    T* dst = out + c * chunk + j0;
-    constexpr int kV = Vec<T>::kVec;
-    if constexpr (E % kV == 0) {
-      if (vec && j0 + E <= valid) {
-#pragma unroll
-        for (int i = 0; i < E / kV; ++i) stg16(dst + i * kV, Vec<T>::pack(v + i * kV));
-        continue;
+    const int64_t c = w / nb;
+    unpack_block<T, Q, E, L>(lg, in, c, w - c * nb, chunk, nb, out, n, vec);
+  }
+}
+
+/*! \brief Release store / acquire load of a 32-bit flag at system scope (peer memory). */
+__device__ __forceinline__ void st_release_sys(uint32_t* p, uint32_t v) {
+  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ uint32_t ld_acquire_sys(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+/*!
+ * \brief qcomm_reduce_broadcast_unpack: a persistent grid over the flag tiles of the chunk (kQCommFlagTileElems
+ * elements each, tile t to CTA t mod grid). Step t of a CTA reduces tile t (as reduce_kernel, stores to every peer's
+ * gather slot, its own values to out), makes the stores visible system-wide and sets the tile's flag in every
+ * peer; then it dequantizes tile t - grid of every other rank, waiting for that rank's flag first. A CTA never
+ * waits before it has signalled all tiles up to the current one, and the peer's CTA of the same index produced the
+ * awaited tile one step earlier, so the wait is short and cannot close a cycle. Reduce uses (E, L) lanes, the
+ * unpack (EU, LU) (the faster traits of the separate kernels).
+ */
+template <typename T, DType Q, int E, int L, int EU, int LU>
+__global__ void __launch_bounds__(kThreadsQ)
+    reduce_unpack_kernel(const QCommChunks in, int64_t nb, float post_scale, const QCommOuts outs,
+                         const QCommOwn own, bool own_vec, const QCommDeq deq, bool deq_vec, const QCommGather g,
+                         bool out_vec) {
+  static_assert(L * E == LU * EU, "one block size");
+  const LaneGroup<L> lg;
+  const LaneGroup<LU> lgu;
+  constexpr int64_t kTile = kQCommFlagTileElems / (L * E);       // blocks per flag tile
+  constexpr int64_t kStepR = int64_t(kWarps) * LaneGroup<L>::G;  // blocks per CTA pass of the reduce
+  constexpr int64_t kStepU = int64_t(kWarps) * LaneGroup<LU>::G;
+  static_assert(kTile % kStepR == 0 && kTile % kStepU == 0, "a flag tile of whole CTA passes");
+  const int warp = threadIdx.x / 32;
+  const int64_t tiles = qcomm_flag_tiles(nb, L * E);
+  T* out = static_cast<T*>(g.out);
+  for (int64_t t = blockIdx.x; t < tiles + gridDim.x; t += gridDim.x) {
+    if (t < tiles) {
+#pragma unroll 1
+      for (int64_t s = 0; s < kTile; s += kStepR) {
+        const int64_t b0 = t * kTile + s + int64_t(warp) * LaneGroup<L>::G;
+        if (b0 < nb)
+          reduce_group<Q, E, L>(lg, b0, in, nb, post_scale, nullptr, Q, 0, outs, own, own_vec, deq, deq_vec);
+      }
+      __threadfence_system();  // this thread's stores of the tile, visible to the peers before the flag
+      __syncthreads();
+      if (threadIdx.x < g.peer_flags.count) st_release_sys(g.peer_flags.ptrs[threadIdx.x] + t, g.epoch);
+    }
+    const int64_t tp = t - int64_t(gridDim.x);
+    if (tp >= 0 && tp < tiles) {
+      for (int src = 0; src < g.chunks.count; ++src) {
+        if (src == g.rank) continue;
+        if (threadIdx.x == 0) {
+          const uint32_t* f = g.flags + int64_t(src) * g.flag_stride + tp;
+          while (ld_acquire_sys(f) != g.epoch) {
+          }
+        }
+        __syncthreads();  // the tile of rank src has arrived
+#pragma unroll 1
+        for (int64_t s = 0; s < kTile; s += kStepU) {
+          const int64_t b = tp * kTile + s + int64_t(warp) * LaneGroup<LU>::G + lgu.grp;
+          if (b < nb) unpack_block<T, Q, EU, LU, true>(lgu, g.chunks, src, b, g.chunk, nb, out, g.n, out_vec);
+        }
       }
     }
-#pragma unroll
-    for (int e = 0; e < E; ++e)
-      if (j0 + e < valid) Vec<T>::store1(dst, e, v[e]);
   }
 }
 
@@ -442,6 +555,56 @@ cudaError_t qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t bl
                                    const QCommOuts& outs, const QCommOwn& own, const QCommDeq& deq,
                                    cudaStream_t stream) {
   return reduce_impl(in, nb, block, qt, post_scale, nullptr, qt, 0, outs, own, deq, stream);
+}
+
+cudaError_t qcomm_reduce_broadcast_unpack(const QCommChunks& in, int64_t nb, int64_t block, DType qt,
+                                          float post_scale, const QCommOuts& outs, const QCommOwn& own,
+                                          const QCommGather& g, cudaStream_t stream) {
+  using namespace detail;
+  const int world = g.chunks.count;
+  if (in.count < 2 || in.count != world || g.rank < 0 || g.rank >= world || own.index != g.rank || nb < 0 ||
+      g.chunk < 0 || g.n < 0 || g.n > int64_t(world) * g.chunk || qcomm_blocks(g.chunk, block) != nb ||
+      outs.count != world - 1 || g.peer_flags.count != world - 1 || g.flags == nullptr ||
+      g.flag_stride < qcomm_flag_tiles(nb, block))
+    return cudaErrorInvalidValue;
+  if (own.n < 0 || own.n > nb * block || (own.n > 0 && own.x == nullptr) ||
+      (own.t != DType::kFloat32 && own.t != DType::kBFloat16 && own.t != DType::kFloat16))
+    return cudaErrorInvalidValue;
+  const int64_t tiles = qcomm_flag_tiles(nb, block);
+  if (tiles == 0) return cudaSuccess;
+  int dev = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (err != cudaSuccess) return err;
+  bool ok_q = true, ok_e = true;
+  const bool ok_t = dispatch_t(g.t, [&](auto tv) {
+    using T = decltype(tv);
+    const bool out_vec = aligned(g.out, 16) && (g.chunk * int64_t(sizeof(T))) % 16 == 0;
+    QCommDeq deq;  // this rank's own part of the output, written by the reduce
+    deq.t = g.t;
+    deq.n = std::min(g.chunk, std::max(g.n - int64_t(g.rank) * g.chunk, int64_t(0)));
+    deq.out = deq.n > 0 ? static_cast<T*>(g.out) + int64_t(g.rank) * g.chunk : nullptr;
+    const bool deq_vec = deq.out != nullptr && aligned(deq.out, 16);
+    const bool own_vec = aligned(own.x, 16);
+    ok_q = dispatch_q(qt, [&](auto qv) {
+      ok_e = dispatch_el(block, qcomm_lane_elems(), [&](auto ev, auto lv) {
+        constexpr int E = decltype(ev)::value, L = decltype(lv)::value, B = E * L;
+        constexpr int EU = B / 32 > kUnpackLaneElems ? B / 32 : kUnpackLaneElems, LU = B / EU;
+        auto kernel = reduce_unpack_kernel<T, decltype(qv)::value, E, L, EU, LU>;
+        // a persistent grid: every CTA resident at once (the CTAs wait for each other's peers)
+        static const int per_sm = [&] {
+          int o = 0;
+          if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, kernel, kThreadsQ, 0) != cudaSuccess) o = 1;
+          return o < 1 ? 1 : o;
+        }();
+        const int64_t grid = std::min<int64_t>(tiles, int64_t(per_sm) * sms);
+        kernel<<<static_cast<unsigned>(grid), kThreadsQ, 0, stream>>>(in, nb, post_scale, outs, own, own_vec, deq,
+                                                                      deq_vec, g, out_vec);
+      });
+    });
+  });
+  if (!(ok_t && ok_q && ok_e)) return cudaErrorInvalidValue;
+  return cudaGetLastError();
 }
 
 cudaError_t qcomm_unpack(const QCommChunks& in, int64_t chunk, int64_t block, DType qt, void* out, DType out_t,

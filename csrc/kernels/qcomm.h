@@ -91,6 +91,45 @@ struct QCommOuts {
 };
 
 /*!
+ * \brief Elements per flag tile of qcomm_reduce_broadcast_unpack (kQCommFlagTileElems / block blocks): each rank
+ * signals every flag tile of its reduced chunk separately, so a peer can dequantize tile t as soon as it arrived.
+ */
+inline constexpr int64_t kQCommFlagTileElems = 8192;
+
+/*! \brief Flag tiles of a packed chunk of nb blocks of `block` elements (the flags a source rank sets per call). */
+inline constexpr int64_t qcomm_flag_tiles(int64_t nb, int64_t block) {
+  return (nb * block + kQCommFlagTileElems - 1) / kQCommFlagTileElems;
+}
+
+/*! \brief Flag arrays of other ranks (peer-memory addresses) that a reduce signals: flag tile t -> ptrs[i][t]. */
+struct QCommFlagOuts {
+  int count = 0;
+  uint32_t* ptrs[kQCommMaxPtrs] = {};
+};
+
+/*!
+ * \brief The unpack half of qcomm_reduce_broadcast_unpack: the reduced chunks of the other ranks arrive in
+ * `chunks` (chunks.at(s): rank s's chunk, written by rank s over peer memory; chunks.at(rank) is not read) and are
+ * dequantized into the flat output `out` (n elements of dtype t, chunk c at out + c * chunk) tile by tile, each
+ * tile once its flag is set: flags[s * flag_stride + tile] == epoch, stored by rank s after the tile's bytes
+ * (release / acquire at system scope). This rank's own reduced chunk is written to out in the reduce itself (as
+ * qcomm_reduce_broadcast's deq), and this rank signals each of its tiles into peer_flags.ptrs[i][tile].
+ * epoch must grow by one with every call on the same flag arrays (all ranks alike), which start zeroed.
+ */
+struct QCommGather {
+  QCommChunks chunks;
+  int64_t chunk = 0;
+  void* out = nullptr;
+  DType t = DType::kFloat32;
+  int64_t n = 0;
+  const uint32_t* flags = nullptr;
+  int64_t flag_stride = 0;
+  QCommFlagOuts peer_flags;
+  uint32_t epoch = 0;
+  int rank = -1;
+};
+
+/*!
  * \brief Elements per lane of the CUDA pack and reduce kernels (the kernel trait that sets the bytes each lane
  * moves; the results do not depend on it): 16 (32-byte bf16 loads, 16-byte code stores; the default) or 8 (16-byte
  * loads, 8-byte code stores), from the environment variable HALO_QCOMM_LANE_ELEMS (read at every launch). Blocks
@@ -125,6 +164,17 @@ cudaError_t qcomm_pack_scatter(const void* x, DType xt, int64_t n, int world, in
 cudaError_t qcomm_reduce_broadcast(const QCommChunks& in, int64_t nb, int64_t block, DType qt, float post_scale,
                                    const QCommOuts& outs, const QCommOwn& own, const QCommDeq& deq,
                                    cudaStream_t stream);
+
+/*!
+ * \brief qcomm_reduce_broadcast of this rank's chunk (own.index == g.rank; its dequantized values go to
+ * g.out + g.rank * g.chunk) fused with the unpack of the other ranks' reduced chunks (QCommGather), without a
+ * barrier in between: one persistent kernel whose CTAs alternate between reducing (and signalling) a flag tile
+ * and dequantizing an earlier tile of every peer once its flag is set. Every rank of the group must launch it
+ * (the CTAs wait for the peers' flags); its grid never exceeds what the device holds at once.
+ */
+cudaError_t qcomm_reduce_broadcast_unpack(const QCommChunks& in, int64_t nb, int64_t block, DType qt,
+                                          float post_scale, const QCommOuts& outs, const QCommOwn& own,
+                                          const QCommGather& g, cudaStream_t stream);
 
 /*!
  * \brief Dequantizes in.count packed chunks of nb blocks each, sums them in float32 in chunk order (acc = acc +

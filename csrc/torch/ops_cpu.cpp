@@ -111,11 +111,28 @@ void qcomm_reduce_broadcast_cpu(at::TensorList chunks, at::TensorList outs, int6
   cpu::qcomm_reduce_broadcast(in, nb, block, to_dtype(dtype), static_cast<float>(post_scale), o, w, d);
 }
 
+void qcomm_reduce_broadcast_unpack_cpu(at::TensorList chunks, at::TensorList outs, at::TensorList gathered,
+                                       const at::Tensor& flags, at::TensorList peer_flags, int64_t epoch,
+                                       const at::Tensor& out, int64_t chunk, int64_t block, at::ScalarType dtype,
+                                       double post_scale, const at::Tensor& own, int64_t rank) {
+  const QCommReduceUnpackArgs a = qcomm_check_reduce_unpack(chunks.vec(), outs.vec(), gathered.vec(), flags,
+                                                            peer_flags.vec(), epoch, out, chunk, block, dtype, own,
+                                                            rank);
+  TORCH_CHECK_VALUE(out.device().is_cpu(), "halo.qcomm_reduce_broadcast_unpack: tensors must be on the CPU");
+  try {
+    cpu::qcomm_reduce_broadcast_unpack(a.in, a.nb, block, to_dtype(dtype), static_cast<float>(post_scale), a.outs,
+                                       a.own, a.g);
+  } catch (const std::runtime_error& e) {
+    TORCH_CHECK(false, e.what());
+  }
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(halo, CPU, m) {
   m.impl("qcomm_pack_scatter", &qcomm_pack_scatter_cpu);
   m.impl("qcomm_reduce_broadcast", &qcomm_reduce_broadcast_cpu);
+  m.impl("qcomm_reduce_broadcast_unpack", &qcomm_reduce_broadcast_unpack_cpu);
   m.impl("qcomm_pack_into", &qcomm_pack_into_cpu);
   m.impl("qcomm_reduce_into", &qcomm_reduce_into_cpu);
   m.impl("qcomm_unpack_into", &qcomm_unpack_into_cpu);

@@ -326,6 +326,25 @@ void qcomm_reduce_broadcast_cuda(at::TensorList chunks, at::TensorList outs, int
              "qcomm_reduce_broadcast");
 }
 
+void qcomm_reduce_broadcast_unpack_cuda(at::TensorList chunks, at::TensorList outs, at::TensorList gathered,
+                                        const at::Tensor& flags, at::TensorList peer_flags, int64_t epoch,
+                                        const at::Tensor& out, int64_t chunk, int64_t block, at::ScalarType dtype,
+                                        double post_scale, const at::Tensor& own, int64_t rank) {
+  check_on_cuda(out, "out");
+  const c10::cuda::CUDAGuard guard(out.device());
+  const QCommReduceUnpackArgs a = qcomm_check_reduce_unpack(chunks.vec(), outs.vec(), gathered.vec(), flags,
+                                                            peer_flags.vec(), epoch, out, chunk, block, dtype, own,
+                                                            rank);
+  for (int i = 0; i < a.in.count; ++i) {
+    if (i != a.g.rank) check_aligned(a.in.ptrs[i], "every chunk");
+    check_aligned(a.g.chunks.ptrs[i], "every gathered chunk");
+  }
+  for (int i = 0; i < a.outs.count; ++i) check_aligned(a.outs.ptrs[i], "every output chunk");
+  check_cuda(qcomm_reduce_broadcast_unpack(a.in, a.nb, block, to_dtype(dtype), static_cast<float>(post_scale), a.outs,
+                                           a.own, a.g, c10::cuda::getCurrentCUDAStream()),
+             "qcomm_reduce_broadcast_unpack");
+}
+
 }  // namespace
 
 /*! \brief Which implementation qgemm runs on the current CUDA device ("cutlass_sm90" or "fallback_fp32_matmul"). */
@@ -356,6 +375,7 @@ TORCH_LIBRARY_IMPL(halo, CUDA, m) {
   m.impl("qcomm_unpack_into", &qcomm_unpack_into_cuda);
   m.impl("qcomm_pack_scatter", &qcomm_pack_scatter_cuda);
   m.impl("qcomm_reduce_broadcast", &qcomm_reduce_broadcast_cuda);
+  m.impl("qcomm_reduce_broadcast_unpack", &qcomm_reduce_broadcast_unpack_cuda);
 }
 
 }  // namespace halo::glue

@@ -5,6 +5,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -181,6 +182,96 @@ inline QCommOuts qcomm_check_pack_scatter(const at::Tensor& x, const std::vector
                     " elements, more than len(outs) * chunk = ", S(world * chunk));
   qcomm_check_skip(skip, world, "qcomm_pack_scatter");
   return qcomm_check_outs(outs, qcomm_chunk_bytes(chunk, block), x.device(), "qcomm_pack_scatter");
+}
+
+/*! \brief The described arguments of qcomm_reduce_broadcast_unpack. */
+struct QCommReduceUnpackArgs {
+  QCommChunks in;
+  int64_t nb = 0;
+  QCommOuts outs;
+  QCommOwn own;
+  QCommGather g;
+};
+
+/*! \brief Checks an int32 flag array of at least `tiles` flags per row (rows = 0: 1-D). */
+inline uint32_t* qcomm_check_flags(const at::Tensor& f, int64_t rows, int64_t tiles, const at::Device& device,
+                                   const char* what, const char* op) {
+  TORCH_CHECK_VALUE(f.scalar_type() == at::kInt, "halo.", op, ": ", what, " must be int32, got ",
+                    c10::toString(f.scalar_type()));
+  TORCH_CHECK_VALUE(f.is_contiguous(), "halo.", op, ": ", what, " must be contiguous");
+  TORCH_CHECK_VALUE(f.device() == device, "halo.", op, ": ", what, " must be on ", device.str(), ", got ",
+                    f.device().str());
+  if (rows > 0) {
+    TORCH_CHECK_VALUE(f.dim() == 2 && f.size(0) == rows && f.size(1) >= tiles, "halo.", op, ": ", what,
+                      " must be [", S(rows), ", >= ", S(tiles), "] (one row of flag tiles per rank), got ",
+                      S(f.sizes()));
+  } else {
+    TORCH_CHECK_VALUE(f.dim() == 1 && f.size(0) >= tiles, "halo.", op, ": ", what, " must be 1-D with >= ",
+                      S(tiles), " flags, got ", S(f.sizes()));
+  }
+  return reinterpret_cast<uint32_t*>(f.data_ptr());
+}
+
+/*! \brief Validates qcomm_reduce_broadcast_unpack arguments (world = len(chunks)) and describes them. */
+inline QCommReduceUnpackArgs qcomm_check_reduce_unpack(const std::vector<at::Tensor>& chunks,
+                                                       const std::vector<at::Tensor>& outs,
+                                                       const std::vector<at::Tensor>& gathered, const at::Tensor& flags,
+                                                       const std::vector<at::Tensor>& peer_flags, int64_t epoch,
+                                                       const at::Tensor& out, int64_t chunk, int64_t block,
+                                                       at::ScalarType qdtype, const at::Tensor& own, int64_t rank) {
+  constexpr const char* op = "qcomm_reduce_broadcast_unpack";
+  qcomm_check_block_dtype(block, qdtype, op);
+  const int64_t world = static_cast<int64_t>(chunks.size());
+  TORCH_CHECK_VALUE(world >= 2 && world <= kQCommMaxPtrs, "halo.", op, ": needs 2 to ", S(kQCommMaxPtrs),
+                    " chunks (one per rank), got ", S(world));
+  TORCH_CHECK_VALUE(int64_t(gathered.size()) == world && int64_t(outs.size()) == world - 1 &&
+                        int64_t(peer_flags.size()) == world - 1,
+                    "halo.", op, ": needs len(gathered) = world and len(outs) = len(peer_flags) = world - 1 (world = ",
+                    S(world), "), got ", S(int64_t(gathered.size())), ", ", S(int64_t(outs.size())), ", ",
+                    S(int64_t(peer_flags.size())));
+  TORCH_CHECK_VALUE(rank >= 0 && rank < world, "halo.", op, ": rank must be in [0, ", S(world), "), got ", S(rank));
+  TORCH_CHECK_VALUE(chunk >= 0, "halo.", op, ": chunk must be >= 0, got ", S(chunk));
+  TORCH_CHECK_VALUE(epoch >= 1 && epoch <= 0xffffffffLL, "halo.", op, ": epoch must be in [1, 2^32), got ", S(epoch));
+  qcomm_check_float(out, "out", op);
+  TORCH_CHECK_VALUE(out.numel() <= world * chunk, "halo.", op, ": out has ", S(out.numel()),
+                    " elements, more than world * chunk = ", S(world * chunk));
+  const at::Device device = out.device();
+  QCommReduceUnpackArgs a;
+  a.nb = qcomm_blocks(chunk, block);
+  const int64_t cb = qcomm_chunk_bytes(chunk, block);
+  a.in.count = a.g.chunks.count = static_cast<int>(world);
+  a.in.ptrs_used = a.g.chunks.ptrs_used = true;
+  for (int64_t i = 0; i < world; ++i) {
+    qcomm_check_bytes(chunks[i], cb, "every chunk", op);
+    qcomm_check_bytes(gathered[i], cb, "every gathered chunk", op);
+    TORCH_CHECK_VALUE(chunks[i].device() == device && gathered[i].device() == device, "halo.", op,
+                      ": chunks, gathered and out must be on one device");
+    a.in.ptrs[i] = static_cast<const uint8_t*>(chunks[i].data_ptr());
+    a.g.chunks.ptrs[i] = static_cast<const uint8_t*>(gathered[i].data_ptr());
+  }
+  a.outs = qcomm_check_outs(outs, cb, device, op);
+  const int64_t own_n = std::min(chunk, std::max<int64_t>(out.numel() - rank * chunk, 0));
+  qcomm_check_float(own, "own", op);
+  TORCH_CHECK_VALUE(own.device() == device, "halo.", op, ": own must be on the device of out");
+  TORCH_CHECK_VALUE(own.numel() == own_n, "halo.", op, ": own must be this rank's slice of the input (", S(own_n),
+                    " elements), got ", S(own.numel()));
+  a.own.x = own_n > 0 ? own.data_ptr() : nullptr;
+  a.own.t = to_dtype(own.scalar_type());
+  a.own.n = own_n;
+  a.own.index = static_cast<int>(rank);
+  const int64_t tiles = qcomm_flag_tiles(a.nb, block);
+  a.g.flags = qcomm_check_flags(flags, world, tiles, device, "flags", op);
+  a.g.flag_stride = flags.size(1);
+  a.g.peer_flags.count = static_cast<int>(world - 1);
+  for (int64_t i = 0; i < world - 1; ++i)
+    a.g.peer_flags.ptrs[i] = qcomm_check_flags(peer_flags[i], 0, tiles, device, "every peer flag row", op);
+  a.g.chunk = chunk;
+  a.g.out = out.numel() > 0 ? out.data_ptr() : nullptr;
+  a.g.t = to_dtype(out.scalar_type());
+  a.g.n = out.numel();
+  a.g.epoch = static_cast<uint32_t>(epoch);
+  a.g.rank = static_cast<int>(rank);
+  return a;
 }
 
 }  // namespace halo::glue

@@ -66,4 +66,11 @@ TORCH_LIBRARY(halo, m) {
   // the dequantized result, bit-identical to qcomm_unpack_into of that packed chunk.
   m.def("qcomm_reduce_broadcast(Tensor[] chunks, Tensor(a!)[] outs, int block, ScalarType dtype, "
         "float post_scale=1.0, Tensor? own=None, int own_index=-1, Tensor(b!)? deq=None) -> ()");
+  // qcomm_reduce_broadcast of rank `rank`'s chunk (own = its input slice; its dequantized values into out) fused with
+  // the unpack of the other ranks' reduced chunks: gathered[s] (rank s's chunk, written by rank s) is dequantized
+  // into out tile by tile once flags[s, tile] == epoch; this rank sets peer_flags[i][tile] = epoch after storing
+  // each tile into outs[i]. epoch grows by one per call on the same (zero-initialized) flags, on every rank.
+  m.def("qcomm_reduce_broadcast_unpack(Tensor[] chunks, Tensor(a!)[] outs, Tensor[] gathered, Tensor flags, "
+        "Tensor(b!)[] peer_flags, int epoch, Tensor(c!) out, int chunk, int block, ScalarType dtype, "
+        "float post_scale, Tensor own, int rank) -> ()");
 }

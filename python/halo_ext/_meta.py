@@ -126,3 +126,9 @@ def _qcomm_pack_scatter_fake(x, outs, chunk, block, dtype, skip=-1):
 @register_fake("halo::qcomm_reduce_broadcast")
 def _qcomm_reduce_broadcast_fake(chunks, outs, block, dtype, post_scale=1.0, own=None, own_index=-1, deq=None):
     return None
+
+
+@register_fake("halo::qcomm_reduce_broadcast_unpack")
+def _qcomm_reduce_broadcast_unpack_fake(chunks, outs, gathered, flags, peer_flags, epoch, out, chunk, block, dtype,
+                                        post_scale, own, rank):
+    return None

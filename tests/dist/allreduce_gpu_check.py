@@ -19,7 +19,8 @@ import torch.distributed as dist  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import allreduce_checks as C  # noqa: E402
 import halo_ext  # noqa: E402
-from halo_ext.distributed import chunk_elems, pack, packed_chunk_bytes, reduce_chunks, unpack  # noqa: E402
+from halo_ext.distributed import (chunk_elems, pack, packed_chunk_bytes, reduce_chunks,  # noqa: E402
+                                  reload_settings, unpack)
 
 
 def check_kernels_vs_cpu(device) -> list:
@@ -169,6 +170,46 @@ def check_peer_streams(device) -> list:
     return fails
 
 
+def check_peer_back_to_back(device) -> list:
+    """Fused peer all_reduces queued back to back with no host sync (sizes from a few tiles to 64 MB, blocks 32..1024,
+    int8 and fp8, sum and avg; every call advances the flag epoch while the previous kernels may still run): each
+    equals the NCCL path bit for bit."""
+    fails = []
+    rank = dist.get_rank()
+    cases = [(1, 64, "int8", "sum"), (8192 * 3 + 17, 64, "int8", "sum"), (1 << 20, 32, "fp8", "avg"),
+             (32 << 20, 64, "int8", "sum"), (5 << 20, 1024, "int8", "avg"), (777777, 256, "fp8", "sum"),
+             (32 << 20, 128, "int8", "avg"), (3, 512, "int8", "sum")]
+    xs, refs = [], []
+    for i, (n, block, qd, op) in enumerate(cases):
+        g = torch.Generator(device=device).manual_seed(1000 + 31 * i + rank)
+        x = torch.randn(n, generator=g, device=device).to(torch.bfloat16)
+        refs.append(C.all_reduce(x.clone(), op=op, dtype=qd, block=block, path="nccl"))
+        xs.append(x)
+    torch.cuda.synchronize(device)
+    for rep in range(3):
+        ys = [x.clone() for x in xs]
+        for y, (n, block, qd, op) in zip(ys, cases):
+            C.all_reduce(y, op=op, dtype=qd, block=block, path="peer")
+        torch.cuda.synchronize(device)
+        for i, (y, r) in enumerate(zip(ys, refs)):
+            if not torch.equal(y, r):
+                fails.append(f"[peer back to back] rep {rep} case {cases[i]} differs from the NCCL path")
+    return fails
+
+
+def _unfused(fn):
+    """fn() with the peer path's reduce and unpack as two kernels and a barrier (HALO_AR_FUSED=0)."""
+    def run():
+        os.environ["HALO_AR_FUSED"] = "0"
+        reload_settings()
+        try:
+            return fn()
+        finally:
+            del os.environ["HALO_AR_FUSED"]
+            reload_settings()
+    return run
+
+
 def main() -> int:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     torch.cuda.set_device(local)
@@ -179,6 +220,9 @@ def main() -> int:
         ("kernels vs CPU reference", lambda: check_kernels_vs_cpu(device) if rank == 0 else []),
         ("all_reduce nccl+peer", lambda: C.check_all_reduce(device, paths=("nccl", "peer"))),
         ("peer path across streams", lambda: check_peer_streams(device)),
+        ("fused peer path back to back", lambda: check_peer_back_to_back(device)),
+        ("all_reduce peer, unfused", _unfused(lambda: C.check_all_reduce(device, paths=("peer",)))),
+        ("peer path across streams, unfused", _unfused(lambda: check_peer_streams(device))),
         ("auto fast path (below the threshold)", lambda: C.check_auto_fast_path(device)),
         ("reduce_scatter nccl+peer", lambda: C.check_reduce_scatter(device, paths=("nccl", "peer"))),
         ("hierarchical (fake nodes)", lambda: C.check_hierarchical(device, world // 2 if world >= 4 else 1)),

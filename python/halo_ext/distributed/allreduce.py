@@ -191,12 +191,13 @@ def error_bound(xs: List[torch.Tensor], y: torch.Tensor, world: int, block: int 
 # Settings
 # ---------------------------------------------------------------------------------------------------------------
 
-_ENV_KEYS = ("HALO_AR_PATH", "HALO_AR_FALLBACK_BYTES", "HALO_AR_PIECE_BYTES")
+_ENV_KEYS = ("HALO_AR_PATH", "HALO_AR_FALLBACK_BYTES", "HALO_AR_PIECE_BYTES", "HALO_AR_FUSED")
 _SETTINGS: Optional[Dict[str, Optional[str]]] = None
 
 
 def reload_settings() -> None:
-    """Re-reads the environment variables HALO_AR_PATH, HALO_AR_FALLBACK_BYTES and HALO_AR_PIECE_BYTES. They are
+    """Re-reads the environment variables HALO_AR_PATH, HALO_AR_FALLBACK_BYTES, HALO_AR_PIECE_BYTES and HALO_AR_FUSED
+    (0: the peer path runs reduce and unpack as two kernels with a barrier between, for A/B). They are
     read once, at the first call (an os.environ lookup costs microseconds, and small all-reduces are host-bound):
     call this after changing them, or the FALLBACK_BYTES table, inside a running process."""
     global _SETTINGS
@@ -367,15 +368,32 @@ def _all_on_this_host(group) -> bool:
     return _SAME_HOST[key]
 
 
-class _PeerWorkspace:
-    """A symmetric-memory uint8 buffer rendezvoused over the group, with views of every peer's copy."""
+#: Elements per flag tile of the fused reduce + unpack kernel (kQCommFlagTileElems in csrc/kernels/qcomm.h; the op
+#: checks that the flag arrays hold enough tiles).
+_FLAG_TILE_ELEMS = 8192
 
-    def __init__(self, group, nbytes: int, device: torch.device):
+
+def _flag_tiles(chunk: int, block: int) -> int:
+    return -(-_blocks(chunk, block) * block // _FLAG_TILE_ELEMS)
+
+
+class _PeerWorkspace:
+    """A symmetric-memory uint8 buffer rendezvoused over the group, with views of every peer's copy: nbytes of chunk
+    slots, then world rows of flag_tiles int32 flags (zeroed here; row s is set by rank s, one flag per tile of its
+    reduced chunk, to the call's epoch)."""
+
+    def __init__(self, group, nbytes: int, device: torch.device, flag_tiles: int = 0):
         import torch.distributed._symmetric_memory as symm_mem
 
-        self.nbytes = nbytes
-        self.buf = symm_mem.empty(nbytes, dtype=torch.uint8, device=device)
         g = group if group is not None else dist.group.WORLD
+        world = dist.get_world_size(g)
+        self.nbytes = nbytes
+        self.flag_tiles = flag_tiles
+        total = nbytes + world * flag_tiles * 4
+        self.buf = symm_mem.empty(total, dtype=torch.uint8, device=device)
+        if flag_tiles:
+            # ordered before any peer's flag store: those follow the barriers of the first all_reduce on it
+            self.buf[nbytes:].zero_()
         try:
             self.hdl = symm_mem.rendezvous(self.buf, g)
         except Exception:  # older releases: the group must be registered first (a no-op, deprecated, later)
@@ -385,9 +403,9 @@ class _PeerWorkspace:
             self.hdl = symm_mem.rendezvous(self.buf, g.group_name)
         self.world = self.hdl.world_size
         self.rank = self.hdl.rank
-        self.peers = [self.buf if p == self.rank else self.hdl.get_buffer(p, (nbytes,), torch.uint8)
+        self.peers = [self.buf if p == self.rank else self.hdl.get_buffer(p, (total,), torch.uint8)
                       for p in range(self.world)]
-
+        self.epoch = 0  # the last fused call's flag value, the same on every rank
         self._setup_slots()
 
     def _setup_slots(self):
@@ -395,10 +413,21 @@ class _PeerWorkspace:
         # G slots (all_reduce's reduced chunks) live in the upper half, at a fixed offset, A slots (incoming packed
         # chunks) from 0: an A write of one call never lands on G bytes a peer may still be unpacking from the last
         self.g_off = self.nbytes // 2 // 16 * 16
-        # stream on which the last use (an all_reduce) ended with a barrier after its last read of the A slots (every
-        # peer is done with them): the next all_reduce skips its leading barrier (None: first use, or after a
-        # reduce_scatter, whose reduce reads the A slots after its last barrier)
+        # stream on which the last use (an all_reduce) ended after every peer's last read of its A slots (a barrier,
+        # or the fused kernel, whose waits for every peer's last reduced tile follow that peer's last A reads): the
+        # next all_reduce skips its leading barrier (None: first use, or after a reduce_scatter, whose reduce reads
+        # the A slots after its last barrier)
         self.a_free_stream: Optional[int] = None
+        if self.flag_tiles:
+            w, r, f0, ft = self.world, self.rank, self.nbytes, self.flag_tiles
+            self.flags = self.buf[f0:f0 + w * ft * 4].view(torch.int32).view(w, ft)
+            # row r of every other rank's flags: where this rank signals its reduced tiles
+            self.peer_flags = [p[f0 + r * ft * 4:f0 + (r + 1) * ft * 4].view(torch.int32)
+                               for i, p in enumerate(self.peers) if i != r]
+
+    def next_epoch(self) -> int:
+        self.epoch = self.epoch + 1 if self.epoch < 0xFFFFFFFF else 1
+        return self.epoch
 
     def barrier(self):
         self.hdl.barrier(channel=0)
@@ -406,7 +435,7 @@ class _PeerWorkspace:
     def views(self, kind: str, cb: int) -> tuple:
         """Cached chunk views for packed chunks of cb bytes (host overhead per call: a dict lookup):
         (scatter targets peers[c][A slot rank], own A slots, broadcast targets peers[p][G slot rank] of the other
-        ranks p, own G slots of the ranks before / after this one)."""
+        ranks p, own G slots of the ranks before / after this one, all own G slots)."""
         key = (kind, cb)
         v = self._views.get(key)
         if v is None:
@@ -415,7 +444,7 @@ class _PeerWorkspace:
             g = [p[g0 + r * cb:g0 + (r + 1) * cb] for i, p in enumerate(self.peers) if i != r]
             own_g = list(self.buf[g0:g0 + w * cb].view(w, cb).unbind(0)) if kind == "ar" else []
             v = ([p[r * cb:(r + 1) * cb] for p in self.peers], list(self.buf[:w * cb].view(w, cb).unbind(0)), g,
-                 own_g[:r], own_g[r + 1:])
+                 own_g[:r], own_g[r + 1:], own_g)
             if len(self._views) > 64:  # many distinct sizes: keep the cache bounded
                 self._views.clear()
             self._views[key] = v
@@ -432,15 +461,18 @@ def _current_stream_id(x: torch.Tensor) -> int:
         return torch.cuda.current_stream(x.device).cuda_stream
 
 
-def _peer_workspace(group, nbytes: int, device: torch.device) -> "_PeerWorkspace":
+def _peer_workspace(group, nbytes: int, device: torch.device, flag_tiles: int = 0) -> "_PeerWorkspace":
     key = (_group_key(group), device.index if device.index is not None else torch.cuda.current_device())
     ws = _PEER_WS.get(key)
-    if ws is None or ws.nbytes < nbytes:  # every rank sees the same sizes, so all grow together (collective)
+    if ws is None or ws.nbytes < nbytes or ws.flag_tiles < flag_tiles:
+        # every rank sees the same sizes, so all grow together (collective)
         grow = max(nbytes, 2 * ws.nbytes if ws is not None else 0, 1 << 20)
         grow = (grow + 4095) // 4096 * 4096
+        tiles = max(flag_tiles, 2 * ws.flag_tiles if ws is not None else 0, 1024) if flag_tiles else (
+            ws.flag_tiles if ws is not None else 0)
         if ws is not None:
             _PEER_RETIRED.append(ws)
-        ws = _PeerWorkspace(group, grow, device)
+        ws = _PeerWorkspace(group, grow, device, tiles)
         _PEER_WS[key] = ws
     return ws
 
@@ -470,15 +502,16 @@ def _two_shot_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_s
     n = x.numel()
     chunk = chunk_elems(n, world, block)
     cb = packed_chunk_bytes(chunk, block)
-    ws = _peer_workspace(group, 2 * world * cb, x.device)
+    fused = _setting("HALO_AR_FUSED") != "0"
+    ws = _peer_workspace(group, 2 * world * cb, x.device, _flag_tiles(chunk, block) if fused else 0)
     rank = ws.rank
-    scatter_to, a_slots, bcast_to, g_before, g_after = ws.views("ar", cb)
+    scatter_to, a_slots, bcast_to, g_before, g_after, g_all = ws.views("ar", cb)
     stream = _current_stream_id(x)
-    # Leading barrier: every peer is done reading its A slots (last reduce). Not needed after an all_reduce: its last
-    # barrier came after every rank's reduce. The condition depends only on the sequence of collectives, the same on
-    # every rank, so all ranks issue the same number of barriers. If that all_reduce ran on another stream, this
-    # stream first waits for it (local order only). G writes (the reduce below) need no extra barrier: they follow
-    # the second barrier, which each peer passes only after its previous unpack (stream order).
+    # Leading barrier: every peer is done reading its A slots (last reduce). Not needed after an all_reduce on this
+    # workspace (see a_free_stream). The condition depends only on the sequence of collectives, the same on every
+    # rank, so all ranks issue the same number of barriers. If that all_reduce ran on another stream, this stream
+    # first waits for it (local order only). G writes (the reduce below) need no extra barrier: they follow the
+    # barrier after the pack, which each peer passes only after its previous unpack (stream order).
     if ws.a_free_stream is None:
         ws.barrier()
     elif ws.a_free_stream != stream:
@@ -487,6 +520,14 @@ def _two_shot_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_s
     torch.ops.halo.qcomm_pack_scatter(x, scatter_to, chunk, block, qd, rank)
     ws.barrier()  # all chunks arrived
     lo, hi = min(rank * chunk, n), min((rank + 1) * chunk, n)  # own part: ragged or empty at the end
+    if fused:
+        # reduce + broadcast + unpack in one kernel: each reduced tile is flagged in the peers, which dequantize it
+        # as soon as it arrived (no barrier, the unpack overlaps the reduce)
+        torch.ops.halo.qcomm_reduce_broadcast_unpack(a_slots, bcast_to, g_all, ws.flags, ws.peer_flags,
+                                                     ws.next_epoch(), out, chunk, block, qd, float(post_scale),
+                                                     x[lo:hi], rank)
+        ws.a_free_stream = stream
+        return
     torch.ops.halo.qcomm_reduce_broadcast(a_slots, bcast_to, block, qd, float(post_scale), x[lo:hi], rank,
                                           out[lo:hi])
     ws.barrier()  # all reduced chunks arrived (and every rank's reduce has read its A slots)
