@@ -6,6 +6,7 @@ Usage: python bench/hadamard_bench.py [--elements 134217728] [--dtype bf16]
 """
 import argparse
 import os
+import statistics
 import sys
 
 import torch
@@ -24,6 +25,10 @@ def main():
     ap.add_argument("--elements", type=int, default=128 * 1024 * 1024)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--dims", type=int, nargs="*", default=POW2 + NON_POW2)
+    ap.add_argument("--ab-env", default=None,
+                    help="A/B: also time hadamard with this environment variable set to 0 (a kernel switch read at "
+                         "launch, e.g. HALO_HAD_SHFL), interleaved with the default over 3 rounds; columns *_off")
+    ap.add_argument("--name", default="hadamard", help="results file bench/results/<name>.json")
     args = ap.parse_args()
     if not halo_ext.cuda_available():
         sys.exit("hadamard_bench: needs a CUDA GPU and a CUDA build of halo_ext")
@@ -39,7 +44,16 @@ def main():
         nbytes = 2 * x.numel() * x.element_size()
         t_clone = time_ms(lambda: x.clone())
         try:
-            t_halo = time_ms(lambda: halo_ext.hadamard(x))
+            if args.ab_env:
+                on, off = [], []
+                for _ in range(3):
+                    os.environ[args.ab_env] = "0"
+                    off.append(time_ms(lambda: halo_ext.hadamard(x)))
+                    del os.environ[args.ab_env]
+                    on.append(time_ms(lambda: halo_ext.hadamard(x)))
+                t_halo, t_off = statistics.median(on), statistics.median(off)
+            else:
+                t_halo = time_ms(lambda: halo_ext.hadamard(x))
         except RuntimeError as e:  # record the failure and go on with the other sizes
             print(f"dim {dim}: {e}")
             rows.append({"dim": dim, "rows": n_rows, "dtype": args.dtype, "error": str(e).splitlines()[0]})
@@ -48,14 +62,18 @@ def main():
                "halo_ms": t_halo, "clone_ms": t_clone,
                "halo_TBps": nbytes / t_halo / 1e9, "clone_TBps": nbytes / t_clone / 1e9}
         row["ratio"] = row["halo_TBps"] / row["clone_TBps"]
+        if args.ab_env:
+            row[f"{args.ab_env}=0_TBps"] = nbytes / t_off / 1e9
+            row["ratio_off"] = nbytes / t_off / 1e9 / row["clone_TBps"]
         if dao is not None and (dim & (dim - 1)) == 0:
             t_dao = time_ms(lambda: dao(x, dim ** -0.5))
             row["dao_TBps"] = nbytes / t_dao / 1e9
         rows.append(row)
         del x
         torch.cuda.empty_cache()
-    print_table(rows, ["dim", "m", "rows", "halo_TBps", "clone_TBps", "ratio", "dao_TBps"])
-    print("wrote", write_results("hadamard", rows, merge_key=("dim", "dtype")))
+    print_table(rows, ["dim", "m", "rows", "halo_TBps", "clone_TBps", "ratio", "dao_TBps"] +
+                (["ratio_off"] if args.ab_env else []))
+    print("wrote", write_results(args.name, rows, merge_key=("dim", "dtype")))
 
 
 if __name__ == "__main__":

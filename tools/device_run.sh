@@ -3,7 +3,8 @@
 # the kernels, the benchmarks and the main job; logs go into $OUT/logs.tgz, bench/results/ into $OUT/results.tgz
 # (both refreshed after every step, so a call cut short still returns what it did).
 # Usage (repo root, with the wheels of ../shared/tools/gpu-wheels.sh in .whl/):  bash tools/device_run.sh [steps]
-# Single-GPU steps: build test test-hadamard test-comm sanitize bench-hadamard bench-hadamard-old bench-quant bench-hq-pdl
+# Single-GPU steps: build test test-hadamard test-comm sanitize bench-hadamard bench-hadamard-old bench-hadamard-shfl
+#                   bench-quant bench-hq-pdl
 #                   bench-gemm bench-linear bench-linear-1b
 #                   bench-linear-fp8ch bench-linear-cfg1
 #                   bench-host finetune-bench finetune-acc test-linear test-gemm bench-linear-main gemm-probe
@@ -67,6 +68,9 @@ for step in $steps; do
       run_step bench-hadamard-old 16 env HALO_DENSE_REG=0 python3 bench/hadamard_bench.py \
         --dims 12288 5120 14336 28672 11008 13824 18944 10240 1792 3584 8960 ;;
     bench-hadamard) run_step bench-hadamard 24 python3 bench/hadamard_bench.py ;;
+    bench-hadamard-shfl)  # A/B at n = 128, 256 (512 for reference): shuffle kernel off (HALO_HAD_SHFL=0) / on, interleaved
+      run_step bench-hadamard-shfl 8 python3 bench/hadamard_bench.py --dims 128 256 512 --ab-env HALO_HAD_SHFL \
+        --name hadamard_shfl_ab ;;
     bench-quant) run_step bench-quant 34 python3 bench/quant_bench.py ;;
     bench-hq-pdl)  # A/B: hadamard_quantize with programmatic dependent launch off (HALO_PDL=0), then on again
       run_step bench-hq-pdl-off 14 env HALO_PDL=0 python3 bench/quant_bench.py --ops hadamard_quantize \
