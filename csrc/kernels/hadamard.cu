@@ -49,23 +49,24 @@ struct StoreEpilogue {
 };
 
 /*!
- * \brief Small power-of-two transforms (n = 2^P, P = 7 or 8; only n = 256 is routed here, see transform_typed) of
- * 16-bit rows in registers and warp shuffles, no shared memory: a group of n elements belongs to 16 lanes, lane l holding the K = n / 128 packets of 8 elements at
- * element offsets 8 l + 128 k (so each load and store instruction of a half-warp covers 256 contiguous bytes). The
- * butterflies of element bits 0-2 (inside a packet) and bit 7 (across a lane's packets) run in registers, those of
- * bits 3-6 with __shfl_xor_sync over the 16 lanes (v' = partner + sign * v, one FMA). A warp handles 2 groups a
- * step, U steps' loads issued before any arithmetic; the grid is persistent. Same epilogue order as pow2_kernel:
+ * \brief Small power-of-two transforms (n = 2^P, P = 7 or 8) of 16-bit rows in registers and warp shuffles, no shared
+ * memory: a group of n elements belongs to LG = n / 16 lanes (8 or 16), lane l holding 2 packets of 8 elements at
+ * element offsets 8 l and 8 l + 8 LG (so each load and store instruction of a lane group covers 16 LG contiguous
+ * bytes). The butterflies of element bits 0-2 (inside a packet) and bit log2(8 LG) (across a lane's two packets) run
+ * in registers, the other log2(LG) bits with __shfl_xor_sync inside the lane group (v' = partner + sign * v, one
+ * FMA). A warp handles 32 / LG groups a step, U steps' loads issued before any arithmetic; the grid is persistent. Same epilogue order as pow2_kernel:
  * pre-signs after the load, then scale and the post-signs before the store.
  */
 template <typename T, int P>
 struct ShflPlan {
   static_assert(sizeof(T) == 2 && (P == 7 || P == 8), "16-bit rows of 128 or 256");
   static constexpr int kN = 1 << P;
-  static constexpr int kK = kN / 128;     //!< packets per lane
-  static constexpr int kE = 8 * kK;       //!< elements per lane
-  static constexpr int kU = 2;            //!< warp steps in flight per thread
+  static constexpr int kLG = P == 7 ? 8 : 16;  //!< lanes per group
+  static constexpr int kK = kN / (8 * kLG);     //!< packets per lane (2)
+  static constexpr int kE = 8 * kK;             //!< elements per lane
+  static constexpr int kU = 2;                  //!< warp steps in flight per thread
   static constexpr int kThreads = 256;
-  static constexpr int kGroupsPerWarpStep = 2;
+  static constexpr int kGroupsPerWarpStep = 32 / kLG;
 };
 
 struct ShflParams {
@@ -82,33 +83,35 @@ struct ShflParams {
 template <typename T, int P>
 __global__ void __launch_bounds__(ShflPlan<T, P>::kThreads) shfl_kernel(const ShflParams p) {
   using Plan = ShflPlan<T, P>;
-  constexpr int K = Plan::kK, E = Plan::kE, U = Plan::kU;
-  const int lane = threadIdx.x & 31, sub = lane & 15;
+  constexpr int K = Plan::kK, E = Plan::kE, U = Plan::kU, LG = Plan::kLG, GW = Plan::kGroupsPerWarpStep;
+  constexpr int kStride = 8 * LG;  //!< elements between a lane's packets
+  const int lane = threadIdx.x & 31, sub = lane % LG;
   const uint32_t warp = (blockIdx.x * Plan::kThreads + threadIdx.x) / 32;
   const uint32_t warps = gridDim.x * Plan::kThreads / 32;
-  const uint32_t steps = (p.num_groups + 1) / 2;  // 2 groups a warp step
+  const uint32_t steps = (p.num_groups + GW - 1) / GW;  // GW groups a warp step
   for (uint32_t s0 = warp; s0 < steps; s0 += warps * U) {
     float v[U][E];
     uint32_t gr[U], gc[U];
     bool ok[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const uint32_t g = (s0 + u * warps) * 2 + (lane >> 4);
+      const uint32_t g = (s0 + u * warps) * GW + lane / LG;
       ok[u] = g < p.num_groups;
       p.gpr.divmod(ok[u] ? g : 0, gr[u], gc[u]);
       if (ok[u]) {
         const T* src = static_cast<const T*>(p.x) + int64_t(gr[u]) * p.x_stride + gc[u] * Plan::kN + 8 * sub;
 #pragma unroll
-        for (int k = 0; k < K; ++k) Vec<T>::unpack(ldg16(src + 128 * k), v[u] + 8 * k);
+        for (int k = 0; k < K; ++k) Vec<T>::unpack(ldg16(src + kStride * k), v[u] + 8 * k);
       }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (p.pre_signs != nullptr && ok[u]) {
 #pragma unroll
-        for (int k = 0; k < K; ++k) mul_signs<8>(p.pre_signs + gc[u] * Plan::kN + 8 * sub + 128 * k, v[u] + 8 * k);
+        for (int k = 0; k < K; ++k)
+          mul_signs<8>(p.pre_signs + gc[u] * Plan::kN + 8 * sub + kStride * k, v[u] + 8 * k);
       }
-      // element bits 0-2 and 7: registers (index i = 8 k + j for element 8 sub + 128 k + j)
+      // element bits 0-2 and log2(kStride): registers (index i = 8 k + j for element 8 sub + kStride k + j)
 #pragma unroll
       for (int h = 1; h < E; h <<= 1) {
 #pragma unroll
@@ -119,9 +122,9 @@ __global__ void __launch_bounds__(ShflPlan<T, P>::kThreads) shfl_kernel(const Sh
           v[u][i | h] = a - b;
         }
       }
-      // element bits 3-6: lane bits 0-3 (the shuffles stay inside each 16-lane half)
+      // the element bits 3.. of the lane: shuffles inside each aligned group of LG lanes
 #pragma unroll
-      for (int m = 1; m < 16; m <<= 1) {
+      for (int m = 1; m < LG; m <<= 1) {
         const float sg = (sub & m) ? -1.f : 1.f;
 #pragma unroll
         for (int i = 0; i < E; ++i) {
@@ -134,10 +137,10 @@ __global__ void __launch_bounds__(ShflPlan<T, P>::kThreads) shfl_kernel(const Sh
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         float* w = v[u] + 8 * k;
-        if (p.post_signs != nullptr) mul_signs<8>(p.post_signs + gc[u] * Plan::kN + 8 * sub + 128 * k, w);
+        if (p.post_signs != nullptr) mul_signs<8>(p.post_signs + gc[u] * Plan::kN + 8 * sub + kStride * k, w);
 #pragma unroll
         for (int j = 0; j < 8; ++j) w[j] *= p.scale;
-        stg16(dst + 128 * k, Vec<T>::pack(w));
+        stg16(dst + kStride * k, Vec<T>::pack(w));
       }
     }
   }
@@ -159,7 +162,8 @@ cudaError_t launch_shfl(const HadamardArgs& a, void* out, int64_t out_stride, cu
   p.scale = a.scale;
   p.pre_signs = a.signs_after ? nullptr : a.signs;
   p.post_signs = a.signs_after ? a.signs : nullptr;
-  const int64_t ctas = (int64_t(p.num_groups) + 2 * Plan::kThreads / 32 - 1) / (2 * Plan::kThreads / 32);
+  constexpr int64_t kGroupsPerCta = int64_t(Plan::kGroupsPerWarpStep) * Plan::kThreads / 32;
+  const int64_t ctas = (int64_t(p.num_groups) + kGroupsPerCta - 1) / kGroupsPerCta;
   auto kernel = shfl_kernel<T, P>;
   int grid = 0;
   HALO_RETURN_IF_ERROR(persistent_grid(kernel, Plan::kThreads, 0, ctas, &grid));
@@ -177,11 +181,11 @@ cudaError_t transform_typed(const HadamardArgs& a, int log2p, void* out, int64_t
   DenseRoute dense;
   if (a.dense_m > 1 && out_ok && dense_fast_ok<T>(a, log2p, &dense))
     return launch_dense<T, StoreEpilogue<T>>(a, log2p, dense, ep, 1 << 30, stream);
-  // n = 256 only: measured on H100 (bf16, 128M elements, x clone, interleaved A/B): 256 0.928 / 0.932 vs 0.897 /
-  // 0.904 with pow2_kernel; 128 0.893 vs 0.897 (U = 2) and 0.819 vs 0.906 (U = 4), so 128 stays on pow2_kernel
+  // measured on H100 (bf16, 128M elements, x clone, interleaved A/B, notes/hadamard_kernels.md): 128 0.931 vs 0.905
+  // with pow2_kernel, 256 0.928-0.932 vs 0.897-0.904
   if constexpr (sizeof(T) == 2) {
-    if (out_ok && log2p == 8 && pow2_fast_ok(a, sizeof(T)) && shfl_ok())
-      return launch_shfl<T, 8>(a, out, out_stride, stream);
+    if (out_ok && (log2p == 7 || log2p == 8) && pow2_fast_ok(a, sizeof(T)) && shfl_ok())
+      return log2p == 7 ? launch_shfl<T, 7>(a, out, out_stride, stream) : launch_shfl<T, 8>(a, out, out_stride, stream);
   }
   if (out_ok && pow2_fast_ok(a, sizeof(T))) {
     return dispatch_log2(log2p, [&](auto P) {
