@@ -572,10 +572,7 @@ cudaError_t qcomm_reduce_broadcast_unpack(const QCommChunks& in, int64_t nb, int
     return cudaErrorInvalidValue;
   const int64_t tiles = qcomm_flag_tiles(nb, block);
   if (tiles == 0) return cudaSuccess;
-  int dev = 0, sms = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if (err != cudaSuccess) return err;
+  cudaError_t err = cudaSuccess;
   bool ok_q = true, ok_e = true;
   const bool ok_t = dispatch_t(g.t, [&](auto tv) {
     using T = decltype(tv);
@@ -592,18 +589,15 @@ cudaError_t qcomm_reduce_broadcast_unpack(const QCommChunks& in, int64_t nb, int
         constexpr int EU = B / 32 > kUnpackLaneElems ? B / 32 : kUnpackLaneElems, LU = B / EU;
         auto kernel = reduce_unpack_kernel<T, decltype(qv)::value, E, L, EU, LU>;
         // a persistent grid: every CTA resident at once (the CTAs wait for each other's peers)
-        static const int per_sm = [&] {
-          int o = 0;
-          if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, kernel, kThreadsQ, 0) != cudaSuccess) o = 1;
-          return o < 1 ? 1 : o;
-        }();
-        const int64_t grid = std::min<int64_t>(tiles, int64_t(per_sm) * sms);
-        kernel<<<static_cast<unsigned>(grid), kThreadsQ, 0, stream>>>(in, nb, post_scale, outs, own, own_vec, deq,
-                                                                      deq_vec, g, out_vec);
+        int grid = 0;
+        err = persistent_grid(kernel, kThreadsQ, 0, tiles, &grid);
+        if (err == cudaSuccess)
+          kernel<<<grid, kThreadsQ, 0, stream>>>(in, nb, post_scale, outs, own, own_vec, deq, deq_vec, g, out_vec);
       });
     });
   });
   if (!(ok_t && ok_q && ok_e)) return cudaErrorInvalidValue;
+  if (err != cudaSuccess) return err;
   return cudaGetLastError();
 }
 
