@@ -12,8 +12,9 @@
 #                   ncu-ey (Nsight Compute on ey_quantize's two passes at 8192 x 14336, tools/ncu_probe.py)
 #                   ncu-dense (Nsight Compute on the dense-factor Hadamard kernels, tools/prof_dense.py)
 #                   host-profile (host time per layer call and its split by op, tools/host_profile.py)
-# Multi-GPU steps (torchrun over all visible GPUs): dist-test bench-allreduce bench-fsdp bench-fsdp-perf (no loss
-#                   curves) ar-trace (all-reduce time breakdown and kernel timelines, tools/ar_trace.py)
+# Multi-GPU steps (torchrun over all visible GPUs): dist-test bench-allreduce (args: $BENCH_AR_ARGS) bench-fsdp
+#                   bench-fsdp-perf (no loss curves) ar-trace (all-reduce time breakdown and kernel timelines,
+#                   tools/ar_trace.py; args: $AR_TRACE_ARGS) ar-host-probe (host cost of small all-reduces)
 # Default: build test sanitize bench-hadamard bench-quant bench-gemm.
 # Each step's log is $LOGS/<step>.log; a failing step is reported and the next one still runs.
 set -uo pipefail
@@ -126,7 +127,10 @@ for step in $steps; do
       cp /tmp/halo_ft/*.png "$OUT/" 2>/dev/null ;;
     dist-test)
       run_step dist-test 40 torchrun --nproc_per_node="$NGPU" tests/dist/allreduce_gpu_check.py ;;
-    bench-allreduce) run_step bench-allreduce 50 torchrun --nproc_per_node="$NGPU" bench/allreduce_bench.py ;;
+    bench-allreduce) run_step bench-allreduce 50 torchrun --nproc_per_node="$NGPU" bench/allreduce_bench.py \
+      ${BENCH_AR_ARGS:-} ;;
+    ar-host-probe)  # host cost of the small-message paths (tools/ar_host_probe.py)
+      run_step ar-host-probe 40 torchrun --nproc_per_node="$NGPU" tools/ar_host_probe.py ;;
     bench-fsdp) run_step bench-fsdp 40 torchrun --nproc_per_node="$NGPU" bench/fsdp_bench.py ;;
     bench-fsdp-perf) run_step bench-fsdp-perf 20 torchrun --nproc_per_node="$NGPU" bench/fsdp_bench.py --loss-steps 0 ;;
     ar-trace) run_step ar-trace 400 torchrun --nproc_per_node="$NGPU" tools/ar_trace.py --out "$OUT" \
