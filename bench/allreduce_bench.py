@@ -130,6 +130,9 @@ def main():
             ag(gath, mine)
 
         t_tr = measure(transport)
+        t_tr_ag = None
+        if world == 2:  # the transport the NCCL path runs at two ranks: two all-gathers (the exchange is one)
+            t_tr_ag = measure(lambda: (ag(recv, send[:cb]), ag(gath, mine)))
         del send, recv, gath, mine
         per_size[mb] = {}
         for qd in args.dtypes:
@@ -150,7 +153,8 @@ def main():
                     rows.append({"world": world, "MB": mb, "dtype": qd, "path": path, "block": block, "halo_ms": t,
                                  "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr, "relerr": err,
                                  "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
-                                 "frac_of_transport_ceiling": (t_tr / t) if path == "nccl" and t == t else None})
+                                 "frac_of_transport_ceiling": (t_tr / t) if path == "nccl" and t == t else None,
+                                 "nccl_transport_2ag_ms": t_tr_ag})
         if peer_ok and mb in args.sweep_mb:
             for le in args.sweep_lane_elems:
                 for block in sorted({DEFAULT_BLOCK, 64, 128, 256}):

@@ -29,16 +29,17 @@ element rather than per block.
 
 Paths (``path=`` or the environment variable ``HALO_AR_PATH``: ``auto`` | ``nccl`` | ``peer`` | ``fallback``):
 
-- ``nccl``: ``all_to_all_single`` + ``all_gather_into_tensor`` of uint8 buffers through the process group (NCCL,
-  Gloo, anything). Messages larger than ``HALO_AR_PIECE_BYTES`` (default 128 MiB of input) are split into
+- ``nccl``: ``all_to_all_single`` (at two ranks an all-gather of the peer's chunk: the same bytes) +
+  ``all_gather_into_tensor`` of uint8 buffers through the process group (NCCL, Gloo, anything). Messages larger than ``HALO_AR_PIECE_BYTES`` (default 128 MiB of input) are split into
   pieces that are software-pipelined: every collective is issued with ``async_op=True`` and waited by stream dependency
   (``work.wait()``, no host synchronization), so the quantize/reduce/dequantize kernels of one piece overlap the
   transport of others on the process group's communication stream.
 - ``peer``: the same algorithm over peer (NVLink) memory, a ``torch.distributed._symmetric_memory`` workspace:
   the pack kernel quantizes and stores every chunk straight into its owner's buffer, device-side barrier (signal
   pads, acquire/release; no multicast), the fused dequantize-sum-requantize kernel stores the reduced chunk into
-  every peer's buffer and its dequantized values into the owner's own part of the result, barrier, every rank
-  dequantizes the other ranks' reduced chunks from its local buffer. Chosen by
+  every peer's buffer and its dequantized values into the owner's own part of the result and, in the same kernel,
+  every rank dequantizes the other ranks' reduced chunks from its local buffer tile by tile as their flags arrive
+  (``HALO_AR_FUSED=0``: a barrier and a separate unpack kernel instead). Chosen by
   ``auto`` when every rank of the group is on this host, the tensor is on CUDA and symmetric memory works.
 - ``fallback``: plain ``dist.all_reduce`` (used by ``auto`` below the per-world-size threshold
   ``FALLBACK_BYTES`` / ``HALO_AR_FALLBACK_BYTES``, where the quantization cannot pay off).
@@ -317,6 +318,15 @@ def _run_async(fn, tensors, result: torch.Tensor) -> "_Done":
 # NCCL / process-group path
 # ---------------------------------------------------------------------------------------------------------------
 
+def _exchange(recv: torch.Tensor, send: torch.Tensor, group, world: int, rank: int, async_op: bool = False):
+    """The all-to-all of packed chunks ([world, cb] uint8): recv[s] = rank s's send[rank] for s != rank (recv[rank]
+    is not used). At two ranks that is one all-gather of the peer's chunk (the same bytes on the wire; an all-gather
+    costs less host time than c10d's all_to_all, which issues a send and a receive per rank, itself included)."""
+    if world == 2:
+        return _all_gather_flat(recv.view(-1), send[1 - rank], group, async_op=async_op)
+    return dist.all_to_all_single(recv, send, group=group, async_op=async_op)
+
+
 def _two_shot_pg(x: torch.Tensor, out: torch.Tensor, group, world: int, post_scale: float, qd, block: int,
                  piece_elems: int) -> None:
     """x, out: flat contiguous (may alias: out is written only in phase 3, after every reduce has read x).
@@ -333,7 +343,7 @@ def _two_shot_pg(x: torch.Tensor, out: torch.Tensor, group, world: int, post_sca
         chunk = chunk_elems(m, world, block)
         send = pack(x[s:s + m], world, chunk, block, qd, skip=rank)
         recv = torch.empty_like(send)
-        w = dist.all_to_all_single(recv, send, group=group, async_op=True)
+        w = _exchange(recv, send, group, world, rank, async_op=True)
         staged.append((s, m, chunk, send, recv, w))
     gathered = []
     for s, m, chunk, send, recv, w in staged:  # phase 2: reduce own chunk + all-gather
@@ -797,7 +807,7 @@ def reduce_scatter(output: torch.Tensor, input: torch.Tensor, op="sum", group=No
             rank = dist.get_rank(group)
             send = pack(x, world, S, block, qd, skip=rank)  # own slot unfilled: sent to itself, never read
             recv = torch.empty_like(send)
-            dist.all_to_all_single(recv, send, group=group)
+            _exchange(recv, send, group, world, rank)
             reduce_chunks(list(recv.unbind(0)), dst, block, qd, post, own=x[rank * S:(rank + 1) * S], own_index=rank)
     if not output.is_contiguous():
         output.copy_(dst.view(output.shape))
