@@ -170,6 +170,21 @@ def main():
                                  "halo_ms": t, "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr, "relerr": err,
                                  "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
                                  "frac_of_transport_ceiling": None})
+        if not smoke:  # the NCCL path as a replayed CUDA graph (HALO_AR_GRAPH=1)
+            os.environ["HALO_AR_GRAPH"] = "1"
+            reload_settings()
+            try:
+                out = torch.empty_like(x)
+                all_reduce(x, out=out, path="nccl")
+                err = _relerr(out, ref)
+                t = measure(lambda: all_reduce(x, out=out, path="nccl"))
+            finally:
+                del os.environ["HALO_AR_GRAPH"]
+                reload_settings()
+            rows.append({"world": world, "MB": mb, "dtype": "int8", "path": "nccl:graph", "block": DEFAULT_BLOCK,
+                         "halo_ms": t, "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr, "relerr": err,
+                         "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
+                         "frac_of_transport_ceiling": t_tr / t if t == t else None, "nccl_transport_2ag_ms": t_tr_ag})
         if peer_ok and mb in args.sweep_mb:  # A/B: reduce and unpack as two kernels with a barrier between
             os.environ["HALO_AR_FUSED"] = "0"
             reload_settings()

@@ -134,6 +134,7 @@ def main():
             "copy+nccl_bf16": lambda: (out.copy_(x), dist.all_reduce(out)),
             "halo_fallback": lambda: all_reduce(x, out=out, path="fallback"),
             "halo_nccl": lambda: all_reduce(x, out=out, path="nccl"),
+            "halo_nccl_graph": lambda: _with_env("HALO_AR_GRAPH", "1", lambda: all_reduce(x, out=out, path="nccl")),
             "halo_peer": lambda: all_reduce(x, out=out, path="peer"),
             "halo_peer_inplace": lambda: all_reduce(buf2, path="peer"),
             "halo_peer_unfused": lambda: _with_env("HALO_AR_FUSED", "0", lambda: all_reduce(x, out=out, path="peer")),

@@ -197,6 +197,41 @@ def check_peer_back_to_back(device) -> list:
     return fails
 
 
+def check_nccl_graph(device) -> list:
+    """The NCCL path replayed as a CUDA graph (HALO_AR_GRAPH=1) equals the eager NCCL path bit for bit: first call
+    (eager + capture), replays, a second output buffer (a new key), several pipeline pieces in one graph."""
+    fails = []
+    rank = dist.get_rank()
+    cases = [((1 << 20) + 3, 64, "int8", "sum", None), (3 << 20, 256, "fp8", "avg", None),
+             (6 << 20, 64, "int8", "sum", str(4 << 20))]  # 12 MB of bf16 in 4 MiB pieces: 3 pieces
+    for i, (n, block, qd, op, piece) in enumerate(cases):
+        g = torch.Generator(device=device).manual_seed(500 + 7 * i + rank)
+        x = torch.randn(n, generator=g, device=device).to(torch.bfloat16)
+        if piece:
+            os.environ["HALO_AR_PIECE_BYTES"] = piece
+        reload_settings()
+        try:
+            ref = C.all_reduce(x.clone(), op=op, dtype=qd, block=block, path="nccl")
+            os.environ["HALO_AR_GRAPH"] = "1"
+            reload_settings()
+            outs = [torch.empty_like(x), torch.empty_like(x)]
+            for rep in range(5):
+                out = outs[0] if rep != 3 else outs[1]
+                out.fill_(float("nan"))
+                C.all_reduce(x, op=op, dtype=qd, block=block, out=out, path="nccl")
+                torch.cuda.synchronize(device)
+                if not torch.equal(out, ref):
+                    fails.append(f"[nccl graph] case {i} call {rep} differs from the eager NCCL path")
+        finally:
+            for k in ("HALO_AR_GRAPH", "HALO_AR_PIECE_BYTES"):
+                os.environ.pop(k, None)
+            reload_settings()
+    from halo_ext.distributed import allreduce as A
+    if A._GRAPH_BROKEN:
+        fails.append(f"[nccl graph] capture failed, eager fallback: {A._GRAPH_BROKEN}")
+    return fails
+
+
 def _unfused(fn):
     """fn() with the peer path's reduce and unpack as two kernels and a barrier (HALO_AR_FUSED=0)."""
     def run():
@@ -222,6 +257,7 @@ def main() -> int:
         ("peer path across streams", lambda: check_peer_streams(device)),
         ("fused peer path back to back", lambda: check_peer_back_to_back(device)),
         ("all_reduce peer, unfused", _unfused(lambda: C.check_all_reduce(device, paths=("peer",)))),
+        ("NCCL path as a CUDA graph", lambda: check_nccl_graph(device)),
         ("peer path across streams, unfused", _unfused(lambda: check_peer_streams(device))),
         ("auto fast path (below the threshold)", lambda: C.check_auto_fast_path(device)),
         ("reduce_scatter nccl+peer", lambda: C.check_reduce_scatter(device, paths=("nccl", "peer"))),
