@@ -443,8 +443,10 @@ class _PeerWorkspace:
         total = nbytes + world * flag_tiles * 4
         self.buf = symm_mem.empty(total, dtype=torch.uint8, device=device)
         if flag_tiles:
-            # ordered before any peer's flag store: those follow the barriers of the first all_reduce on it
+            # finished before any peer can store a flag here (those follow a barrier this rank joins later, maybe on
+            # another stream): a host sync, once per workspace
             self.buf[nbytes:].zero_()
+            torch.cuda.current_stream(device).synchronize()
         try:
             self.hdl = symm_mem.rendezvous(self.buf, g)
         except Exception:  # older releases: the group must be registered first (a no-op, deprecated, later)
