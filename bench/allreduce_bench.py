@@ -185,21 +185,23 @@ def main():
                          "halo_ms": t, "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr, "relerr": err,
                          "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
                          "frac_of_transport_ceiling": t_tr / t if t == t else None, "nccl_transport_2ag_ms": t_tr_ag})
-        if peer_ok and mb in args.sweep_mb:  # A/B: reduce and unpack as two kernels with a barrier between
-            os.environ["HALO_AR_FUSED"] = "0"
-            reload_settings()
-            try:
-                out = torch.empty_like(x)
-                all_reduce(x, out=out, path="peer")
-                err = _relerr(out, ref)
-                t = measure(lambda: all_reduce(x, out=out, path="peer"))
-            finally:
-                del os.environ["HALO_AR_FUSED"]
+        if peer_ok and mb in args.sweep_mb:  # A/B: reduce + unpack fused (per-tile flags) or two kernels + barrier
+            for fused in ("1", "0"):
+                os.environ["HALO_AR_FUSED"] = fused
                 reload_settings()
-            rows.append({"world": world, "MB": mb, "dtype": "int8", "path": "peer:unfused", "block": DEFAULT_BLOCK,
-                         "halo_ms": t, "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr, "relerr": err,
-                         "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
-                         "frac_of_transport_ceiling": None})
+                try:
+                    out = torch.empty_like(x)
+                    all_reduce(x, out=out, path="peer")
+                    err = _relerr(out, ref)
+                    t = measure(lambda: all_reduce(x, out=out, path="peer"))
+                finally:
+                    del os.environ["HALO_AR_FUSED"]
+                    reload_settings()
+                rows.append({"world": world, "MB": mb, "dtype": "int8",
+                             "path": "peer:fused" if fused == "1" else "peer:unfused", "block": DEFAULT_BLOCK,
+                             "halo_ms": t, "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr, "relerr": err,
+                             "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
+                             "frac_of_transport_ceiling": None})
         if mb in (256, 1024) or smoke:
             for pmb in args.sweep_piece_mb:
                 os.environ["HALO_AR_PIECE_BYTES"] = str(int(pmb * (1 << 20)))

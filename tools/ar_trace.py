@@ -137,7 +137,7 @@ def main():
             "halo_nccl_graph": lambda: _with_env("HALO_AR_GRAPH", "1", lambda: all_reduce(x, out=out, path="nccl")),
             "halo_peer": lambda: all_reduce(x, out=out, path="peer"),
             "halo_peer_inplace": lambda: all_reduce(buf2, path="peer"),
-            "halo_peer_unfused": lambda: _with_env("HALO_AR_FUSED", "0", lambda: all_reduce(x, out=out, path="peer")),
+            "halo_peer_fused": lambda: _with_env("HALO_AR_FUSED", "1", lambda: all_reduce(x, out=out, path="peer")),
             "halo_auto_inplace": lambda: all_reduce(buf2),
             "halo_peer_b256": lambda: all_reduce(x, out=out, path="peer", block=256),
             "halo_peer_lane8": lambda: _with_env("HALO_QCOMM_LANE_ELEMS", "8",

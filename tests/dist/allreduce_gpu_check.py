@@ -171,9 +171,9 @@ def check_peer_streams(device) -> list:
 
 
 def check_peer_back_to_back(device) -> list:
-    """Fused peer all_reduces queued back to back with no host sync (sizes from a few tiles to 64 MB, blocks 32..1024,
-    int8 and fp8, sum and avg; every call advances the flag epoch while the previous kernels may still run): each
-    equals the NCCL path bit for bit."""
+    """Peer all_reduces queued back to back with no host sync (sizes from a few tiles to 64 MB, blocks 32..1024,
+    int8 and fp8, sum and avg; fused: every call advances the flag epoch while the previous kernels may still run):
+    each equals the NCCL path bit for bit."""
     fails = []
     rank = dist.get_rank()
     cases = [(1, 64, "int8", "sum"), (8192 * 3 + 17, 64, "int8", "sum"), (1 << 20, 32, "fp8", "avg"),
@@ -232,10 +232,10 @@ def check_nccl_graph(device) -> list:
     return fails
 
 
-def _unfused(fn):
-    """fn() with the peer path's reduce and unpack as two kernels and a barrier (HALO_AR_FUSED=0)."""
+def _fused(fn):
+    """fn() with the peer path's reduce and unpack as one kernel with per-tile flags (HALO_AR_FUSED=1)."""
     def run():
-        os.environ["HALO_AR_FUSED"] = "0"
+        os.environ["HALO_AR_FUSED"] = "1"
         reload_settings()
         try:
             return fn()
@@ -255,10 +255,11 @@ def main() -> int:
         ("kernels vs CPU reference", lambda: check_kernels_vs_cpu(device) if rank == 0 else []),
         ("all_reduce nccl+peer", lambda: C.check_all_reduce(device, paths=("nccl", "peer"))),
         ("peer path across streams", lambda: check_peer_streams(device)),
-        ("fused peer path back to back", lambda: check_peer_back_to_back(device)),
-        ("all_reduce peer, unfused", _unfused(lambda: C.check_all_reduce(device, paths=("peer",)))),
+        ("peer path back to back", lambda: check_peer_back_to_back(device)),
+        ("all_reduce peer, fused", _fused(lambda: C.check_all_reduce(device, paths=("peer",)))),
+        ("peer path across streams, fused", _fused(lambda: check_peer_streams(device))),
+        ("peer path back to back, fused", _fused(lambda: check_peer_back_to_back(device))),
         ("NCCL path as a CUDA graph", lambda: check_nccl_graph(device)),
-        ("peer path across streams, unfused", _unfused(lambda: check_peer_streams(device))),
         ("auto fast path (below the threshold)", lambda: C.check_auto_fast_path(device)),
         ("reduce_scatter nccl+peer", lambda: C.check_reduce_scatter(device, paths=("nccl", "peer"))),
         ("hierarchical (fake nodes)", lambda: C.check_hierarchical(device, world // 2 if world >= 4 else 1)),

@@ -38,8 +38,8 @@ Paths (``path=`` or the environment variable ``HALO_AR_PATH``: ``auto`` | ``nccl
   the pack kernel quantizes and stores every chunk straight into its owner's buffer, device-side barrier (signal
   pads, acquire/release; no multicast), the fused dequantize-sum-requantize kernel stores the reduced chunk into
   every peer's buffer and its dequantized values into the owner's own part of the result and, in the same kernel,
-  every rank dequantizes the other ranks' reduced chunks from its local buffer tile by tile as their flags arrive
-  (``HALO_AR_FUSED=0``: a barrier and a separate unpack kernel instead). Chosen by
+  (``HALO_AR_FUSED=1``) every rank dequantizes the other ranks' reduced chunks from its local buffer tile by tile as
+  their flags arrive; by default a barrier and a separate unpack kernel instead. Chosen by
   ``auto`` when every rank of the group is on this host, the tensor is on CUDA and symmetric memory works.
 - ``fallback``: plain ``dist.all_reduce`` (used by ``auto`` below the per-world-size threshold
   ``FALLBACK_BYTES`` / ``HALO_AR_FALLBACK_BYTES``, where the quantization cannot pay off).
@@ -199,7 +199,8 @@ _SETTINGS: Optional[Dict[str, Optional[str]]] = None
 
 def reload_settings() -> None:
     """Re-reads the environment variables HALO_AR_PATH, HALO_AR_FALLBACK_BYTES, HALO_AR_PIECE_BYTES, HALO_AR_FUSED
-    (0: the peer path runs reduce and unpack as two kernels with a barrier between, for A/B) and HALO_AR_GRAPH (1:
+    (1: the peer path runs reduce and unpack as one kernel with per-tile flags instead of two kernels with a barrier
+    between) and HALO_AR_GRAPH (1:
     the NCCL path on CUDA replays a CUDA graph of its kernels and collectives, see _two_shot_pg_graph). They are
     read once, at the first call (an os.environ lookup costs microseconds, and small all-reduces are host-bound):
     call this after changing them, or the FALLBACK_BYTES table, inside a running process."""
@@ -555,7 +556,7 @@ def _two_shot_peer(x: torch.Tensor, out: torch.Tensor, group, world: int, post_s
     n = x.numel()
     chunk = chunk_elems(n, world, block)
     cb = packed_chunk_bytes(chunk, block)
-    fused = _setting("HALO_AR_FUSED") != "0"
+    fused = _setting("HALO_AR_FUSED") == "1"  # opt-in until measured on a multi-GPU machine (notes/allreduce.md)
     ws = _peer_workspace(group, 2 * world * cb, x.device, _flag_tiles(chunk, block) if fused else 0)
     rank = ws.rank
     scatter_to, a_slots, bcast_to, g_before, g_after, g_all = ws.views("ar", cb)
