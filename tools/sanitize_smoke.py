@@ -6,11 +6,14 @@ import halo_ext
 
 torch.manual_seed(0)
 dev = "cuda"
-for n in [2, 16, 128, 1024, 4096, 32768, 12 * 8, 28 * 512, 344 * 32, 28 * 64, 148 * 128, 12 * 1024, 12 * 2048]:
+for n in [2, 16, 128, 256, 1024, 4096, 32768, 12 * 8, 28 * 512, 344 * 32, 28 * 64, 148 * 128, 12 * 1024, 12 * 2048]:
     for dtype in (torch.bfloat16, torch.float32):
         x = torch.randn(5, n, device=dev, dtype=dtype)
         halo_ext.hadamard(x)
         halo_ext.hadamard(x, signs=torch.ones(n, device=dev), transpose=True)
+# the shuffle kernel (16-bit rows of 128 / 256) with strided rows and several groups a row
+halo_ext.hadamard(torch.randn(9, 1024, device=dev, dtype=torch.float16)[:, :768], block=256)
+halo_ext.hadamard(torch.randn(37, 384, device=dev, dtype=torch.bfloat16), block=128, signs=torch.ones(384, device=dev))
 # dense tensor-core kernels with more tiles per CTA than staging buffers (the ring of buffers wraps)
 halo_ext.hadamard(torch.randn(1100, 344 * 32, device=dev, dtype=torch.bfloat16), signs=torch.ones(344 * 32, device=dev))
 base = torch.randn(7, 2 * 512, device=dev, dtype=torch.bfloat16)
@@ -66,6 +69,19 @@ for le in ("8", "16"):
                 torch.ops.halo.qcomm_reduce_broadcast([p[r] for p in ps], outs, block, torch.int8, 1.0, xs[r][lo:hi],
                                                       r, torch.empty(hi - lo, device=dev, dtype=xdt))
             unpack(list(ps[0].unbind(0)), torch.empty(n, device=dev, dtype=xdt), chunk, block, "int8")
+    # the fused reduce + broadcast + unpack as rank 0 of 2, the peer's chunk and flags already in place (one GPU)
+    for block, n in ((64, 40000), (1024, 3 * 8192 + 5)):
+        chunk = chunk_elems(n, 2, block)
+        xs = [torch.randn(n, device=dev, dtype=torch.bfloat16) for _ in range(2)]
+        ps = [pack(x, 2, chunk, block) for x in xs]
+        cb = ps[0].shape[1]
+        tiles = -(-(cb // (block + 4)) * block // 8192)
+        flags = torch.zeros(2, tiles, dtype=torch.int32, device=dev)
+        flags[1] = 3
+        torch.ops.halo.qcomm_reduce_broadcast_unpack(
+            [ps[0][0], ps[1][0]], [torch.empty(cb, dtype=torch.uint8, device=dev)], [ps[0][0], ps[1][1]], flags,
+            [torch.zeros(tiles, dtype=torch.int32, device=dev)], 3, torch.empty(n, device=dev, dtype=torch.bfloat16),
+            chunk, block, torch.int8, 1.0, xs[0][:chunk], 0)
 os.environ.pop("HALO_QCOMM_LANE_ELEMS")
 torch.cuda.synchronize()
 print("sanitize smoke: all kernels ran")
