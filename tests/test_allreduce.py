@@ -202,7 +202,8 @@ def test_reduce_broadcast_unpack_rank0_of_2(n, block, out_dtype, device):
     args = dict(chunks=chunks, outs=outs, gathered=gathered, flags=flags, peer_flags=peer_flags, epoch=epoch, out=out,
                 chunk=chunk, block=block, dtype=torch.int8, post_scale=1.0, own=own, rank=rank)
     for bad, match in [(dict(epoch=0), "epoch"), (dict(flags=flags.float()), "int32"),
-                       (dict(flags=flags[:, :max(tiles - 1, 0)].contiguous()), "flag tiles"), (dict(own=own[:-1]), "own"),
+                       (dict(flags=flags[:, :max(tiles - 1, 0)].contiguous()), "flag tiles"),
+                       (dict(own=own[:-1]), "own"),
                        (dict(rank=2), "rank"), (dict(outs=[]), "len"), (dict(gathered=gathered[:1]), "len")]:
         with pytest.raises(ValueError, match=match):
             torch.ops.halo.qcomm_reduce_broadcast_unpack(**{**args, **bad})

@@ -30,10 +30,11 @@ element rather than per block.
 Paths (``path=`` or the environment variable ``HALO_AR_PATH``: ``auto`` | ``nccl`` | ``peer`` | ``fallback``):
 
 - ``nccl``: ``all_to_all_single`` (at two ranks an all-gather of the peer's chunk: the same bytes) +
-  ``all_gather_into_tensor`` of uint8 buffers through the process group (NCCL, Gloo, anything). Messages larger than ``HALO_AR_PIECE_BYTES`` (default 128 MiB of input) are split into
-  pieces that are software-pipelined: every collective is issued with ``async_op=True`` and waited by stream dependency
-  (``work.wait()``, no host synchronization), so the quantize/reduce/dequantize kernels of one piece overlap the
-  transport of others on the process group's communication stream.
+  ``all_gather_into_tensor`` of uint8 buffers through the process group (NCCL, Gloo, anything). Messages larger
+  than ``HALO_AR_PIECE_BYTES`` (default 128 MiB of input) are split into pieces that are software-pipelined:
+  every collective is issued with ``async_op=True`` and waited by stream dependency (``work.wait()``, no host
+  synchronization), so the quantize/reduce/dequantize kernels of one piece overlap the transport of others on the
+  process group's communication stream. ``HALO_AR_GRAPH=1``: the pipeline is replayed as a CUDA graph.
 - ``peer``: the same algorithm over peer (NVLink) memory, a ``torch.distributed._symmetric_memory`` workspace:
   the pack kernel quantizes and stores every chunk straight into its owner's buffer, device-side barrier (signal
   pads, acquire/release; no multicast), the fused dequantize-sum-requantize kernel stores the reduced chunk into
@@ -200,10 +201,10 @@ _SETTINGS: Optional[Dict[str, Optional[str]]] = None
 def reload_settings() -> None:
     """Re-reads the environment variables HALO_AR_PATH, HALO_AR_FALLBACK_BYTES, HALO_AR_PIECE_BYTES, HALO_AR_FUSED
     (1: the peer path runs reduce and unpack as one kernel with per-tile flags instead of two kernels with a barrier
-    between) and HALO_AR_GRAPH (1:
-    the NCCL path on CUDA replays a CUDA graph of its kernels and collectives, see _two_shot_pg_graph). They are
-    read once, at the first call (an os.environ lookup costs microseconds, and small all-reduces are host-bound):
-    call this after changing them, or the FALLBACK_BYTES table, inside a running process."""
+    between) and HALO_AR_GRAPH (1: the NCCL path on CUDA replays a CUDA graph of its kernels and collectives, see
+    _two_shot_pg_graph). They are read once, at the first call (an os.environ lookup costs microseconds, and small
+    all-reduces are host-bound): call this after changing them, or the FALLBACK_BYTES table, inside a running
+    process."""
     global _SETTINGS
     _SETTINGS = {k: os.environ.get(k) for k in _ENV_KEYS}
     _FALLBACK_CACHE.clear()
