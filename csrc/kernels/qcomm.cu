@@ -358,7 +358,10 @@ __device__ __forceinline__ uint32_t ld_acquire_sys(const uint32_t* p) {
  * \brief qcomm_reduce_broadcast_unpack: a persistent grid over the flag tiles of the chunk (kQCommFlagTileElems
  * elements each, tile t to CTA t mod grid). Step t of a CTA reduces tile t (as reduce_kernel, stores to every peer's
  * gather slot, its own values to out), makes the stores visible system-wide and sets the tile's flag in every
- * peer; then it dequantizes tile t - grid of every other rank, waiting for that rank's flag first. A CTA never
+ * peer (one system-scope fence per signalling thread after a CTA barrier, not one per thread); then it dequantizes
+ * tile t - grid of every other rank, waiting for that rank's flag first. Measured on one H100 as rank 0 of 2 with
+ * local "peer" buffers (tools/qcomm_fused_probe.py): 1.44-1.52x the time of qcomm_reduce_broadcast + qcomm_unpack
+ * (1.64-1.87x with a fence in every thread), so it is opt-in (notes/allreduce.md). A CTA never
  * waits before it has signalled all tiles up to the current one, and the peer's CTA of the same index produced the
  * awaited tile one step earlier, so the wait is short and cannot close a cycle. Reduce uses (E, L) lanes, the
  * unpack (EU, LU) (the faster traits of the separate kernels).
@@ -386,9 +389,13 @@ __global__ void __launch_bounds__(kThreadsQ)
         if (b0 < nb)
           reduce_group<Q, E, L>(lg, b0, in, nb, post_scale, nullptr, Q, 0, outs, own, own_vec, deq, deq_vec);
       }
-      __threadfence_system();  // this thread's stores of the tile, visible to the peers before the flag
+      // every thread's stores of the tile before the flag: the CTA barrier orders them before the signalling threads'
+      // system-scope fence (cumulative, the pattern of a cooperative-groups grid sync), which then publishes them
       __syncthreads();
-      if (threadIdx.x < g.peer_flags.count) st_release_sys(g.peer_flags.ptrs[threadIdx.x] + t, g.epoch);
+      if (threadIdx.x < g.peer_flags.count) {
+        __threadfence_system();
+        st_release_sys(g.peer_flags.ptrs[threadIdx.x] + t, g.epoch);
+      }
     }
     const int64_t tp = t - int64_t(gridDim.x);
     if (tp >= 0 && tp < tiles) {
