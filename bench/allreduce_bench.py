@@ -185,6 +185,21 @@ def main():
                          "halo_ms": t, "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr, "relerr": err,
                          "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
                          "frac_of_transport_ceiling": t_tr / t if t == t else None, "nccl_transport_2ag_ms": t_tr_ag})
+        if world == 2 and mb in args.sweep_mb:  # A/B: the all-to-all of the NCCL path as one all-gather
+            os.environ["HALO_AR_EXCHANGE"] = "allgather"
+            reload_settings()
+            try:
+                out = torch.empty_like(x)
+                all_reduce(x, out=out, path="nccl")
+                err = _relerr(out, ref)
+                t = measure(lambda: all_reduce(x, out=out, path="nccl"))
+            finally:
+                del os.environ["HALO_AR_EXCHANGE"]
+                reload_settings()
+            rows.append({"world": world, "MB": mb, "dtype": "int8", "path": "nccl:allgather-exchange",
+                         "block": DEFAULT_BLOCK, "halo_ms": t, "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr,
+                         "relerr": err, "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
+                         "frac_of_transport_ceiling": t_tr / t if t == t else None, "nccl_transport_2ag_ms": t_tr_ag})
         if peer_ok and mb in args.sweep_mb:  # A/B: reduce + unpack fused (per-tile flags) or two kernels + barrier
             for fused in ("1", "0"):
                 os.environ["HALO_AR_FUSED"] = fused

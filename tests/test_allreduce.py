@@ -501,6 +501,20 @@ def _peer_worker(rank, world, port, outdir, bufs, flag_tiles):
                 fails.append(f"fused={fused}: all_reduce after reduce_scatter: {ws.barriers - b0} barriers")
             if not torch.equal(out, all_reduce(x.clone(), block=256, path="nccl")):
                 fails.append(f"fused={fused}: peer-path logic after reduce_scatter differs from the NCCL path")
+        # the two-rank exchange as an all-gather (HALO_AR_EXCHANGE=allgather): the same bits as the all-to-all
+        xs = [torch.randn(n, generator=torch.Generator().manual_seed(60 + n + rank)) for n in (1, 5003, 40000)]
+        refs = [all_reduce(x.clone(), block=64, path="nccl") for x in xs]
+        rs_in = torch.randn(world * 777, generator=torch.Generator().manual_seed(61 + rank))
+        rs_ref = reduce_scatter(torch.empty(777), rs_in, path="nccl")
+        os.environ["HALO_AR_EXCHANGE"] = "allgather"
+        reload_settings()
+        for x, r in zip(xs, refs):
+            if not torch.equal(all_reduce(x.clone(), block=64, path="nccl"), r):
+                fails.append(f"all-gather exchange differs from the all-to-all (n={x.numel()})")
+        if not torch.equal(reduce_scatter(torch.empty(777), rs_in, path="nccl"), rs_ref):
+            fails.append("all-gather exchange differs from the all-to-all (reduce_scatter)")
+        del os.environ["HALO_AR_EXCHANGE"]
+        reload_settings()
         if ws.epoch != 9:  # 4 cases out of place and in place, 1 after the reduce-scatter
             fails.append(f"fused calls advanced the epoch to {ws.epoch}, expected 9")
         dist.barrier()

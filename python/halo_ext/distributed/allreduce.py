@@ -29,7 +29,7 @@ element rather than per block.
 
 Paths (``path=`` or the environment variable ``HALO_AR_PATH``: ``auto`` | ``nccl`` | ``peer`` | ``fallback``):
 
-- ``nccl``: ``all_to_all_single`` (at two ranks an all-gather of the peer's chunk: the same bytes) +
+- ``nccl``: ``all_to_all_single`` (``HALO_AR_EXCHANGE=allgather``: at two ranks an all-gather of the peer's chunk) +
   ``all_gather_into_tensor`` of uint8 buffers through the process group (NCCL, Gloo, anything). Messages larger
   than ``HALO_AR_PIECE_BYTES`` (default 128 MiB of input) are split into pieces that are software-pipelined:
   every collective is issued with ``async_op=True`` and waited by stream dependency (``work.wait()``, no host
@@ -194,15 +194,17 @@ def error_bound(xs: List[torch.Tensor], y: torch.Tensor, world: int, block: int 
 # Settings
 # ---------------------------------------------------------------------------------------------------------------
 
-_ENV_KEYS = ("HALO_AR_PATH", "HALO_AR_FALLBACK_BYTES", "HALO_AR_PIECE_BYTES", "HALO_AR_FUSED", "HALO_AR_GRAPH")
+_ENV_KEYS = ("HALO_AR_PATH", "HALO_AR_FALLBACK_BYTES", "HALO_AR_PIECE_BYTES", "HALO_AR_FUSED", "HALO_AR_GRAPH",
+             "HALO_AR_EXCHANGE")
 _SETTINGS: Optional[Dict[str, Optional[str]]] = None
 
 
 def reload_settings() -> None:
     """Re-reads the environment variables HALO_AR_PATH, HALO_AR_FALLBACK_BYTES, HALO_AR_PIECE_BYTES, HALO_AR_FUSED
     (1: the peer path runs reduce and unpack as one kernel with per-tile flags instead of two kernels with a barrier
-    between) and HALO_AR_GRAPH (1: the NCCL path on CUDA replays a CUDA graph of its kernels and collectives, see
-    _two_shot_pg_graph). They are read once, at the first call (an os.environ lookup costs microseconds, and small
+    between), HALO_AR_GRAPH (1: the NCCL path on CUDA replays a CUDA graph of its kernels and collectives, see
+    _two_shot_pg_graph) and HALO_AR_EXCHANGE (allgather: the NCCL path's all-to-all at two ranks as an all-gather,
+    see _exchange). They are read once, at the first call (an os.environ lookup costs microseconds, and small
     all-reduces are host-bound): call this after changing them, or the FALLBACK_BYTES table, inside a running
     process."""
     global _SETTINGS
@@ -324,9 +326,11 @@ def _run_async(fn, tensors, result: torch.Tensor) -> "_Done":
 
 def _exchange(recv: torch.Tensor, send: torch.Tensor, group, world: int, rank: int, async_op: bool = False):
     """The all-to-all of packed chunks ([world, cb] uint8): recv[s] = rank s's send[rank] for s != rank (recv[rank]
-    is not used). At two ranks that is one all-gather of the peer's chunk (the same bytes on the wire; an all-gather
-    costs less host time than c10d's all_to_all, which issues a send and a receive per rank, itself included)."""
-    if world == 2:
+    is not used). At two ranks that is also one all-gather of the peer's chunk (the same bytes on the wire; an
+    all-gather costs less host time than c10d's all_to_all, which issues a send and a receive per rank, itself
+    included), used with HALO_AR_EXCHANGE=allgather: opt-in until timed on two GPUs (NCCL picked its LL protocol for
+    the uint8 all-gather of 33 MB pieces, slower on the GPU than the all-to-all's send/receive)."""
+    if world == 2 and _setting("HALO_AR_EXCHANGE") == "allgather":
         return _all_gather_flat(recv.view(-1), send[1 - rank], group, async_op=async_op)
     return dist.all_to_all_single(recv, send, group=group, async_op=async_op)
 
