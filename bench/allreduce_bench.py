@@ -155,68 +155,38 @@ def main():
                                  "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
                                  "frac_of_transport_ceiling": (t_tr / t) if path == "nccl" and t == t else None,
                                  "nccl_transport_2ag_ms": t_tr_ag})
+        def env_row(key, value, path, label, block=DEFAULT_BLOCK, ceiling=False):
+            """An A/B row: all_reduce(path=path) with os.environ[key] = value (halo_ext's settings re-read around
+            it); ceiling: an NCCL-path row, with its fraction of the transport ceiling."""
+            os.environ[key] = value
+            reload_settings()
+            try:
+                out = torch.empty_like(x)
+                all_reduce(x, block=block, out=out, path=path)
+                err = _relerr(out, ref)
+                t = measure(lambda: all_reduce(x, block=block, out=out, path=path))
+            finally:
+                del os.environ[key]
+                reload_settings()
+            row = {"world": world, "MB": mb, "dtype": "int8", "path": label, "block": block, "halo_ms": t,
+                   "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr, "relerr": err, "relerr_nccl_bf16": err_bf16,
+                   "speedup_vs_bf16": t_bf16 / t if t == t else None,
+                   "frac_of_transport_ceiling": t_tr / t if ceiling and t == t else None}
+            if ceiling:
+                row["nccl_transport_2ag_ms"] = t_tr_ag
+            rows.append(row)
+
         if peer_ok and mb in args.sweep_mb:
             for le in args.sweep_lane_elems:
                 for block in sorted({DEFAULT_BLOCK, 64, 128, 256}):
-                    os.environ["HALO_QCOMM_LANE_ELEMS"] = str(le)
-                    try:
-                        out = torch.empty_like(x)
-                        all_reduce(x, block=block, out=out, path="peer")
-                        err = _relerr(out, ref)
-                        t = measure(lambda: all_reduce(x, block=block, out=out, path="peer"))
-                    finally:
-                        del os.environ["HALO_QCOMM_LANE_ELEMS"]
-                    rows.append({"world": world, "MB": mb, "dtype": "int8", "path": f"peer:lane{le}", "block": block,
-                                 "halo_ms": t, "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr, "relerr": err,
-                                 "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
-                                 "frac_of_transport_ceiling": None})
+                    env_row("HALO_QCOMM_LANE_ELEMS", str(le), "peer", f"peer:lane{le}", block)
         if not smoke:  # the NCCL path as a replayed CUDA graph (HALO_AR_GRAPH=1)
-            os.environ["HALO_AR_GRAPH"] = "1"
-            reload_settings()
-            try:
-                out = torch.empty_like(x)
-                all_reduce(x, out=out, path="nccl")
-                err = _relerr(out, ref)
-                t = measure(lambda: all_reduce(x, out=out, path="nccl"))
-            finally:
-                del os.environ["HALO_AR_GRAPH"]
-                reload_settings()
-            rows.append({"world": world, "MB": mb, "dtype": "int8", "path": "nccl:graph", "block": DEFAULT_BLOCK,
-                         "halo_ms": t, "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr, "relerr": err,
-                         "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
-                         "frac_of_transport_ceiling": t_tr / t if t == t else None, "nccl_transport_2ag_ms": t_tr_ag})
+            env_row("HALO_AR_GRAPH", "1", "nccl", "nccl:graph", ceiling=True)
         if world == 2 and mb in args.sweep_mb:  # A/B: the all-to-all of the NCCL path as one all-gather
-            os.environ["HALO_AR_EXCHANGE"] = "allgather"
-            reload_settings()
-            try:
-                out = torch.empty_like(x)
-                all_reduce(x, out=out, path="nccl")
-                err = _relerr(out, ref)
-                t = measure(lambda: all_reduce(x, out=out, path="nccl"))
-            finally:
-                del os.environ["HALO_AR_EXCHANGE"]
-                reload_settings()
-            rows.append({"world": world, "MB": mb, "dtype": "int8", "path": "nccl:allgather-exchange",
-                         "block": DEFAULT_BLOCK, "halo_ms": t, "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr,
-                         "relerr": err, "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
-                         "frac_of_transport_ceiling": t_tr / t if t == t else None, "nccl_transport_2ag_ms": t_tr_ag})
+            env_row("HALO_AR_EXCHANGE", "allgather", "nccl", "nccl:allgather-exchange", ceiling=True)
         if peer_ok and mb in args.sweep_mb:  # A/B: reduce + unpack fused (per-tile flags) or two kernels + barrier
-            for fused in ("1", "0"):
-                os.environ["HALO_AR_FUSED"] = fused
-                reload_settings()
-                try:
-                    out = torch.empty_like(x)
-                    all_reduce(x, out=out, path="peer")
-                    err = _relerr(out, ref)
-                    t = measure(lambda: all_reduce(x, out=out, path="peer"))
-                finally:
-                    del os.environ["HALO_AR_FUSED"]
-                    reload_settings()
-                rows.append({"world": world, "MB": mb, "dtype": "int8",
-                             "path": "peer:fused" if fused == "1" else "peer:unfused", "block": DEFAULT_BLOCK,
-                             "halo_ms": t, "nccl_bf16_ms": t_bf16, "nccl_transport_ms": t_tr, "relerr": err,
-                             "relerr_nccl_bf16": err_bf16, "speedup_vs_bf16": t_bf16 / t if t == t else None,
-                             "frac_of_transport_ceiling": None})
+            env_row("HALO_AR_FUSED", "1", "peer", "peer:fused")
+            env_row("HALO_AR_FUSED", "0", "peer", "peer:unfused")
         if mb in (256, 1024) or smoke:
             for pmb in args.sweep_piece_mb:
                 os.environ["HALO_AR_PIECE_BYTES"] = str(int(pmb * (1 << 20)))
