@@ -250,15 +250,10 @@ inline QCommReduceUnpackArgs qcomm_check_reduce_unpack(const std::vector<at::Ten
     a.g.chunks.ptrs[i] = static_cast<const uint8_t*>(gathered[i].data_ptr());
   }
   a.outs = qcomm_check_outs(outs, cb, device, op);
+  a.own = qcomm_check_own(own, rank, static_cast<int>(world), a.nb, block, device, op);
   const int64_t own_n = std::min(chunk, std::max<int64_t>(out.numel() - rank * chunk, 0));
-  qcomm_check_float(own, "own", op);
-  TORCH_CHECK_VALUE(own.device() == device, "halo.", op, ": own must be on the device of out");
   TORCH_CHECK_VALUE(own.numel() == own_n, "halo.", op, ": own must be this rank's slice of the input (", S(own_n),
                     " elements), got ", S(own.numel()));
-  a.own.x = own_n > 0 ? own.data_ptr() : nullptr;
-  a.own.t = to_dtype(own.scalar_type());
-  a.own.n = own_n;
-  a.own.index = static_cast<int>(rank);
   const int64_t tiles = qcomm_flag_tiles(a.nb, block);
   a.g.flags = qcomm_check_flags(flags, world, tiles, device, "flags", op);
   a.g.flag_stride = flags.size(1);
