@@ -227,3 +227,20 @@ def test_dense_tensor_core_many_groups(dtype, transpose, n):
     out = halo_ext.hadamard(x, block=n, signs=s, transpose=transpose)
     ref = _hadamard_ref_cuda64(x, n, s, transpose)
     _check_close(out, ref, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not halo_ext.cuda_available(), reason="needs CUDA")
+@pytest.mark.parametrize("stream", ["1", "0"])
+@pytest.mark.parametrize("n,with_signs", [(172 * 64, True), (148 * 128, False), (140 * 64, False), (28 * 128, True)])
+def test_dense_strided_rows_both_schedulers(monkeypatch, stream, n, with_signs):
+    """The register-resident dense-factor kernel on rows with a pitch (groups not one contiguous span), more tiles
+    than a CTA has staging buffers, with and without signs before the transform, under the streaming scheduler and
+    under the barrier-a-tile loop (HALO_DENSE_STREAM=0; the default for groups of at most 2 m-tiles, 28 * 128 here):
+    vs float64."""
+    monkeypatch.setenv("HALO_DENSE_STREAM", stream)
+    rows = 2 * 264 * 4 + 5
+    x = torch.randn(rows, n + 64, device="cuda", dtype=torch.bfloat16)[:, :n]
+    s = torch.randint(0, 2, (n,), device="cuda").float() * 2 - 1 if with_signs else torch.ones(n, device="cuda")
+    out = halo_ext.hadamard(x, signs=s if with_signs else None)
+    _check_close(out, _hadamard_ref_cuda64(x, n, s, False), torch.bfloat16)

@@ -4,6 +4,7 @@
 # (both refreshed after every step, so a call cut short still returns what it did).
 # Usage (repo root, with the wheels of ../shared/tools/gpu-wheels.sh in .whl/):  bash tools/device_run.sh [steps]
 # Single-GPU steps: build test test-hadamard test-comm sanitize bench-hadamard bench-hadamard-old bench-hadamard-shfl
+#                   bench-hadamard-stream (A/B of the dense-factor kernel's scheduler, transform and hadamard_quantize)
 #                   bench-quant bench-hq-pdl
 #                   bench-gemm bench-linear bench-linear-1b
 #                   bench-linear-fp8ch bench-linear-cfg1
@@ -72,6 +73,16 @@ for step in $steps; do
     bench-hadamard-shfl)  # A/B at n = 128, 256 (512 for reference): shuffle kernel off (HALO_HAD_SHFL=0) / on, interleaved
       run_step bench-hadamard-shfl 8 python3 bench/hadamard_bench.py --dims 128 256 512 --ab-env HALO_HAD_SHFL \
         --name hadamard_shfl_ab ;;
+    bench-hadamard-stream)  # A/B of the dense-factor kernel's scheduler: barrier a tile (HALO_DENSE_STREAM=0) / streaming
+      run_step bench-hadamard-stream 16 python3 bench/hadamard_bench.py \
+        --dims 12288 5120 14336 28672 11008 13824 18944 10240 1792 3584 8960 --ab-env HALO_DENSE_STREAM \
+        --name hadamard_stream_ab
+      run_step bench-hadamard-28672-reg 6 env HALO_DENSE_REG=force python3 bench/hadamard_bench.py --dims 28672 \
+        --name hadamard_28672_dense_reg
+      run_step bench-hq-stream-off 14 env HALO_DENSE_STREAM=0 python3 bench/quant_bench.py --ops hadamard_quantize \
+        --cols 11008 14336 18944 --name quant_hq_dense_stream_off
+      run_step bench-hq-stream-on 14 python3 bench/quant_bench.py --ops hadamard_quantize --cols 11008 14336 18944 \
+        --name quant_hq_dense_stream_on ;;
     bench-quant) run_step bench-quant 34 python3 bench/quant_bench.py ;;
     bench-hq-pdl)  # A/B: hadamard_quantize with programmatic dependent launch off (HALO_PDL=0), then on again
       run_step bench-hq-pdl-off 14 env HALO_PDL=0 python3 bench/quant_bench.py --ops hadamard_quantize \

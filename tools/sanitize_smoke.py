@@ -16,6 +16,8 @@ halo_ext.hadamard(torch.randn(9, 1024, device=dev, dtype=torch.float16)[:, :768]
 halo_ext.hadamard(torch.randn(37, 384, device=dev, dtype=torch.bfloat16), block=128, signs=torch.ones(384, device=dev))
 # dense tensor-core kernels with more tiles per CTA than staging buffers (the ring of buffers wraps)
 halo_ext.hadamard(torch.randn(1100, 344 * 32, device=dev, dtype=torch.bfloat16), signs=torch.ones(344 * 32, device=dev))
+halo_ext.hadamard(torch.randn(900, 148 * 128, device=dev, dtype=torch.float16))  # streaming, two buffers, no signs
+halo_ext.hadamard(torch.randn(600, 28 * 1024, device=dev, dtype=torch.bfloat16))  # streaming, one CTA an SM (224 * 128)
 base = torch.randn(7, 2 * 512, device=dev, dtype=torch.bfloat16)
 halo_ext.hadamard(base[:, :512])
 halo_ext.hadamard(base, block=64)

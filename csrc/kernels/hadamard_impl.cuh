@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "hadamard.h"
@@ -765,8 +766,7 @@ __device__ __forceinline__ void cp_async_wait_dyn(int n) {
 /*!
  * \brief Y = L X S for groups viewed as X [m, 2^P], 16-bit input, 2^P <= 128: the product and the Sylvester
  * transform both stay in registers, so the only shared-memory traffic is the staged input and L.
- *  - Tiles of R groups stream through S staging buffers (cp.async, S - 1 tiles in flight, one barrier a tile);
- *    persistent CTAs, two per SM.
+ *  - Tiles of R groups stream through S staging buffers (cp.async); persistent CTAs, two per SM where they fit.
  *  - L lives in shared memory as one bit an entry in A-fragment order (hadamard_pack_dense_left): a 32-bit word a
  *    lane holds its 8 entries of four consecutive k-tiles; a fragment register is (w << s) & 0x80008000 | one.
  *  - A warp item is mb m-tiles x all 2^P columns of one group: Z rows in mma accumulators, a thread holding
@@ -774,8 +774,18 @@ __device__ __forceinline__ void cp_async_wait_dyn(int n) {
  *    registers; a 4x4 transpose of value pairs inside each lane quad (through an 8 x 32 float scratch per warp,
  *    conflict-free) then gives each thread 8 consecutive columns, on which bits 1 and 2 run in registers; the
  *    epilogue gets 8 consecutive values (16-byte stores).
+ *  - Scheduling (STREAM = true, the default): no CTA barrier in the loop. Warps take the CTA's items one at a time
+ *    from a shared counter, in tile order across tile boundaries, so a tile's items need not divide evenly among
+ *    the 8 warps. Stage s has a `full` mbarrier (32 arrivals: the lanes of the warp that filled it, each once its
+ *    own cp.async copies have landed) and an arrival counter: a warp arrives on tile j once it takes an item of a
+ *    later tile (or runs out of items), and the eighth warp to arrive refills the stage with tile j + S. Every warp
+ *    waits on tile j's `full` phase before it arrives on tile j, so no warp can see a barrier two phases ahead of
+ *    what it waits for. Deadlock-free: the lowest tile any warp waits for was refilled once every warp had passed the
+ *    tile S before it, and a warp between items always takes another or finishes.
+ *    STREAM = false: the earlier loop (one CTA barrier a tile, all threads copy, items dealt round-robin within the
+ *    tile); HALO_DENSE_STREAM=0 selects it, for A/B measurements.
  */
-template <typename T, int P, class Epi>
+template <typename T, int P, class Epi, bool STREAM>
 __global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant__ DenseRegParams prm,
                                                         const __grid_constant__ typename Epi::Params ep) {
   using Cfg = DenseRegConfig<T, P>;
@@ -784,6 +794,9 @@ __global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant
   static_assert(Vec<T>::kVec == 8, "the epilogue takes 8 consecutive values (16 bytes of T)");
 
   extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ uint64_t full_bar[4], empty_bar[4];
+  __shared__ int arrivals[4];
+  __shared__ int next_item;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   float* scratch = reinterpret_cast<float*>(smem + prm.l_bytes) + warp * 8 * SP;
   unsigned char* stages = smem + prm.l_bytes + Cfg::kScratchBytes;
@@ -793,9 +806,14 @@ __global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant
   const int m = prm.m, R = prm.groups_per_tile, S = prm.stages;
   const T* x = static_cast<const T*>(prm.x);
 
-  // ---- once per CTA: L (cp.async, part of the first commit group); zero padding rows of every group slot
-  for (int c = tid; c < prm.mt_count * prm.kq_count * 8; c += Cfg::kThreads)
-    cp_async16(smem + size_t(c) * 16, prm.lfrag + size_t(c) * 4);
+  // ---- once per CTA: L; zero padding rows of every group slot
+  if constexpr (STREAM) {
+    for (int c = tid; c < prm.mt_count * prm.kq_count * 8; c += Cfg::kThreads)
+      *reinterpret_cast<uint4*>(smem + size_t(c) * 16) = ldg16(prm.lfrag + size_t(c) * 4);
+  } else {
+    for (int c = tid; c < prm.mt_count * prm.kq_count * 8; c += Cfg::kThreads)  // part of the first commit group
+      cp_async16(smem + size_t(c) * 16, prm.lfrag + size_t(c) * 4);
+  }
   {
     const int pad16 = (prm.m_pad - m) * (Cfg::kPitch / 16);
     for (int e = tid; e < S * R * pad16; e += Cfg::kThreads) {
@@ -809,182 +827,265 @@ __global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant
     const uint32_t g0 = tile * uint32_t(R);
     return int(prm.num_groups - g0 < uint32_t(R) ? prm.num_groups - g0 : uint32_t(R));
   };
-  // Chunk c of a tile: row fr = c / kChunksPerRow of the tile's cnt * m rows (group r = fr / m, row i = fr % m),
-  // 16-byte column ch = c % kChunksPerRow; a thread keeps its column (256 is a multiple of kChunksPerRow).
+  // Chunk fr x ch of a tile: row fr of the tile's cnt * m rows (group r = fr / m, row i = fr % m), 16-byte column ch.
   auto chunk_src = [&](uint32_t tile, uint32_t fr, uint32_t r, uint32_t i, int ch) -> const T* {
     if (prm.contiguous) return x + ((int64_t(tile) * R * m + fr) << P) + ch * 8;
     uint32_t row, gcol;
     prm.gpr.divmod(tile * uint32_t(R) + r, row, gcol);
     return x + int64_t(row) * prm.x_stride + int64_t(gcol) * prm.n + (i << P) + ch * 8;
   };
-  const int my_ch = tid % kChunksPerRow;
-  auto issue_copy = [&](uint32_t tile, int st) {
-    const int rows = tile_groups(tile) * m;
-    unsigned char* sb = stages + size_t(st) * prm.stage_bytes + my_ch * 16;
-    for (int fr = tid / kChunksPerRow; fr < rows; fr += Cfg::kThreads / kChunksPerRow) {
-      const uint32_t r = prm.fm.div(uint32_t(fr)), i = uint32_t(fr) - r * uint32_t(m);
-      cp_async16(sb + (uint32_t(fr) + r * uint32_t(prm.m_pad - m)) * Cfg::kPitch, chunk_src(tile, uint32_t(fr), r, i, my_ch));
+  auto chunk_dst = [&](unsigned char* sb, uint32_t fr, uint32_t r, int ch) {
+    return sb + (fr + r * uint32_t(prm.m_pad - m)) * Cfg::kPitch + ch * 16;
+  };
+  auto chunk_signs = [&](uint32_t tile, uint32_t r, uint32_t i, int ch) {
+    uint32_t row, gcol;
+    prm.gpr.divmod(tile * uint32_t(R) + r, row, gcol);
+    return prm.pre_signs + int64_t(gcol) * prm.n + (i << P) + ch * 8;
+  };
+
+  // One warp item: NM m-tiles (compile time, so nothing below is predicated) from mt0, all columns of group r of
+  // `tile`, staged at sb.
+  auto run_item = [&](auto NMc, const unsigned char* sb, uint32_t tile, int r, int mt0) {
+    constexpr int NM = decltype(NMc)::value;
+    const unsigned char* gsb = sb + size_t(r) * prm.group_bytes;
+    float acc[NM][NT][4];
+#pragma unroll
+    for (int i = 0; i < NM; ++i)
+#pragma unroll
+      for (int j = 0; j < NT; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
+
+    // Shared-memory byte addresses: this lane's L words of m-tile mt0 (m-tiles kq_count * 128 bytes apart) and
+    // its ldmatrix row of the group's staging buffer. The B fragments stream through a ring of D register sets,
+    // loaded D column pairs ahead of their MMAs (across k-tiles too), so ldmatrix latency overlaps the MMAs.
+    const int g8 = lane >> 2, t4 = lane & 3, q = lane >> 3, r8 = lane & 7;
+    const int swz = (g8 & 1) << 2;
+    const uint32_t smem_base = smem_u32(smem);
+    constexpr int JP = NT / 2, D = JP < 4 ? JP : 4;
+    const uint32_t l_addr = smem_base + (uint32_t(mt0 * prm.kq_count) * 32 + lane) * 4, l_step = prm.kq_count * 128;
+    const uint32_t b_addr = smem_base + uint32_t(gsb - smem) + ((q & 1) * 8 + r8) * Cfg::kPitch + (q >> 1) * 16;
+    const int kts = prm.mt_count;
+    uint32_t bq[D][4];
+#pragma unroll
+    for (int d = 0; d < D; ++d) ldmatrix_x4_trans_u32(bq[d], b_addr + d * 32);
+    uint32_t w[NM], wn[NM];
+#pragma unroll
+    for (int i = 0; i < NM; ++i) wn[i] = lds32(l_addr + i * l_step);
+    for (int kq = 0; kq < prm.kq_count; ++kq) {  // k-quads: one L word per m-tile, shifts known at compile time
+#pragma unroll
+      for (int i = 0; i < NM; ++i) {
+        w[i] = wn[i];
+        if (kq + 1 < prm.kq_count) wn[i] = lds32(l_addr + i * l_step + (kq + 1) * 128);
+      }
+#pragma unroll
+      for (int f = 0; f < 4; ++f) {
+        const int kt = kq * 4 + f;
+        if (kt >= kts) break;
+        uint32_t a[NM][4];
+#pragma unroll
+        for (int i = 0; i < NM; ++i)
+#pragma unroll
+          for (int rr = 0; rr < 4; ++rr) a[i][rr] = ((w[i] << (4 * f + rr)) & 0x80008000u) | kOne;
+        const uint32_t bk = b_addr + kt * 16 * Cfg::kPitch;
+#pragma unroll
+        for (int jp = 0; jp < JP; ++jp) {
+          uint32_t (&b)[4] = bq[jp % D];
+#pragma unroll
+          for (int i = 0; i < NM; ++i) {
+            mma16816<T>(acc[i][2 * jp], a[i], b[0], b[1]);
+            mma16816<T>(acc[i][2 * jp + 1], a[i], b[2], b[3]);
+          }
+          if (jp + D < JP) {
+            ldmatrix_x4_trans_u32(b, bk + (jp + D) * 32);
+          } else if (kt + 1 < kts) {
+            ldmatrix_x4_trans_u32(b, bk + 16 * Cfg::kPitch + (jp + D - JP) * 32);
+          }
+        }
+      }
+    }
+
+    uint32_t grow, gcol;
+    prm.gpr.divmod(tile * uint32_t(R) + r, grow, gcol);
+#pragma unroll
+    for (int i = 0; i < NM; ++i) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int zrow = (mt0 + i) * 16 + g8 + 8 * h;
+        float v[NT][2];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) v[j][0] = acc[i][j][2 * h], v[j][1] = acc[i][j][2 * h + 1];
+        // column bit 0 (within the pair) and bits 3.. (the tile index j)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const float a0 = v[j][0], a1 = v[j][1];
+          v[j][0] = a0 + a1, v[j][1] = a0 - a1;
+        }
+#pragma unroll
+        for (int bj = 1; bj < NT; bj <<= 1)
+#pragma unroll
+          for (int j = 0; j < NT; ++j) {
+            if (j & bj) continue;
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float a0 = v[j][e], a1 = v[j | bj][e];
+              v[j][e] = a0 + a1, v[j | bj][e] = a0 - a1;
+            }
+          }
+        const typename Epi::Group grp = epi.group(grow, gcol, zrow < m);
+#pragma unroll
+        for (int jj = 0; jj < NT / 4; ++jj) {
+          __syncwarp();
+#pragma unroll
+          for (int s = 0; s < 4; ++s)
+            *reinterpret_cast<float2*>(scratch + g8 * SP + ((8 * s + 2 * t4) ^ swz)) =
+                make_float2(v[4 * jj + s][0], v[4 * jj + s][1]);
+          __syncwarp();
+          float o[8];
+          const float4 lo = *reinterpret_cast<const float4*>(scratch + g8 * SP + ((8 * t4) ^ swz));
+          const float4 hi = *reinterpret_cast<const float4*>(scratch + g8 * SP + ((8 * t4 + 4) ^ swz));
+          o[0] = lo.x, o[1] = lo.y, o[2] = lo.z, o[3] = lo.w, o[4] = hi.x, o[5] = hi.y, o[6] = hi.z, o[7] = hi.w;
+          // column bits 1 and 2 (now register index bits 1 and 2)
+#pragma unroll
+          for (int bk2 = 2; bk2 <= 4; bk2 <<= 1)
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+              if (k & bk2) continue;
+              const float a0 = o[k], a1 = o[k | bk2];
+              o[k] = a0 + a1, o[k | bk2] = a0 - a1;
+            }
+          epi.put(grp, (uint32_t(zrow) << P) + 32 * jj + 8 * t4, o);
+        }
+      }
+    }
+  };
+  // Item `it` of a tile: group it / items_per_group, m-tiles from mt0 (mb of them, fewer at the end of the group).
+  auto run_tile_item = [&](const unsigned char* sb, uint32_t tile, int it) {
+    const int r = it / prm.items_per_group, mt0 = (it % prm.items_per_group) * prm.mb;
+    const int mbn = prm.mt_count - mt0 < prm.mb ? prm.mt_count - mt0 : prm.mb;
+    if (mbn == MB) {
+      run_item(std::integral_constant<int, MB>(), sb, tile, r, mt0);
+    } else if (mbn == 1) {
+      run_item(std::integral_constant<int, 1>(), sb, tile, r, mt0);
+    } else if constexpr (MB > 2) {
+      if (mbn == 2) run_item(std::integral_constant<int, (MB > 2 ? 2 : 1)>(), sb, tile, r, mt0);
+      else run_item(std::integral_constant<int, (MB > 3 ? 3 : 1)>(), sb, tile, r, mt0);
     }
   };
 
-  for (int s = 0; s < S - 1; ++s) {
-    const uint32_t t = blockIdx.x + uint32_t(s) * gridDim.x;
-    if (t < prm.num_tiles) issue_copy(t, s);
-    cp_async_commit();
-  }
-
-  const int g8 = lane >> 2, t4 = lane & 3, q = lane >> 3, r8 = lane & 7;
-  const int swz = (g8 & 1) << 2;
-  const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  int st = 0;
-  for (uint32_t tile = blockIdx.x; tile < prm.num_tiles; tile += gridDim.x) {
-    cp_async_wait_dyn(S - 2);  // this thread's chunks of `tile` have landed
-    unsigned char* sb = stages + size_t(st) * prm.stage_bytes;
-    const int cnt = tile_groups(tile);
-    if (prm.pre_signs != nullptr) {  // flip the signs of this thread's own chunks in place
-      const int rows = cnt * m;
-      for (int fr = tid / kChunksPerRow; fr < rows; fr += Cfg::kThreads / kChunksPerRow) {
-        const uint32_t r = prm.fm.div(uint32_t(fr)), i = uint32_t(fr) - r * uint32_t(m);
+  if constexpr (STREAM) {
+    // Tile j of this CTA is tile blockIdx.x + j * gridDim.x, staged in buffer j % S (grid <= num_tiles: j = 0 exists).
+    const uint32_t my_tiles = (prm.num_tiles - blockIdx.x + gridDim.x - 1) / gridDim.x;
+    const int ipt = R * prm.items_per_group;
+    const int total = int(my_tiles - 1) * ipt +
+                      tile_groups(blockIdx.x + (my_tiles - 1) * gridDim.x) * prm.items_per_group;
+    // A warp's copies of tile j into buffer s, completing on full_bar[s] (32 arrivals, one a lane): a group is n
+    // contiguous elements, so its chunks need no division; each lane arrives once its own copies have landed, after
+    // flipping them where signs come before the transform.
+    auto fill = [&](uint32_t j, int s) {
+      const uint32_t tile = blockIdx.x + j * gridDim.x;
+      const int cnt = tile_groups(tile), chunks = m * kChunksPerRow;
+      for (int r = 0; r < cnt; ++r) {
         uint32_t row, gcol;
-        prm.gpr.divmod(tile * uint32_t(R) + r, row, gcol);
-        flip_signs8(reinterpret_cast<uint4*>(sb + (uint32_t(fr) + r * uint32_t(prm.m_pad - m)) * Cfg::kPitch + my_ch * 16),
-                    prm.pre_signs + int64_t(gcol) * prm.n + (i << P) + my_ch * 8);
+        prm.gpr.divmod(tile * uint32_t(R) + uint32_t(r), row, gcol);
+        const T* src = x + int64_t(row) * prm.x_stride + int64_t(gcol) * prm.n;
+        unsigned char* dst = stages + size_t(s) * prm.stage_bytes + size_t(r) * prm.group_bytes;
+        for (int c = lane; c < chunks; c += 32)
+          cp_async16(dst + (c / kChunksPerRow) * Cfg::kPitch + (c % kChunksPerRow) * 16, src + c * 8);
       }
-    }
-    __syncthreads();  // tile staged and visible; every warp is done with the buffer refilled next
-    {
-      const uint32_t nt = tile + uint32_t(S - 1) * gridDim.x;
-      if (nt < prm.num_tiles) issue_copy(nt, st == 0 ? S - 1 : st - 1);
+      if (prm.pre_signs == nullptr) {
+        cp_async_mbar_arrive(&full_bar[s]);
+        return;
+      }
       cp_async_commit();
-    }
-
-    // One warp item: NM m-tiles (compile time, so nothing below is predicated) from mt0, all columns of group r.
-    auto run_item = [&](auto NMc, int r, int mt0) {
-      constexpr int NM = decltype(NMc)::value;
-      const unsigned char* gsb = sb + size_t(r) * prm.group_bytes;
-      float acc[NM][NT][4];
-#pragma unroll
-      for (int i = 0; i < NM; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
-
-      // Shared-memory byte addresses: this lane's L words of m-tile mt0 (m-tiles kq_count * 128 bytes apart) and
-      // its ldmatrix row of the group's staging buffer. The B fragments stream through a ring of D register sets,
-      // loaded D column pairs ahead of their MMAs (across k-tiles too), so ldmatrix latency overlaps the MMAs.
-      constexpr int JP = NT / 2, D = JP < 4 ? JP : 4;
-      const uint32_t l_addr = smem_base + (uint32_t(mt0 * prm.kq_count) * 32 + lane) * 4, l_step = prm.kq_count * 128;
-      const uint32_t b_addr = smem_base + uint32_t(gsb - smem) + ((q & 1) * 8 + r8) * Cfg::kPitch + (q >> 1) * 16;
-      const int kts = prm.mt_count;
-      uint32_t bq[D][4];
-#pragma unroll
-      for (int d = 0; d < D; ++d) ldmatrix_x4_trans_u32(bq[d], b_addr + d * 32);
-      uint32_t w[NM], wn[NM];
-#pragma unroll
-      for (int i = 0; i < NM; ++i) wn[i] = lds32(l_addr + i * l_step);
-      for (int kq = 0; kq < prm.kq_count; ++kq) {  // k-quads: one L word per m-tile, shifts known at compile time
-#pragma unroll
-        for (int i = 0; i < NM; ++i) {
-          w[i] = wn[i];
-          if (kq + 1 < prm.kq_count) wn[i] = lds32(l_addr + i * l_step + (kq + 1) * 128);
-        }
-#pragma unroll
-        for (int f = 0; f < 4; ++f) {
-          const int kt = kq * 4 + f;
-          if (kt >= kts) break;
-          uint32_t a[NM][4];
-#pragma unroll
-          for (int i = 0; i < NM; ++i)
-#pragma unroll
-            for (int rr = 0; rr < 4; ++rr) a[i][rr] = ((w[i] << (4 * f + rr)) & 0x80008000u) | kOne;
-          const uint32_t bk = b_addr + kt * 16 * Cfg::kPitch;
-#pragma unroll
-          for (int jp = 0; jp < JP; ++jp) {
-            uint32_t (&b)[4] = bq[jp % D];
-#pragma unroll
-            for (int i = 0; i < NM; ++i) {
-              mma16816<T>(acc[i][2 * jp], a[i], b[0], b[1]);
-              mma16816<T>(acc[i][2 * jp + 1], a[i], b[2], b[3]);
-            }
-            if (jp + D < JP) {
-              ldmatrix_x4_trans_u32(b, bk + (jp + D) * 32);
-            } else if (kt + 1 < kts) {
-              ldmatrix_x4_trans_u32(b, bk + 16 * Cfg::kPitch + (jp + D - JP) * 32);
-            }
-          }
-        }
+      cp_async_wait<0>();
+      for (int r = 0; r < cnt; ++r) {
+        uint32_t row, gcol;
+        prm.gpr.divmod(tile * uint32_t(R) + uint32_t(r), row, gcol);
+        const float* sg = prm.pre_signs + int64_t(gcol) * prm.n;
+        unsigned char* dst = stages + size_t(s) * prm.stage_bytes + size_t(r) * prm.group_bytes;
+        for (int c = lane; c < chunks; c += 32)
+          flip_signs8(reinterpret_cast<uint4*>(dst + (c / kChunksPerRow) * Cfg::kPitch + (c % kChunksPerRow) * 16),
+                      sg + c * 8);
       }
+      mbar_arrive(&full_bar[s]);
+    };
+    if (tid < S) {
+      mbar_init(&full_bar[tid], 32);
+      mbar_init(&empty_bar[tid], Cfg::kThreads);
+      arrivals[tid] = 0;
+    }
+    if (tid == 0) next_item = 0;
+    __syncthreads();  // L, zero rows, barriers and counters visible
+    if (warp < S && uint32_t(warp) < my_tiles) fill(uint32_t(warp), warp);
 
-      uint32_t grow, gcol;
-      prm.gpr.divmod(tile * uint32_t(R) + r, grow, gcol);
-#pragma unroll
-      for (int i = 0; i < NM; ++i) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int zrow = (mt0 + i) * 16 + g8 + 8 * h;
-          float v[NT][2];
-#pragma unroll
-          for (int j = 0; j < NT; ++j) v[j][0] = acc[i][j][2 * h], v[j][1] = acc[i][j][2 * h + 1];
-          // column bit 0 (within the pair) and bits 3.. (the tile index j)
-#pragma unroll
-          for (int j = 0; j < NT; ++j) {
-            const float a0 = v[j][0], a1 = v[j][1];
-            v[j][0] = a0 + a1, v[j][1] = a0 - a1;
-          }
-#pragma unroll
-          for (int bj = 1; bj < NT; bj <<= 1)
-#pragma unroll
-            for (int j = 0; j < NT; ++j) {
-              if (j & bj) continue;
-#pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                const float a0 = v[j][e], a1 = v[j | bj][e];
-                v[j][e] = a0 + a1, v[j | bj][e] = a0 - a1;
-              }
-            }
-          const typename Epi::Group grp = epi.group(grow, gcol, zrow < m);
-#pragma unroll
-          for (int jj = 0; jj < NT / 4; ++jj) {
-            __syncwarp();
-#pragma unroll
-            for (int s = 0; s < 4; ++s)
-              *reinterpret_cast<float2*>(scratch + g8 * SP + ((8 * s + 2 * t4) ^ swz)) =
-                  make_float2(v[4 * jj + s][0], v[4 * jj + s][1]);
-            __syncwarp();
-            float o[8];
-            const float4 lo = *reinterpret_cast<const float4*>(scratch + g8 * SP + ((8 * t4) ^ swz));
-            const float4 hi = *reinterpret_cast<const float4*>(scratch + g8 * SP + ((8 * t4 + 4) ^ swz));
-            o[0] = lo.x, o[1] = lo.y, o[2] = lo.z, o[3] = lo.w, o[4] = hi.x, o[5] = hi.y, o[6] = hi.z, o[7] = hi.w;
-            // column bits 1 and 2 (now register index bits 1 and 2)
-#pragma unroll
-            for (int bk2 = 2; bk2 <= 4; bk2 <<= 1)
-#pragma unroll
-              for (int k = 0; k < 8; ++k) {
-                if (k & bk2) continue;
-                const float a0 = o[k], a1 = o[k | bk2];
-                o[k] = a0 + a1, o[k | bk2] = a0 - a1;
-              }
-            epi.put(grp, (uint32_t(zrow) << P) + 32 * jj + 8 * t4, o);
-          }
-        }
+    uint32_t jw = 0;  // tiles this warp has arrived on
+    // Arrival on tile j (its data has landed): every lane on empty_bar[s], which orders its reads of the buffer
+    // before the refill, and lane 0 on the counter that names the eighth warp, which refills the buffer with tile
+    // j + S once the empty phase has completed (at once: all eight warps have arrived).
+    auto arrive = [&](uint32_t j) {
+      const int s = int(j % uint32_t(S));
+      const uint32_t parity = (j / uint32_t(S)) & 1u;
+      mbar_wait(&full_bar[s], parity);
+      mbar_arrive(&empty_bar[s]);
+      __syncwarp();
+      int last = 0;
+      if (lane == 0) last = (atomicAdd(&arrivals[s], 1) + 1) % Cfg::kWarps == 0;  // the counter only grows
+      last = __shfl_sync(0xffffffffu, last, 0);
+      if (last && j + uint32_t(S) < my_tiles) {
+        mbar_wait(&empty_bar[s], parity);
+        fill(j + uint32_t(S), s);
       }
     };
-
-    const int items = cnt * prm.items_per_group;
-    for (int it = warp; it < items; it += Cfg::kWarps) {
-      const int r = it / prm.items_per_group, mt0 = (it % prm.items_per_group) * prm.mb;
-      const int mbn = prm.mt_count - mt0 < prm.mb ? prm.mt_count - mt0 : prm.mb;
-      if (mbn == MB) {
-        run_item(std::integral_constant<int, MB>(), r, mt0);
-      } else if (mbn == 1) {
-        run_item(std::integral_constant<int, 1>(), r, mt0);
-      } else if constexpr (MB > 2) {
-        if (mbn == 2) run_item(std::integral_constant<int, (MB > 2 ? 2 : 1)>(), r, mt0);
-        else run_item(std::integral_constant<int, (MB > 3 ? 3 : 1)>(), r, mt0);
-      }
+    for (;;) {
+      int f = 0;
+      if (lane == 0) f = atomicAdd(&next_item, 1);
+      f = __shfl_sync(0xffffffffu, f, 0);
+      if (f >= total) break;
+      const uint32_t j = uint32_t(f / ipt);
+      while (jw < j) arrive(jw++);
+      const int s = int(j % uint32_t(S));
+      mbar_wait(&full_bar[s], (j / uint32_t(S)) & 1u);
+      run_tile_item(stages + size_t(s) * prm.stage_bytes, blockIdx.x + j * gridDim.x, f - int(j) * ipt);
     }
-    st = st + 1 == S ? 0 : st + 1;
+    while (jw < my_tiles) arrive(jw++);
+  } else {
+    const int my_ch = tid % kChunksPerRow;
+    auto issue_copy = [&](uint32_t tile, int st) {
+      const int rows = tile_groups(tile) * m;
+      unsigned char* sb = stages + size_t(st) * prm.stage_bytes;
+      for (int fr = tid / kChunksPerRow; fr < rows; fr += Cfg::kThreads / kChunksPerRow) {
+        const uint32_t r = prm.fm.div(uint32_t(fr)), i = uint32_t(fr) - r * uint32_t(m);
+        cp_async16(chunk_dst(sb, uint32_t(fr), r, my_ch), chunk_src(tile, uint32_t(fr), r, i, my_ch));
+      }
+    };
+    for (int s = 0; s < S - 1; ++s) {
+      const uint32_t t = blockIdx.x + uint32_t(s) * gridDim.x;
+      if (t < prm.num_tiles) issue_copy(t, s);
+      cp_async_commit();
+    }
+    int st = 0;
+    for (uint32_t tile = blockIdx.x; tile < prm.num_tiles; tile += gridDim.x) {
+      cp_async_wait_dyn(S - 2);  // this thread's chunks of `tile` have landed
+      unsigned char* sb = stages + size_t(st) * prm.stage_bytes;
+      const int cnt = tile_groups(tile);
+      if (prm.pre_signs != nullptr) {  // flip the signs of this thread's own chunks in place
+        const int rows = cnt * m;
+        for (int fr = tid / kChunksPerRow; fr < rows; fr += Cfg::kThreads / kChunksPerRow) {
+          const uint32_t r = prm.fm.div(uint32_t(fr)), i = uint32_t(fr) - r * uint32_t(m);
+          flip_signs8(reinterpret_cast<uint4*>(chunk_dst(sb, uint32_t(fr), r, my_ch)), chunk_signs(tile, r, i, my_ch));
+        }
+      }
+      __syncthreads();  // tile staged and visible; every warp is done with the buffer refilled next
+      {
+        const uint32_t nt = tile + uint32_t(S - 1) * gridDim.x;
+        if (nt < prm.num_tiles) issue_copy(nt, st == 0 ? S - 1 : st - 1);
+        cp_async_commit();
+      }
+      const int items = cnt * prm.items_per_group;
+      for (int it = warp; it < items; it += Cfg::kWarps) run_tile_item(sb, tile, it);
+      st = st + 1 == S ? 0 : st + 1;
+    }
+    cp_async_wait<0>();
   }
-  cp_async_wait<0>();
   epi.finish();
 }
 
@@ -1236,15 +1337,19 @@ __device__ __forceinline__ void mul_signs(const float* s, float* v) {
 struct DenseRegPlan {
   int e = 0;  //!< expansion of the dense factor (hadamard_dense_frag_expand): order m * 2^e, Sylvester 2^(p - e)
   int groups_per_tile = 1, stages = 2, mb = 1, items_per_group = 1;
+  bool stream = true;  //!< dense_reg_kernel<..., STREAM>: warps take items across tiles, no CTA barrier a tile
   size_t l_bytes = 0, group_bytes = 0, stage_bytes = 0, total = 0;
 };
 
 /*!
  * \brief Whether dense_reg_kernel takes these tensors (16-bit, aligned, L kron S_{2^e} packed, e =
  * hadamard_dense_frag_expand: the kernel sees dense order m 2^e and Sylvester order 2^(p - e) in {32, 64, 128}),
- * and its sizes: tiles of R groups (about 24 KB of input), as many staging buffers (2..4) as let two CTAs share an SM,
- * and the m-tiles a warp item holds chosen so that a tile's items spread evenly over the 8 warps.
- * HALO_DENSE_REG=0 in the environment turns it off (the older dense_kernel runs instead; for A/B measurements).
+ * and its sizes: tiles of R groups (about 24 KB of input), as many staging buffers (2..4) as let two CTAs share an SM
+ * (else one CTA an SM), and the m-tiles a warp item holds: as many as the accumulators allow (B fragments reused
+ * across them), since the streaming scheduler deals items across tiles. Where a group has at most 2 m-tiles, or with
+ * HALO_DENSE_STREAM=0 (A/B measurements), the barrier-a-tile loop runs, and R and the m-tiles an item are chosen so
+ * that a tile's items spread evenly over the 8 warps. HALO_DENSE_REG=0 turns the kernel off (the older dense_kernel
+ * runs instead).
  */
 template <typename T>
 bool dense_reg_plan(const HadamardArgs& a, int log2p_in, DenseRegPlan* out) {
@@ -1253,11 +1358,17 @@ bool dense_reg_plan(const HadamardArgs& a, int log2p_in, DenseRegPlan* out) {
   if (!aligned(a.x, 16) || a.x_row_stride % 8 != 0 || (a.signs != nullptr && !aligned(a.signs, 16))) return false;
   if (a.rows * (a.cols / a.n) >= (int64_t(1) << 31)) return false;
   const int log2p = log2p_in - e;  // 5, 6 or 7
-  // An expanded order above 192 costs more MMAs than the older kernel's float32 passes where that one runs
-  // (H100, 28672 = 28 * 1024: m 2^e = 224 ran at 0.53 of clone, dense_kernel at 0.56).
-  if (e > 0 && (a.dense_m << e) > 192 && log2p_in <= 10) return false;
   const char* env = std::getenv("HALO_DENSE_REG");
   if (env != nullptr && env[0] == '0') return false;
+  const char* stream_env = std::getenv("HALO_DENSE_STREAM");
+  const bool stream_on = stream_env == nullptr || stream_env[0] != '0';
+  // An expanded order above 192 cost more than dense_kernel's float32 passes under the barrier-a-tile loop (H100,
+  // 28672 = 28 * 1024: m 2^e = 224 at 0.53 of clone, dense_kernel 0.56); under the streaming scheduler 224 ran at
+  // 0.605 against dense_kernel's 0.559 (same run). Above 256 dense_kernel stays (not measured).
+  // HALO_DENSE_REG=force takes this kernel anyway (A/B measurements).
+  const bool force = env != nullptr && std::strcmp(env, "force") == 0;
+  const int m_eff = a.dense_m << e;
+  if (e > 0 && log2p_in <= 10 && !force && (m_eff > 256 || (m_eff > 192 && !stream_on))) return false;
   int limit = 0, per_sm = 0, dev = 0;
   if (max_smem_per_cta(&limit) != cudaSuccess || cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
@@ -1268,7 +1379,8 @@ bool dense_reg_plan(const HadamardArgs& a, int log2p_in, DenseRegPlan* out) {
   p.e = e;
   p.l_bytes = size_t(mt) * kq * 32 * 4;
   p.group_bytes = size_t(m_pad) * pitch;
-  const size_t fixed = p.l_bytes + DenseRegConfig<T, 5>::kScratchBytes, reserve = 1024;
+  // reserve: what the runtime keeps a CTA (1 KB) plus the kernel's static shared memory (barriers, reductions)
+  const size_t fixed = p.l_bytes + DenseRegConfig<T, 5>::kScratchBytes, reserve = 1024 + 256;
   const size_t two_per_sm = size_t(per_sm) / 2 - reserve, one_per_sm = std::min<size_t>(limit, per_sm - reserve);
   const size_t group_in = size_t(m) << (log2p + 1);
   const int r0 = static_cast<int>(std::max<size_t>(1, std::min<size_t>(64, 24576 / group_in)));
@@ -1286,7 +1398,24 @@ bool dense_reg_plan(const HadamardArgs& a, int log2p_in, DenseRegPlan* out) {
   // R: about 24 KB of input a tile (r0), or up to twice r0 where that spreads the items better over the 8 warps
   // (140 * 64: 2 groups of 9 one-m-tile items in 3 rounds, against 5 two-m-tile items per group); as many
   // staging buffers (2..4) as let two CTAs share an SM, else one CTA an SM.
+  // The streaming scheduler, except where a group has at most 2 m-tiles: items that small pay its per-item
+  // costs (a shared atomic, a barrier poll) for little work, and the barrier loop measured 3 % faster there (H100,
+  // 1792 = 28 * 64 and 3584 = 28 * 128).
+  p.stream = stream_on && mt > 2;
   bool found = false;
+  if (p.stream) {
+    p.mb = std::min(max_mb, mt), p.items_per_group = (mt + p.mb - 1) / p.mb;
+    for (int r = r0; r >= 1 && !found; --r)
+      for (int s = 4; s >= 2 && !found; --s)
+        if (fixed + size_t(s) * r * p.group_bytes <= two_per_sm) p.groups_per_tile = r, p.stages = s, found = true;
+    for (int s = 4; s >= 2 && !found; --s)
+      if (fixed + size_t(s) * p.group_bytes <= one_per_sm) p.groups_per_tile = 1, p.stages = s, found = true;
+    if (!found) return false;
+    p.stage_bytes = size_t(p.groups_per_tile) * p.group_bytes;
+    p.total = fixed + size_t(p.stages) * p.stage_bytes;
+    *out = p;
+    return true;
+  }
   double best = 1e30;
   for (int r = 1; r <= std::max(2, r0); ++r)
     for (int s = 4; s >= 2; --s) {
@@ -1334,7 +1463,7 @@ cudaError_t launch_dense_reg(const HadamardArgs& a, int log2p, const DenseRegPla
       p.stage_bytes = static_cast<uint32_t>(plan.stage_bytes);
       p.fm = FastDivmod(static_cast<uint32_t>(m));
       p.contiguous = a.x_row_stride == a.cols;
-      auto kernel = dense_reg_kernel<T, P, Epi>;
+      auto kernel = plan.stream ? dense_reg_kernel<T, P, Epi, true> : dense_reg_kernel<T, P, Epi, false>;
       int grid = 0;
       HALO_RETURN_IF_ERROR(persistent_grid(kernel, DenseRegConfig<T, P>::kThreads, plan.total, p.num_tiles, &grid));
       if (grid > max_grid) grid = max_grid;
