@@ -232,12 +232,13 @@ def test_dense_tensor_core_many_groups(dtype, transpose, n):
 @pytest.mark.cuda
 @pytest.mark.skipif(not halo_ext.cuda_available(), reason="needs CUDA")
 @pytest.mark.parametrize("stream", ["1", "0"])
-@pytest.mark.parametrize("n,with_signs", [(172 * 64, True), (148 * 128, False), (140 * 64, False), (28 * 128, True)])
+@pytest.mark.parametrize("n,with_signs", [(172 * 64, True), (148 * 128, False), (140 * 64, False), (28 * 128, True),
+                                          (28 * 1024, True)])
 def test_dense_strided_rows_both_schedulers(monkeypatch, stream, n, with_signs):
     """The register-resident dense-factor kernel on rows with a pitch (groups not one contiguous span), more tiles
     than a CTA has staging buffers, with and without signs before the transform, under the streaming scheduler and
-    under the barrier-a-tile loop (HALO_DENSE_STREAM=0; the default for groups of at most 2 m-tiles, 28 * 128 here):
-    vs float64."""
+    under the barrier-a-tile loop (HALO_DENSE_STREAM=0; the default for groups of at most 2 m-tiles, 28 * 128 here;
+    28 * 1024 streams with 16 warps, one CTA an SM, and takes dense_kernel without streaming): vs float64."""
     monkeypatch.setenv("HALO_DENSE_STREAM", stream)
     rows = 2 * 264 * 4 + 5
     x = torch.randn(rows, n + 64, device="cuda", dtype=torch.bfloat16)[:, :n]

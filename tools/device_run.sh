@@ -5,6 +5,7 @@
 # Usage (repo root, with the wheels of ../shared/tools/gpu-wheels.sh in .whl/):  bash tools/device_run.sh [steps]
 # Single-GPU steps: build test test-hadamard test-comm sanitize bench-hadamard bench-hadamard-old bench-hadamard-shfl
 #                   bench-hadamard-stream (A/B of the dense-factor kernel's scheduler, transform and hadamard_quantize)
+#                   bench-hadamard-wide (A/B of 8 / 16 warps where the dense-factor kernel runs one CTA an SM)
 #                   bench-quant bench-hq-pdl
 #                   bench-gemm bench-linear bench-linear-1b
 #                   bench-linear-fp8ch bench-linear-cfg1
@@ -83,6 +84,9 @@ for step in $steps; do
         --cols 11008 14336 18944 --name quant_hq_dense_stream_off
       run_step bench-hq-stream-on 14 python3 bench/quant_bench.py --ops hadamard_quantize --cols 11008 14336 18944 \
         --name quant_hq_dense_stream_on ;;
+    bench-hadamard-wide)  # A/B at 28672 (224 * 128, one CTA an SM): 8 warps (HALO_DENSE_WIDE=0) / 16 warps
+      run_step bench-hadamard-wide 6 python3 bench/hadamard_bench.py --dims 28672 --ab-env HALO_DENSE_WIDE \
+        --name hadamard_wide_ab ;;
     bench-quant) run_step bench-quant 34 python3 bench/quant_bench.py ;;
     bench-hq-pdl)  # A/B: hadamard_quantize with programmatic dependent launch off (HALO_PDL=0), then on again
       run_step bench-hq-pdl-off 14 env HALO_PDL=0 python3 bench/quant_bench.py --ops hadamard_quantize \

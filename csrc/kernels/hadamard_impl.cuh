@@ -727,10 +727,12 @@ __global__ void __launch_bounds__(256, 1) dense_kernel(const __grid_constant__ D
  * up to kMaxMB 16-row m-tiles of Z = L X times every column of one group: kMaxMB * 2^P / 8 MMA tiles, 64 float32
  * accumulators a thread.
  */
-template <typename T, int P>
+template <typename T, int P, int W = 8>
 struct DenseRegConfig {
   static_assert(P >= 5 && P <= 7, "dense_reg_kernel: 2^p in {32, 64, 128}");
-  static constexpr int kThreads = 256, kWarps = 8;
+  static_assert(W == 8 || W == 16, "dense_reg_kernel: 8 warps (two CTAs an SM) or 16 (one)");
+  static constexpr int kThreads = 32 * W, kWarps = W;
+  static constexpr int kMinBlocks = 16 / W;          //!< CTAs an SM the registers are sized for (128 a thread)
   static constexpr int kNT = (1 << P) / 8;          //!< 8-column MMA tiles across a row of Z
   static constexpr int kMaxMB = 16 / kNT;           //!< m-tiles a warp item may hold (64 accumulators)
   static constexpr int kPitch = (1 << P) * 2 + 16;  //!< staging row pitch in bytes (ldmatrix conflict-free)
@@ -785,10 +787,11 @@ __device__ __forceinline__ void cp_async_wait_dyn(int n) {
  *    STREAM = false: the earlier loop (one CTA barrier a tile, all threads copy, items dealt round-robin within the
  *    tile); HALO_DENSE_STREAM=0 selects it, for A/B measurements.
  */
-template <typename T, int P, class Epi, bool STREAM>
-__global__ void __launch_bounds__(256, 2) dense_reg_kernel(const __grid_constant__ DenseRegParams prm,
-                                                        const __grid_constant__ typename Epi::Params ep) {
-  using Cfg = DenseRegConfig<T, P>;
+template <typename T, int P, class Epi, bool STREAM, int W = 8>
+__global__ void __launch_bounds__(32 * W, 16 / W) dense_reg_kernel(const __grid_constant__ DenseRegParams prm,
+                                                                const __grid_constant__ typename Epi::Params ep) {
+  using Cfg = DenseRegConfig<T, P, W>;
+  static_assert(STREAM || W == 8, "the barrier-a-tile loop runs 8 warps");
   constexpr int NT = Cfg::kNT, MB = Cfg::kMaxMB, kChunksPerRow = (1 << P) / 8, SP = Cfg::kScratchPitch;
   constexpr uint32_t kOne = std::is_same_v<T, __nv_bfloat16> ? 0x3F803F80u : 0x3C003C00u;
   static_assert(Vec<T>::kVec == 8, "the epilogue takes 8 consecutive values (16 bytes of T)");
@@ -1338,6 +1341,7 @@ struct DenseRegPlan {
   int e = 0;  //!< expansion of the dense factor (hadamard_dense_frag_expand): order m * 2^e, Sylvester 2^(p - e)
   int groups_per_tile = 1, stages = 2, mb = 1, items_per_group = 1;
   bool stream = true;  //!< dense_reg_kernel<..., STREAM>: warps take items across tiles, no CTA barrier a tile
+  int warps = 8;       //!< 8 (two CTAs an SM) or 16 (one CTA an SM, streaming, 2^p = 128)
   size_t l_bytes = 0, group_bytes = 0, stage_bytes = 0, total = 0;
 };
 
@@ -1408,11 +1412,19 @@ bool dense_reg_plan(const HadamardArgs& a, int log2p_in, DenseRegPlan* out) {
     for (int r = r0; r >= 1 && !found; --r)
       for (int s = 4; s >= 2 && !found; --s)
         if (fixed + size_t(s) * r * p.group_bytes <= two_per_sm) p.groups_per_tile = r, p.stages = s, found = true;
+    // One CTA an SM: with 16 warps at 2^p = 128 (the register budget is the same 128 a thread), so that an SM
+    // keeps 16 warps in flight (H100, 28672 = 224 * 128: see notes/hadamard_kernels.md, sixteenth session);
+    // HALO_DENSE_WIDE=0 keeps 8 (A/B measurements).
+    const char* wide_env = std::getenv("HALO_DENSE_WIDE");
+    const int w1 = log2p == 7 && (wide_env == nullptr || wide_env[0] != '0') ? 16 : 8;
+    const size_t fixed1 = p.l_bytes + size_t(w1) * 8 * DenseRegConfig<T, 5>::kScratchPitch * 4;
     for (int s = 4; s >= 2 && !found; --s)
-      if (fixed + size_t(s) * p.group_bytes <= one_per_sm) p.groups_per_tile = 1, p.stages = s, found = true;
+      if (fixed1 + size_t(s) * p.group_bytes <= one_per_sm)
+        p.groups_per_tile = 1, p.stages = s, p.warps = w1, found = true;
     if (!found) return false;
+    const size_t fixed_used = p.warps == 8 ? fixed : fixed1;
     p.stage_bytes = size_t(p.groups_per_tile) * p.group_bytes;
-    p.total = fixed + size_t(p.stages) * p.stage_bytes;
+    p.total = fixed_used + size_t(p.stages) * p.stage_bytes;
     *out = p;
     return true;
   }
@@ -1464,11 +1476,16 @@ cudaError_t launch_dense_reg(const HadamardArgs& a, int log2p, const DenseRegPla
       p.fm = FastDivmod(static_cast<uint32_t>(m));
       p.contiguous = a.x_row_stride == a.cols;
       auto kernel = plan.stream ? dense_reg_kernel<T, P, Epi, true> : dense_reg_kernel<T, P, Epi, false>;
+      int threads = DenseRegConfig<T, P>::kThreads;
+      if constexpr (P == 7) {
+        if (plan.warps == 16) kernel = dense_reg_kernel<T, P, Epi, true, 16>, threads = DenseRegConfig<T, P, 16>::kThreads;
+      }
+      if (plan.warps != 8 && threads == DenseRegConfig<T, P>::kThreads) return cudaErrorInvalidValue;
       int grid = 0;
-      HALO_RETURN_IF_ERROR(persistent_grid(kernel, DenseRegConfig<T, P>::kThreads, plan.total, p.num_tiles, &grid));
+      HALO_RETURN_IF_ERROR(persistent_grid(kernel, threads, plan.total, p.num_tiles, &grid));
       if (grid > max_grid) grid = max_grid;
       if (grid_out != nullptr) *grid_out = grid;
-      kernel<<<grid, DenseRegConfig<T, P>::kThreads, plan.total, stream>>>(p, ep);
+      kernel<<<grid, threads, plan.total, stream>>>(p, ep);
       return cudaPeekAtLastError();
     }
   });
