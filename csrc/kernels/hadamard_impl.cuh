@@ -778,18 +778,19 @@ __device__ __forceinline__ void cp_async_wait_dyn(int n) {
  *    epilogue gets 8 consecutive values (16-byte stores).
  *  - Scheduling (STREAM = true, the default): no CTA barrier in the loop. Warps take the CTA's items one at a time
  *    from a shared counter, in tile order across tile boundaries, so a tile's items need not divide evenly among
- *    the 8 warps. Stage s has a `full` mbarrier (32 arrivals: the lanes of the warp that filled it, each once its
- *    own cp.async copies have landed) and an arrival counter: a warp arrives on tile j once it takes an item of a
- *    later tile (or runs out of items), and the eighth warp to arrive refills the stage with tile j + S. Every warp
- *    waits on tile j's `full` phase before it arrives on tile j, so no warp can see a barrier two phases ahead of
- *    what it waits for. Deadlock-free: the lowest tile any warp waits for was refilled once every warp had passed the
- *    tile S before it, and a warp between items always takes another or finishes.
- *    STREAM = false: the earlier loop (one CTA barrier a tile, all threads copy, items dealt round-robin within the
- *    tile); HALO_DENSE_STREAM=0 selects it, for A/B measurements.
+ *    the W warps. Stage s has a `full` mbarrier (32 arrivals: the lanes of the warp that filled it, each once its
+ *    own cp.async copies have landed), an `empty` mbarrier (one arrival a thread) and an arrival counter: a warp
+ *    arrives on tile j once it takes an item of a later tile (or runs out of items), and the last of the W warps to
+ *    arrive refills the stage with tile j + S. Every warp waits on tile j's `full` phase before it arrives on tile
+ *    j, so no warp can see a barrier two phases ahead of what it waits for. Deadlock-free: the lowest tile any warp
+ *    waits for was refilled once every warp had passed the tile S before it, and a warp between items always takes
+ *    another or finishes. W = 16 (512 threads, one CTA an SM) where two CTAs of 8 warps do not fit.
+ *    STREAM = false (W = 8): the earlier loop (one CTA barrier a tile, all threads copy, items dealt round-robin
+ *    within the tile); for groups of at most 2 m-tiles, and everywhere under HALO_DENSE_STREAM=0 (A/B).
  */
 template <typename T, int P, class Epi, bool STREAM, int W = 8>
-__global__ void __launch_bounds__(32 * W, 16 / W) dense_reg_kernel(const __grid_constant__ DenseRegParams prm,
-                                                                const __grid_constant__ typename Epi::Params ep) {
+__global__ void __launch_bounds__(DenseRegConfig<T, P, W>::kThreads, DenseRegConfig<T, P, W>::kMinBlocks)
+    dense_reg_kernel(const __grid_constant__ DenseRegParams prm, const __grid_constant__ typename Epi::Params ep) {
   using Cfg = DenseRegConfig<T, P, W>;
   static_assert(STREAM || W == 8, "the barrier-a-tile loop runs 8 warps");
   constexpr int NT = Cfg::kNT, MB = Cfg::kMaxMB, kChunksPerRow = (1 << P) / 8, SP = Cfg::kScratchPitch;
@@ -1022,8 +1023,8 @@ __global__ void __launch_bounds__(32 * W, 16 / W) dense_reg_kernel(const __grid_
 
     uint32_t jw = 0;  // tiles this warp has arrived on
     // Arrival on tile j (its data has landed): every lane on empty_bar[s], which orders its reads of the buffer
-    // before the refill, and lane 0 on the counter that names the eighth warp, which refills the buffer with tile
-    // j + S once the empty phase has completed (at once: all eight warps have arrived).
+    // before the refill, and lane 0 on the counter that names the last of the W warps, which refills the buffer
+    // with tile j + S once the empty phase has completed (at once: all W warps have arrived).
     auto arrive = [&](uint32_t j) {
       const int s = int(j % uint32_t(S));
       const uint32_t parity = (j / uint32_t(S)) & 1u;
