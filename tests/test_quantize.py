@@ -126,6 +126,32 @@ def test_hadamard_quantize_cuda_vs_cpu(n):
     assert torch.equal(qtg.cpu(), qg.cpu().t())
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not halo_ext.cuda_available(), reason="needs CUDA")
+@pytest.mark.parametrize("rows,n", [(2 * 2048 + 256, 4096), (4104, 4096), (1100, 14336), (5000, 28 * 64)])
+def test_hadamard_quantize_qt_large(rows, n):
+    """q and qt of tensors of thousands of rows (many 256 x 128 transpose tiles, a ragged last row tile, rows not a
+    multiple of 16: the byte-wise transpose), on the power-of-two and dense routes; q in the workspace (qt only)
+    and a given absmax (pass 1 skipped, pass 2 not launched programmatically); outputs poisoned first."""
+    x = torch.randn(rows, n, dtype=torch.bfloat16)
+    qc, _, sc = halo_ext.hadamard_quantize(x, torch.int8)
+    torch.cuda.synchronize()
+    poison = torch.full((4 * x.numel() + 8192,), 0x5A, dtype=torch.uint8, device="cuda")
+    del poison
+    xg = x.cuda()
+    qg, qtg, sg = halo_ext.hadamard_quantize(xg, torch.int8, want_qt=True)
+    assert abs(sg.item() - sc.item()) <= 1e-6 * sc.item()
+    diff = (qg.cpu().int() - qc.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3  # fp32 summation order only
+    assert torch.equal(_u8(qtg), _u8(qg).t().contiguous())
+    _, qt2, _ = halo_ext.hadamard_quantize(xg, torch.int8, want_q=False, want_qt=True)
+    assert torch.equal(_u8(qt2), _u8(qtg))
+    q3, qt3, s3 = halo_ext.hadamard_quantize(xg, torch.int8, want_qt=True, amax=(sg * 127).reshape(1))
+    assert torch.allclose(s3, sg) and torch.equal(_u8(qt3), _u8(q3).t().contiguous())
+    d3 = (q3.cpu().int() - qg.cpu().int()).abs()
+    assert d3.max() <= 1 and (d3 > 0).float().mean() < 1e-3  # the scale may differ in its last bit
+
+
 @pytest.mark.parametrize("n", [32, 1024, 4096])
 def test_int8_ties_round_half_even(device, n):
     """Codes of exact half-integers (scale exactly 1, absmax 127) round half to even on every device: quantize, and
