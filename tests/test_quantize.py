@@ -128,28 +128,41 @@ def test_hadamard_quantize_cuda_vs_cpu(n):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not halo_ext.cuda_available(), reason="needs CUDA")
-@pytest.mark.parametrize("rows,n", [(2 * 2048 + 256, 4096), (4104, 4096), (1100, 14336), (5000, 28 * 64)])
-def test_hadamard_quantize_qt_large(rows, n):
-    """q and qt of tensors of thousands of rows (many 256 x 128 transpose tiles, a ragged last row tile, rows not a
-    multiple of 16: the byte-wise transpose), on the power-of-two and dense routes; q in the workspace (qt only)
-    and a given absmax (pass 1 skipped, pass 2 not launched programmatically); outputs poisoned first."""
-    x = torch.randn(rows, n, dtype=torch.bfloat16)
-    qc, _, sc = halo_ext.hadamard_quantize(x, torch.int8)
+@pytest.mark.parametrize("rows,cols,block,qdtype", [
+    (2 * 2048 + 256, 4096, 0, torch.int8),               # power of two, many 256 x 128 transpose tiles
+    (4104, 4096, 0, torch.int8),                         # rows not a multiple of 16: byte-wise transpose
+    (1100, 16384, 256, torch.float8_e4m3fn),             # block-diagonal: 64 groups a row, ragged last row block
+    (520, 32768, 0, torch.int8),                         # one group a tile, the largest n
+    (1100, 14336, 0, torch.int8), (5000, 28 * 64, 0, torch.int8),  # dense route
+])
+def test_hadamard_quantize_qt_large(rows, cols, block, qdtype):
+    """q and qt of tensors of 16M+ elements on the power-of-two and dense routes (many transpose tiles, ragged row
+    tiles, block-diagonal groups, signs), q in the workspace (qt only) and a given absmax (pass 1 skipped, pass 2
+    not launched programmatically); outputs poisoned first. Codes equal the CPU's up to float32 summation order; qt
+    is exactly q transposed."""
+    x = torch.randn(rows, cols, dtype=torch.bfloat16)
+    signs = (torch.randint(0, 2, (cols,)) * 2 - 1).float()
+    qc, _, sc = halo_ext.hadamard_quantize(x, qdtype, block=block, signs=signs)
     torch.cuda.synchronize()
     poison = torch.full((4 * x.numel() + 8192,), 0x5A, dtype=torch.uint8, device="cuda")
     del poison
-    xg = x.cuda()
-    qg, qtg, sg = halo_ext.hadamard_quantize(xg, torch.int8, want_qt=True)
+    xg, sg_ = x.cuda(), signs.cuda()
+    qg, qtg, sg = halo_ext.hadamard_quantize(xg, qdtype, block=block, signs=sg_, want_qt=True)
     assert abs(sg.item() - sc.item()) <= 1e-6 * sc.item()
-    diff = (qg.cpu().int() - qc.int()).abs()
-    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3  # fp32 summation order only
+    def step(q):  # one code step: 1 for int8; 2^-3 relative for e4m3, at least its subnormal spacing 2^-9
+        return 1.0 if qdtype == torch.int8 else (q.float().abs() * 2.0 ** -3).clamp_min(2.0 ** -9)
+
+    diff = (qg.cpu().float() - qc.float()).abs()
+    assert (diff <= step(qc)).all() and (diff > 0).float().mean() < 1e-3  # fp32 summation order only
     assert torch.equal(_u8(qtg), _u8(qg).t().contiguous())
-    _, qt2, _ = halo_ext.hadamard_quantize(xg, torch.int8, want_q=False, want_qt=True)
+    _, qt2, _ = halo_ext.hadamard_quantize(xg, qdtype, block=block, signs=sg_, want_q=False, want_qt=True)
     assert torch.equal(_u8(qt2), _u8(qtg))
-    q3, qt3, s3 = halo_ext.hadamard_quantize(xg, torch.int8, want_qt=True, amax=(sg * 127).reshape(1))
+    amax = (sg * QMAX[qdtype]).reshape(1)
+    q3, qt3, s3 = halo_ext.hadamard_quantize(xg, qdtype, block=block, signs=sg_, want_qt=True, amax=amax)
     assert torch.allclose(s3, sg) and torch.equal(_u8(qt3), _u8(q3).t().contiguous())
-    d3 = (q3.cpu().int() - qg.cpu().int()).abs()
-    assert d3.max() <= 1 and (d3 > 0).float().mean() < 1e-3  # the scale may differ in its last bit
+    d3 = (q3.cpu().float() - qg.cpu().float()).abs()
+    assert (d3 <= step(qg.cpu())).all()
+    assert (d3 > 0).float().mean() < 1e-3  # the scale may differ in its last bit
 
 
 @pytest.mark.parametrize("n", [32, 1024, 4096])
