@@ -5,6 +5,7 @@ those bytes at copy speed gives). Minimal bytes per element for a bf16 input: re
 transposed copy); per-block/per-row scales add 4 bytes per group. A per-tensor scale over a tensor larger than
 on-chip memory needs the input twice (one reduction pass): "bytes_2pass" records that count, and
 "frac_of_2pass_bound" the fraction of the two-pass bound reached. Writes bench/results/quant.json.
+Tensors of at least 2^27 elements (128M; rows a multiple of 256) at dims 128..32768 and the K * 2^k sizes.
 Usage: python bench/quant_bench.py [--rows 16384 --cols 8192] [--ops hadamard_quantize] [--name quant_pdl_off]
 (--ops keeps the ops whose name contains one of the given strings; --name writes bench/results/<name>.json.)
 """
@@ -26,8 +27,10 @@ QD = {"int8": torch.int8, "fp8e4m3": torch.float8_e4m3fn}
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rows", type=int, default=16384)
-    ap.add_argument("--cols", type=int, nargs="*", default=[8192, 4096, 14336])
+    ap.add_argument("--rows", type=int, default=0,
+                    help="rows of every tensor (default: at least 2^27 elements, a multiple of 256 rows)")
+    ap.add_argument("--cols", type=int, nargs="*",
+                    default=[8192, 4096, 14336, 128, 1024, 32768, 11008, 18944, 28672])
     ap.add_argument("--ops", nargs="*", default=None, help="only ops whose name contains one of these")
     ap.add_argument("--name", default="quant", help="results file bench/results/<name>.json")
     args = ap.parse_args()
@@ -35,7 +38,8 @@ def main():
         sys.exit("quant_bench: needs a CUDA GPU and a CUDA build of halo_ext")
     out = []
     for cols in args.cols:
-        x = torch.randn(args.rows, cols, device="cuda", dtype=torch.bfloat16)
+        rows = args.rows or max(256, -(-(1 << 27) // cols // 256) * 256)
+        x = torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16)
         n = x.numel()
         t_clone = time_ms(lambda: x.clone())
         signs = _token_signs(256).cuda()
@@ -44,7 +48,7 @@ def main():
         for qname, qd in QD.items():
             cases = [
                 ("quantize_tensor", lambda: halo_ext.quantize(x, qd, "tensor"), 3 * n, 5 * n),
-                ("quantize_row", lambda: halo_ext.quantize(x, qd, "row"), 3 * n + 4 * args.rows, None),
+                ("quantize_row", lambda: halo_ext.quantize(x, qd, "row"), 3 * n + 4 * rows, None),
                 ("quantize_block128", lambda: halo_ext.quantize(x, qd, "block", 128), 3 * n + 4 * n // 128, None),
                 ("hadamard_quantize", lambda: halo_ext.hadamard_quantize(x, qd), 3 * n, 5 * n),
                 ("hadamard_quantize_q_qt", lambda: halo_ext.hadamard_quantize(x, qd, want_qt=True), 4 * n, 6 * n),
@@ -63,7 +67,7 @@ def main():
                 if args.ops and not any(o in op for o in args.ops):
                     continue
                 t = time_ms(fn)
-                row = {"op": op, "dtype": qname, "rows": args.rows, "cols": cols, "ms": t,
+                row = {"op": op, "dtype": qname, "rows": rows, "cols": cols, "ms": t,
                        "halo_TBps": bytes_min / t / 1e9, "bound_TBps": clone_TBps}
                 row["frac_of_bound"] = row["halo_TBps"] / clone_TBps
                 if bytes_2pass:
