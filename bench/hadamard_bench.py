@@ -42,18 +42,19 @@ def main():
         n_rows = max(1, args.elements // dim)
         x = torch.randn(n_rows, dim, device="cuda", dtype=dtype)
         nbytes = 2 * x.numel() * x.element_size()
-        t_clone = time_ms(lambda: x.clone())
         try:
-            if args.ab_env:
-                on, off = [], []
-                for _ in range(3):
+            # 3 interleaved rounds (clone, [off,] ours), medians: a slow stretch of the GPU during one
+            # measurement (once seen: clone at 1.6 TB/s for a whole 30-call sample) does not decide a row
+            clones, on, off = [], [], []
+            for _ in range(3):
+                clones.append(time_ms(lambda: x.clone()))
+                if args.ab_env:
                     os.environ[args.ab_env] = "0"
                     off.append(time_ms(lambda: halo_ext.hadamard(x)))
                     del os.environ[args.ab_env]
-                    on.append(time_ms(lambda: halo_ext.hadamard(x)))
-                t_halo, t_off = statistics.median(on), statistics.median(off)
-            else:
-                t_halo = time_ms(lambda: halo_ext.hadamard(x))
+                on.append(time_ms(lambda: halo_ext.hadamard(x)))
+            t_clone, t_halo = statistics.median(clones), statistics.median(on)
+            t_off = statistics.median(off) if off else None
         except RuntimeError as e:  # record the failure and go on with the other sizes
             print(f"dim {dim}: {e}")
             rows.append({"dim": dim, "rows": n_rows, "dtype": args.dtype, "error": str(e).splitlines()[0]})
