@@ -49,16 +49,6 @@ if halo_ext.sm90_available():
         if qa == qb:  # row_hadamard 256 (transposed problem, column-major D): 512 rows, a partial tile of 136
             halo_ext.qgemm(torch.cat([a, a, a[:112]]), b, torch.rand(512, device=dev), torch.rand(1, device=dev),
                            torch.bfloat16, None, 256)
-    # stream-K configurations (forced): K split among CTAs, partial sums through the workspace
-    for qd in (torch.int8, torch.float8_e4m3fn):
-        names = halo_ext._C.qgemm_sm90_configs("int8" if qd == torch.int8 else "e4m3")
-        a = torch.randint(-9, 9, (300, 2048), device=dev).to(qd)
-        b = torch.randint(-9, 9, (520, 2048), device=dev).to(qd)
-        for i, name in enumerate(names):
-            if "stream-K" in name:
-                halo_ext._C.set_qgemm_sm90_config(i)
-                halo_ext.qgemm(a, b, torch.rand(300, device=dev), torch.rand(1, device=dev), torch.bfloat16)
-                halo_ext._C.set_qgemm_sm90_config(-1)
 # block-quantized collectives (pack / reduce / reduce_broadcast with own + deq / unpack), both lane traits, every
 # block size, ragged sizes: partial lane groups in the last warp, tails inside a lane, empty own parts
 import os  # noqa: E402

@@ -31,8 +31,8 @@
  * registers before the EVT above runs, and the TMA store writes D^T column-major, i.e. D row-major. The scales swap
  * roles (scale_b per row of the kernel's output, scale_a per column).
  *
- * The kernel is persistent (PersistentTileSchedulerSm90, grid = #SMs, default rasterization; or CUTLASS's
- * stream-K scheduler, TileScheduler_), D is written by TMA stores, C is void (no source read). The launcher calls cudaLaunchKernelEx with the cluster dimension itself
+ * The kernel is persistent (PersistentTileSchedulerSm90, grid = #SMs, default rasterization), D is written by TMA
+ * stores, C is void (no source read). The launcher calls cudaLaunchKernelEx with the cluster dimension itself
  * rather than GemmUniversalAdapter, which sets function attributes on every call and prints launch errors unless
  * NDEBUG is defined; the only other CUTLASS host code that prints or asserts is the TMA descriptor setup on an
  * invalid tensor, which the dispatcher's argument checks rule out. GemmKernel::can_implement is checked here too.
@@ -179,12 +179,9 @@ struct ColHadamardEpilogue : Base {
  * \tparam kRowHadamardLog2 0: plain; k > 0: QGemmArgs::row_hadamard = 2^k (transposed problem, ColHadamardEpilogue,
  *                         column-major D; see the file comment). ElementA_/ElementB_ are then the dtypes of the
  *                         kernel's operands, i.e. of args.b and args.a.
- * \tparam TileScheduler_  cutlass::gemm::PersistentScheduler (a CTA a tile), or cutlass::gemm::StreamKScheduler
- *                         (CUTLASS's heuristic decomposition: the tiles of a partial last wave split along K among
- *                         the CTAs, partial sums reduced through the workspace; cooperative schedules only)
  */
 template <class ElementA_, class ElementB_, class ElementD_, class TileShape_, class ClusterShape_,
-          class KernelSchedule_, int kRowHadamardLog2 = 0, class TileScheduler_ = cutlass::gemm::PersistentScheduler>
+          class KernelSchedule_, int kRowHadamardLog2 = 0>
 struct QGemmSm90 {
   using ElementA = ElementA_;
   using ElementB = ElementB_;
@@ -245,7 +242,7 @@ struct QGemmSm90 {
       KernelSchedule>::CollectiveOp;
 
   using GemmKernel = cutlass::gemm::kernel::GemmUniversal<cute::Shape<int, int, int, int>, CollectiveMainloop,
-                                                          CollectiveEpilogue, TileScheduler_>;
+                                                          CollectiveEpilogue, cutlass::gemm::PersistentScheduler>;
   using Arguments = typename GemmKernel::Arguments;
   using Params = typename GemmKernel::Params;
 
@@ -335,7 +332,7 @@ struct QGemmSm90 {
     return out;
   }
 
-  /*! \brief Workspace bytes (none for the persistent scheduler; stream-K's partial sums and flags). */
+  /*! \brief Workspace bytes (the persistent scheduler and this epilogue need none, but ask CUTLASS). */
   static size_t workspace_size(const QGemmArgs& args, const DeviceInfo& dev) {
     return GemmKernel::get_workspace_size(make_arguments(args, dev));
   }

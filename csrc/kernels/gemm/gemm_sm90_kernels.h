@@ -43,14 +43,12 @@ extern const QGemmSm90Kernel kQGemmI8Bf16_128x256_C2x1_Coop;
 extern const QGemmSm90Kernel kQGemmI8Bf16_128x128_C1x2_Pingpong;
 extern const QGemmSm90Kernel kQGemmI8F16_128x256_C2x1_Coop;
 extern const QGemmSm90Kernel kQGemmI8F32_128x256_C2x1_Coop;
-extern const QGemmSm90Kernel kQGemmI8Bf16_128x256_C2x1_CoopStreamK;
 // float8_e4m3 x float8_e4m3
 extern const QGemmSm90Kernel kQGemmE4m3Bf16_128x256_C2x1_CoopFastAcc;
 extern const QGemmSm90Kernel kQGemmE4m3Bf16_128x128_C1x2_PingpongFastAcc;
 extern const QGemmSm90Kernel kQGemmE4m3Bf16_128x128_C1x2_Coop;
 extern const QGemmSm90Kernel kQGemmE4m3F16_128x256_C2x1_CoopFastAcc;
 extern const QGemmSm90Kernel kQGemmE4m3F32_128x128_C1x2_Coop;
-extern const QGemmSm90Kernel kQGemmE4m3Bf16_128x256_C2x1_CoopFastAccStreamK;
 // float8_e5m2 x float8_e4m3
 extern const QGemmSm90Kernel kQGemmE5m2E4m3Bf16_128x256_C2x1_CoopFastAcc;
 extern const QGemmSm90Kernel kQGemmE5m2E4m3Bf16_128x128_C1x2_PingpongFastAcc;

@@ -24,14 +24,11 @@ using sm90::QGemmSm90Kernel;
  * \brief One configuration of a family, with what the shape heuristic knows of it.
  *
  * speed is the configuration's throughput relative to the family's fastest one on problems of many full waves
- * (measured on H100 SXM); 0 keeps the configuration out of the wave model (it is only run when asked for, or by
- * min_gflop). min_gflop > 0: the heuristic takes this configuration for every problem of at least that many
- * GFLOP (2 M N K / 1e9), before the wave model.
+ * (measured on H100 SXM); 0 keeps the configuration out of the heuristic (it is only run when asked for).
  */
 struct Config {
   const QGemmSm90Kernel* kernel;
   float speed;
-  float min_gflop = 0.0f;
 };
 
 /*! \brief The configurations for one (A, B, D) dtype combination; config indices are positions in this list. */
@@ -43,13 +40,9 @@ struct Family {
 
 // Order = config index. The large-tile cooperative kernel comes first; the 128x128 pingpong kernel wins where
 // 128x256 tiles leave SMs idle (small M*N); the "fp32 accum" float8 kernels are run only when asked for.
-// int8 stream-K from 512 GFLOP: two interleaved A/Bs on H100 (notes/gemm_configs.md, seventeenth session) had it
-// 3-12 % ahead of config 0 back to back at 962-2199 GFLOP (8192 x 4096 x 14336, 8192 x 14336 x 4096, 4096 x 8192 x
-// 14336, 14336 x 8192 x 4096, 16384 x 8192 x 8192) and 2-5 % behind at 137 and 275 GFLOP (4096^3, 8192 x 4096^2).
 const Config kI8Bf16[] = {
     {&sm90::kQGemmI8Bf16_128x256_C2x1_Coop, 1.0f},
     {&sm90::kQGemmI8Bf16_128x128_C1x2_Pingpong, 0.9f},
-    {&sm90::kQGemmI8Bf16_128x256_C2x1_CoopStreamK, 0.0f, 512.0f},
 };
 const Config kI8F16[] = {{&sm90::kQGemmI8F16_128x256_C2x1_Coop, 1.0f}};
 const Config kI8F32[] = {{&sm90::kQGemmI8F32_128x256_C2x1_Coop, 1.0f}};
@@ -57,7 +50,6 @@ const Config kE4m3Bf16[] = {
     {&sm90::kQGemmE4m3Bf16_128x256_C2x1_CoopFastAcc, 1.0f},
     {&sm90::kQGemmE4m3Bf16_128x128_C1x2_PingpongFastAcc, 0.9f},
     {&sm90::kQGemmE4m3Bf16_128x128_C1x2_Coop, 0.0f},
-    {&sm90::kQGemmE4m3Bf16_128x256_C2x1_CoopFastAccStreamK, 0.0f},
 };
 const Config kE4m3F16[] = {{&sm90::kQGemmE4m3F16_128x256_C2x1_CoopFastAcc, 1.0f}};
 const Config kE4m3F32[] = {{&sm90::kQGemmE4m3F32_128x128_C1x2_Coop, 1.0f}};
@@ -141,15 +133,10 @@ cudaError_t current_device(DeviceInfo* info) {
 }
 
 /*!
- * \brief Configuration for args: the first one whose min_gflop the problem reaches, else by a wave model: the
- * persistent kernels run the ceil(M/tm) * ceil(N/tn) output tiles in ceil(tiles / #SMs) rounds; each round costs
- * tm * tn / speed. Ties go to the earlier configuration.
+ * \brief Configuration for args by a wave model: the persistent kernels run the ceil(M/tm) * ceil(N/tn) output
+ * tiles in ceil(tiles / #SMs) rounds; each round costs tm * tn / speed. Ties go to the earlier configuration.
  */
 int pick_config(const Family& f, const QGemmArgs& args, int sm_count) {
-  const double gflop = 2e-9 * static_cast<double>(args.M) * static_cast<double>(args.N) * static_cast<double>(args.K);
-  for (int i = 0; i < f.num_configs; ++i) {
-    if (f.configs[i].min_gflop > 0.0f && gflop >= f.configs[i].min_gflop) return i;
-  }
   int best = 0;
   double best_cost = 0.0;
   for (int i = 0; i < f.num_configs; ++i) {
