@@ -496,7 +496,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans_u32(uint32_t (&r)[4], uint32_t
 
 /*! \brief ldmatrix x4 with transpose: B fragments (k16 x n16) of a row-major [k][n] 16-bit matrix. */
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
-  ldmatrix_x4_trans_u32(r, static_cast<uint32_t>(__cvta_generic_to_shared(smem_row)));
+  ldmatrix_x4_trans_u32(r, smem_u32(smem_row));
 }
 
 /*!

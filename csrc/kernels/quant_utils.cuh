@@ -243,10 +243,14 @@ inline bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintp
 // cp.async (sm_80+)
 // ------------------------------------------------------------------------------------------------------------------
 
+/*! \brief The 32-bit shared-state-space address of a generic pointer into shared memory. */
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
 /*! \brief Asynchronous 16-byte global->shared copy, bypassing L1. */
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(smem)), "l"(gmem) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 /*! \brief Waits until at most N of this thread's committed cp.async groups are pending. */
@@ -259,9 +263,6 @@ __device__ __forceinline__ void cp_async_wait() {
 // mbarrier (sm_80+), CTA scope
 // ------------------------------------------------------------------------------------------------------------------
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 /*! \brief Initializes an mbarrier in shared memory with `count` expected arrivals a phase. */
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
   asm volatile("mbarrier.init.shared.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
