@@ -831,22 +831,6 @@ __global__ void __launch_bounds__(DenseRegConfig<T, P, W>::kThreads, DenseRegCon
     const uint32_t g0 = tile * uint32_t(R);
     return int(prm.num_groups - g0 < uint32_t(R) ? prm.num_groups - g0 : uint32_t(R));
   };
-  // Chunk fr x ch of a tile: row fr of the tile's cnt * m rows (group r = fr / m, row i = fr % m), 16-byte column ch.
-  auto chunk_src = [&](uint32_t tile, uint32_t fr, uint32_t r, uint32_t i, int ch) -> const T* {
-    if (prm.contiguous) return x + ((int64_t(tile) * R * m + fr) << P) + ch * 8;
-    uint32_t row, gcol;
-    prm.gpr.divmod(tile * uint32_t(R) + r, row, gcol);
-    return x + int64_t(row) * prm.x_stride + int64_t(gcol) * prm.n + (i << P) + ch * 8;
-  };
-  auto chunk_dst = [&](unsigned char* sb, uint32_t fr, uint32_t r, int ch) {
-    return sb + (fr + r * uint32_t(prm.m_pad - m)) * Cfg::kPitch + ch * 16;
-  };
-  auto chunk_signs = [&](uint32_t tile, uint32_t r, uint32_t i, int ch) {
-    uint32_t row, gcol;
-    prm.gpr.divmod(tile * uint32_t(R) + r, row, gcol);
-    return prm.pre_signs + int64_t(gcol) * prm.n + (i << P) + ch * 8;
-  };
-
   // One warp item: NM m-tiles (compile time, so nothing below is predicated) from mt0, all columns of group r of
   // `tile`, staged at sb.
   auto run_item = [&](auto NMc, const unsigned char* sb, uint32_t tile, int r, int mt0) {
@@ -1059,6 +1043,21 @@ __global__ void __launch_bounds__(DenseRegConfig<T, P, W>::kThreads, DenseRegCon
     }
     while (jw < my_tiles) arrive(jw++);
   } else {
+    // Chunk fr x ch of a tile: row fr of the tile's cnt * m rows (group r = fr / m, row i = fr % m), 16-byte column ch.
+    auto chunk_src = [&](uint32_t tile, uint32_t fr, uint32_t r, uint32_t i, int ch) -> const T* {
+      if (prm.contiguous) return x + ((int64_t(tile) * R * m + fr) << P) + ch * 8;
+      uint32_t row, gcol;
+      prm.gpr.divmod(tile * uint32_t(R) + r, row, gcol);
+      return x + int64_t(row) * prm.x_stride + int64_t(gcol) * prm.n + (i << P) + ch * 8;
+    };
+    auto chunk_dst = [&](unsigned char* sb, uint32_t fr, uint32_t r, int ch) {
+      return sb + (fr + r * uint32_t(prm.m_pad - m)) * Cfg::kPitch + ch * 16;
+    };
+    auto chunk_signs = [&](uint32_t tile, uint32_t r, uint32_t i, int ch) {
+      uint32_t row, gcol;
+      prm.gpr.divmod(tile * uint32_t(R) + r, row, gcol);
+      return prm.pre_signs + int64_t(gcol) * prm.n + (i << P) + ch * 8;
+    };
     const int my_ch = tid % kChunksPerRow;
     auto issue_copy = [&](uint32_t tile, int st) {
       const int rows = tile_groups(tile) * m;
