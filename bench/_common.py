@@ -46,6 +46,18 @@ def time_ms(fn: Callable[[], object], warmup: int = 5, iters: int = 30, flush_l2
     return statistics.median(times)
 
 
+def warm_up_gpu(seconds: float = 0.3) -> None:
+    """Copies 256 MB back to back for about `seconds`, so the first size a benchmark times does not run on a GPU that
+    is still raising its clocks from idle (seen on H100: the first size of a fresh process 10 % slow)."""
+    import time
+    x = torch.empty(128 * 1024 * 1024, dtype=torch.bfloat16, device="cuda")
+    t_end = time.time() + seconds
+    while time.time() < t_end:
+        for _ in range(20):
+            x.clone()
+        torch.cuda.synchronize()
+
+
 def device_facts() -> dict:
     return {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

@@ -12,7 +12,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import print_table, time_ms, write_results  # noqa: E402
+from _common import print_table, time_ms, warm_up_gpu, write_results  # noqa: E402
 
 import halo_ext  # noqa: E402
 
@@ -38,6 +38,7 @@ def main():
     except ImportError:
         dao = None
     rows = []
+    warm_up_gpu()
     for dim in args.dims:
         n_rows = max(1, args.elements // dim)
         x = torch.randn(n_rows, dim, device="cuda", dtype=dtype)
