@@ -6,7 +6,7 @@
 # Single-GPU steps: build test test-hadamard test-comm sanitize bench-hadamard bench-hadamard-old bench-hadamard-shfl
 #                   bench-hadamard-stream (A/B of the dense-factor kernel's scheduler, transform and hadamard_quantize)
 #                   bench-hadamard-wide (A/B of 8 / 16 warps where the dense-factor kernel runs one CTA an SM)
-#                   bench-quant bench-hq-pdl
+#                   bench-quant bench-hq-pdl hq-pass-probe power-probe
 #                   bench-gemm bench-linear bench-linear-1b
 #                   bench-linear-fp8ch bench-linear-cfg1
 #                   bench-host finetune-bench finetune-acc test-linear test-gemm bench-linear-main gemm-probe
@@ -92,6 +92,10 @@ for step in $steps; do
       run_step bench-hq-pdl-off 14 env HALO_PDL=0 python3 bench/quant_bench.py --ops hadamard_quantize \
         --name quant_hq_pdl_off
       run_step bench-hq-pdl-on 14 python3 bench/quant_bench.py --ops hadamard_quantize --name quant_hq_pdl_on ;;
+    hq-pass-probe)  # hadamard_quantize pass by pass (pass 1, pass 2, transpose) against the 0.8 budget
+      run_step hq-pass-probe 20 python3 tools/hq_pass_probe.py --out bench/results/hq_pass_probe.json ;;
+    power-probe)  # power, SM clock and TFLOP/s of the 8-bit GEMMs and their cuBLAS peers (tools/power_probe.py)
+      run_step power-probe 40 python3 tools/power_probe.py --out bench/results/power_probe.json ;;
     bench-gemm) for d in int8 fp8 bf16; do run_step bench-gemm-$d 40 python3 bench/gemm_bench.py --dtype $d; done ;;
     bench-linear) run_step bench-linear 90 python3 bench/linear_bench.py --breakdown ;;
     bench-linear-fp8ch)  # A/B: fp8 layers with E_Y of the weight gradient scaled per channel (not the default)
