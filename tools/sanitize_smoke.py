@@ -28,6 +28,11 @@ for qd in (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2):
         halo_ext.dequantize(q, s, torch.bfloat16, g, b)
     for n in (256, 4096, 28 * 128):
         halo_ext.hadamard_quantize(torch.randn(37, n, device=dev, dtype=torch.bfloat16), qd, want_qt=True)
+# the fused passes with one staging buffer and several tiles a CTA (the buffer is refilled): n = 16K (two CTAs an
+# SM) and n = 32K (one CTA an SM, refilled right after pass A's reads)
+for n, rows in ((1 << 14, 300), (1 << 15, 290)):
+    halo_ext.hadamard_quantize(torch.randn(rows, n, device=dev, dtype=torch.bfloat16), torch.int8, want_qt=True)
+for qd in (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2):
     for shape in ((130, 200), (64, 128), (37, 8), (5, 3)):  # block=1: q + qt tiles, edge tiles, scalar paths
         xi = torch.randn(shape, device=dev, dtype=torch.bfloat16)
         halo_ext.hadamard_quantize(xi, qd, block=1, want_qt=True)

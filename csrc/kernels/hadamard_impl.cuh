@@ -260,8 +260,9 @@ __device__ __forceinline__ uint32_t stage_swizzle(uint32_t chunk) {
 
 /*!
  * \brief Persistent power-of-two Hadamard kernel. NST >= 2: ring of NST cp.async staging buffers (NST-1 tiles in
- * flight ahead of the current one); 1: one staging buffer refilled after pass A; 0: pass A reads global memory
- * directly (used where shared memory is short).
+ * flight ahead of the current one); 1: one staging buffer refilled after pass A (EARLY_COPY: as soon as pass A has
+ * read it into registers, before its butterflies); 0: pass A reads global memory directly (used where shared memory
+ * is short).
  *
  * A thread's registers hold 16-byte packets of kVec consecutive elements. Packets are grouped in "slots" that share
  * the group (row, group column) of their first element: one slot per thread and pass except in single-pass plans,
@@ -271,10 +272,11 @@ __device__ __forceinline__ uint32_t stage_swizzle(uint32_t chunk) {
  * Group, `put(Group, col, float* v)` for kVec consecutive values starting at column `col` of the group, and
  * `finish()` (all threads, at exit).
  */
-template <typename T, class Plan, int NST, class Epi>
+template <typename T, class Plan, int NST, class Epi, bool EARLY_COPY = false>
 __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_constant__ Pow2Params prm,
                                                           const __grid_constant__ typename Epi::Params ep) {
   static_assert(!(Plan::kSingle && NST == 1), "single-pass plans use thread-private staging: NST 0 or 2");
+  constexpr bool kEarly = EARLY_COPY && NST == 1 && !Plan::kSingle;
   constexpr int E = Plan::kE, VEC = Plan::kVec, VB = Plan::kVBits, P = Plan::kP;
   constexpr uint32_t kStageBytes = (1u << Plan::kTB) * sizeof(T);
   constexpr int SW = Plan::kElog - VB;
@@ -388,12 +390,19 @@ __global__ void __launch_bounds__(Plan::kThreads) pow2_kernel(const __grid_const
         }
       }
     }
+    if constexpr (kEarly) {
+      // Every thread holds its staged values in registers: refill the buffer now, so the copy overlaps pass A's
+      // butterflies and store too, not only passes M and F (one more barrier a tile).
+      __syncthreads();
+      if (next < prm.num_tiles) issue_copy(next, 0);
+      cp_async_commit();
+    }
     butterflies<kOwnA, Plan::kNewA & ~(Plan::kSingle ? kDefer : 0u)>(v);
 
     if constexpr (!Plan::kSingle) {
       store_fbuf<kOwnA>(fbuf, fpad(offA), v);
       __syncthreads();
-      if constexpr (NST == 1) {
+      if constexpr (NST == 1 && !kEarly) {
         if (next < prm.num_tiles) issue_copy(next, 0);
         cp_async_commit();
       }
@@ -1226,15 +1235,19 @@ cudaError_t launch_generic(const HadamardArgs& a, int log2p, const typename Epi:
 /*!
  * \brief Tile configuration of the power-of-two kernel for element type T and n = 2^P: tiles of 2^max(P, MIN_TB)
  * elements, 64 values a thread except n = 128 (32 values: the final pass then writes 64-byte runs instead of 32), two
- * staging buffers up to 16K-element tiles, one beyond (float32: none, shared memory is short).
+ * staging buffers up to 16K-element tiles, one beyond (float32: none, shared memory is short). NST >= 0 sets the
+ * number of staging buffers instead (single-pass plans keep the default: they cannot run with one). EARLY: with one
+ * staging buffer, refill it right after pass A has read it (pow2_kernel's EARLY_COPY).
  */
-template <typename T, int P, int MIN_TB>
+template <typename T, int P, int MIN_TB, int NST = -1, bool EARLY = false>
 struct Pow2TileConfig {
   static constexpr int kVBits = Vec<T>::kVecBits;
   static constexpr int kElog = P == 7 ? 5 : 6;
   static constexpr int kTB = P > MIN_TB ? P : MIN_TB;
-  static constexpr int kNst = P <= 14 ? 2 : (sizeof(T) == 4 ? 0 : 1);
   using Plan = Pow2Plan<P, kElog, kVBits, kTB>;
+  static constexpr int kNst =
+      (NST >= 0 && !(Plan::kSingle && NST == 1)) ? NST : (P <= 14 ? 2 : (sizeof(T) == 4 ? 0 : 1));
+  static constexpr bool kEarlyCopy = EARLY && kNst == 1;
 };
 
 /*!
@@ -1251,9 +1264,15 @@ using Pow2Config = Pow2TileConfig<T, P, 14>;
  * to 6 CTAs/SM by shared memory) where the group fits, else one group a tile. Measured on H100, bf16 -> int8,
  * n = 1024/4096, fraction of the two-pass byte bound: TB14 (1 CTA/SM) 0.65, TB13 (3 CTAs/SM) 0.78-0.81, TB12
  * 0.84 (notes/hadamard_kernels.md, section 5).
+ * n = 16K with 16-bit input takes one staging buffer instead of two (76 + 32 KB, so 2 CTAs/SM instead of 1): 0.62 ->
+ * 0.74 of the two-pass bound (q; q + qt 0.57 -> 0.66) in an interleaved A/B on H100 (eighteenth session). One buffer
+ * elsewhere measured -4 % (n = 1024) to +2 % (n = 128), so the others keep two.
+ * n = 32K (one CTA an SM) refills its one staging buffer right after pass A's reads (EARLY): 0.662 -> 0.683 (q) in
+ * an interleaved A/B on H100; at n = 16K (two CTAs an SM, which already overlap each other) the extra barrier cost
+ * 4 %, and the plain transform at n = 32K did not change (0.910 / 0.907), so only these take it.
  */
 template <typename T, int P>
-using Pow2FusedConfig = Pow2TileConfig<T, P, 12>;
+using Pow2FusedConfig = Pow2TileConfig<T, P, 12, (P == 14 && sizeof(T) == 2) ? 1 : -1, P == 15>;
 
 /*! \brief Shared memory of pow2_kernel<T, P> with tile configuration Cfg (float32 buffer and staging buffers). */
 template <typename T, int P, template <typename, int> class Cfg = Pow2Config>
@@ -1293,7 +1312,7 @@ cudaError_t launch_pow2(const HadamardArgs& a, const typename Epi::Params& ep, i
   p.gpr = FastDivmod(static_cast<uint32_t>(a.cols / a.n));
   p.reverse = reverse;
   const size_t smem = pow2_smem_bytes<T, P, CfgT>();
-  auto kernel = pow2_kernel<T, Plan, Cfg::kNst, Epi>;
+  auto kernel = pow2_kernel<T, Plan, Cfg::kNst, Epi, Cfg::kEarlyCopy>;
   int grid = 0;
   HALO_RETURN_IF_ERROR(persistent_grid(kernel, Plan::kThreads, smem, p.num_tiles, &grid));
   if (grid > max_grid) grid = max_grid;
