@@ -80,9 +80,13 @@ def write_results(name: str, rows: List[dict], merge_key: Iterable[str] = (), ex
         old = [{**r, "date": r.get("date", old_doc.get("date"))} for r in old_doc.get("rows", [])]
         new_keys = {tuple(r.get(k) for k in merge_key) for r in rows}
         rows = [r for r in old if tuple(r.get(k) for k in merge_key) not in new_keys] + rows
-    doc = {**facts, **(extra or {}), "rows": rows}
+    return write_doc(path, rows, extra)
+
+
+def write_doc(path: str, rows: List[dict], extra: dict | None = None) -> str:
+    """Writes {"device","torch","date",...extra,"rows"} as JSON to path (any path: tools write under $OUT too)."""
     with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
+        json.dump({**device_facts(), **(extra or {}), "rows": rows}, f, indent=1)
     return path
 
 

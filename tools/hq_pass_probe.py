@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
 import halo_ext  # noqa: E402
-from _common import device_facts, time_ms, warm_up_gpu  # noqa: E402
+from _common import time_ms, warm_up_gpu, write_doc  # noqa: E402
 
 
 def main():
@@ -92,11 +92,7 @@ def main():
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
         del x
         torch.cuda.empty_cache()
-    doc = device_facts()
-    doc["rows"] = rows_out
-    with open(args.out, "w") as f:
-        json.dump(doc, f, indent=1)
-    print("wrote", args.out)
+    print("wrote", write_doc(args.out, rows_out))
 
 
 if __name__ == "__main__":

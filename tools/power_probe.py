@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
 import halo_ext  # noqa: E402
-from _common import device_facts  # noqa: E402
+from _common import write_doc  # noqa: E402
 
 FIELDS = ["power.draw.instant", "power.draw", "clocks.sm", "clocks_event_reasons.sw_power_cap",
           "temperature.gpu", "power.limit"]
@@ -160,12 +160,8 @@ def main():
                       flush=True)
             del xb, wb, a8, b8, af, bf
             torch.cuda.empty_cache()
-    doc = device_facts()
-    doc["note"] = "each kernel alone, back to back for --seconds; medians over the last 3/4 of the samples"
-    doc["rows"] = results
-    with open(args.out, "w") as f:
-        json.dump(doc, f, indent=1)
-    print("wrote", args.out)
+    note = "each kernel alone, back to back for --seconds; medians over the last 3/4 of the samples"
+    print("wrote", write_doc(args.out, results, {"note": note}))
 
 
 if __name__ == "__main__":
