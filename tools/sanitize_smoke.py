@@ -21,6 +21,10 @@ halo_ext.hadamard(torch.randn(600, 28 * 1024, device=dev, dtype=torch.bfloat16))
 base = torch.randn(7, 2 * 512, device=dev, dtype=torch.bfloat16)
 halo_ext.hadamard(base[:, :512])
 halo_ext.hadamard(base, block=64)
+# the fused passes with one staging buffer and several tiles a CTA (the buffer is refilled): n = 16K (two CTAs an
+# SM) and n = 32K (one CTA an SM, refilled right after pass A's reads)
+for n, rows in ((1 << 14, 300), (1 << 15, 290)):
+    halo_ext.hadamard_quantize(torch.randn(rows, n, device=dev, dtype=torch.bfloat16), torch.int8, want_qt=True)
 for qd in (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2):
     x = torch.randn(33, 384, device=dev, dtype=torch.bfloat16)
     for g, b in (("tensor", 0), ("row", 0), ("block", 128)):
@@ -28,11 +32,6 @@ for qd in (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2):
         halo_ext.dequantize(q, s, torch.bfloat16, g, b)
     for n in (256, 4096, 28 * 128):
         halo_ext.hadamard_quantize(torch.randn(37, n, device=dev, dtype=torch.bfloat16), qd, want_qt=True)
-# the fused passes with one staging buffer and several tiles a CTA (the buffer is refilled): n = 16K (two CTAs an
-# SM) and n = 32K (one CTA an SM, refilled right after pass A's reads)
-for n, rows in ((1 << 14, 300), (1 << 15, 290)):
-    halo_ext.hadamard_quantize(torch.randn(rows, n, device=dev, dtype=torch.bfloat16), torch.int8, want_qt=True)
-for qd in (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2):
     for shape in ((130, 200), (64, 128), (37, 8), (5, 3)):  # block=1: q + qt tiles, edge tiles, scalar paths
         xi = torch.randn(shape, device=dev, dtype=torch.bfloat16)
         halo_ext.hadamard_quantize(xi, qd, block=1, want_qt=True)
