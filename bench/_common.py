@@ -46,6 +46,11 @@ def time_ms(fn: Callable[[], object], warmup: int = 5, iters: int = 30, flush_l2
     return statistics.median(times)
 
 
+def rows_for(cols: int, elements: int = 1 << 27, multiple: int = 256) -> int:
+    """Rows of a [rows, cols] benchmark tensor: at least `elements` elements, a multiple of `multiple` rows."""
+    return max(multiple, -(-elements // cols // multiple) * multiple)
+
+
 def warm_up_gpu(seconds: float = 0.3) -> None:
     """Copies 256 MB back to back for about `seconds`, so the first size a benchmark times does not run on a GPU that
     is still raising its clocks from idle (seen on H100: the first size of a fresh process 10 % slow)."""

@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import print_table, time_ms, warm_up_gpu, write_results  # noqa: E402
+from _common import print_table, rows_for, time_ms, warm_up_gpu, write_results  # noqa: E402
 
 import halo_ext  # noqa: E402
 
@@ -40,7 +40,7 @@ def main():
     out = []
     warm_up_gpu()
     for cols in args.cols:
-        rows = args.rows or max(256, -(-(1 << 27) // cols // 256) * 256)
+        rows = args.rows or rows_for(cols)
         x = torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16)
         n = x.numel()
         # clone timed 3 times spread over the ops of this size (before, between the dtypes, after); the median

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
 import halo_ext  # noqa: E402
-from _common import time_ms, warm_up_gpu, write_doc  # noqa: E402
+from _common import rows_for, time_ms, warm_up_gpu, write_doc  # noqa: E402
 
 
 def main():
@@ -44,7 +44,7 @@ def main():
     rows_out = []
     warm_up_gpu()
     for cols in args.cols:
-        rows = max(256, -(-(1 << 27) // cols // 256) * 256)
+        rows = rows_for(cols)
         x = torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16)
         n = x.numel()
         _, _, s = halo_ext.hadamard_quantize(x, qd)
