@@ -63,12 +63,14 @@ def main():
         samples = {k: [] for k in calls}
         for _ in range(args.rounds):
             for k, fn in calls.items():
-                if k.endswith("@ab"):
+                ab = k.endswith("@ab")
+                if ab:
                     os.environ[args.ab_env] = args.ab_value
                 try:
                     samples[k].append(time_ms(fn, warmup=3, iters=15))
                 finally:
-                    os.environ.pop(args.ab_env or "", None)
+                    if ab:
+                        del os.environ[args.ab_env]
         t = {k: statistics.median(v) for k, v in samples.items()}
         bw = 4 * n / t["clone"] / 1e9  # TB/s (bytes per ms / 1e9)
         need_q = 5 / 4 * t["clone"] / 0.8  # ms that 0.8 of the two-pass bound (5 B/element) allows
